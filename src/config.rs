@@ -1,0 +1,386 @@
+//! Configuration: the file format, which is a public contract, and its loading.
+//!
+//! Sources, later ones overriding earlier ones:
+//! 1. a TOML file (`--config`, else `$GATEWAY_CONFIG`, else `config/gateway.toml`);
+//! 2. environment variables with the prefix `GATEWAY` and the separator `__`,
+//!    e.g. `GATEWAY__UPSTREAM__URL=http://127.0.0.1:9100`.
+//!
+//! These types only describe the file. Each concern builds its runtime type
+//! from its section at startup (for example [`crate::proxy::Upstream`] from
+//! [`UpstreamConfig`]) and reports problems as [`ConfigProblem`]s naming the
+//! key; [`ConfigErrors`] then adds the file or environment variable that set it.
+//!
+//! Unknown keys are errors everywhere (`deny_unknown_fields`). Durations are
+//! humantime strings such as `"30s"` or `"250ms"`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "GATEWAY_CONFIG";
+/// The config file used when neither `--config` nor `GATEWAY_CONFIG` is given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "GATEWAY";
+/// Separator between key segments in those environment variables.
+pub const ENV_SEPARATOR: &str = "__";
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The listener and per-request limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Where requests are forwarded.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Polytomic API specifics: the version header.
+    #[serde(default)]
+    pub polytomic: PolytomicConfig,
+    /// Named credentials injected upstream; `partner` is the default one.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
+}
+
+/// `[server]`: the listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Main listener; it also serves `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+    /// Request bodies larger than this get 413.
+    pub max_body_bytes: u64,
+    /// Limit on a whole request, until the response headers; 504 past it.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// On SIGTERM/SIGINT: how long in-flight requests may take to drain.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Open connections beyond this are answered 503 and closed.
+    pub max_connections: usize,
+    /// A client must send its request headers within this time.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+            max_connections: 4096,
+            header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// `[upstream]`: the Polytomic API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Scheme, host, optional port and optional base path.
+    pub url: String,
+    /// A connection not established within this is a 502.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Response headers not received within this are a 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra PEM trust roots for HTTPS upstreams, added to the webpki roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: "https://app.polytomic.com".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            ca_file: None,
+        }
+    }
+}
+
+/// `[polytomic]`: the `X-Polytomic-Version` header sent upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolytomicConfig {
+    /// The version sent upstream (a date, `YYYY-MM-DD`).
+    pub version: String,
+    /// Whether a client's own version header may be kept.
+    pub version_mode: VersionMode,
+    /// With `version_mode = "default"`: client versions that are kept as sent.
+    pub allowed_versions: Option<Vec<String>>,
+}
+
+impl Default for PolytomicConfig {
+    fn default() -> Self {
+        Self {
+            version: "2025-09-18".to_owned(),
+            version_mode: VersionMode::Override,
+            allowed_versions: None,
+        }
+    }
+}
+
+/// How the gateway treats a client's `X-Polytomic-Version` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionMode {
+    /// Always replace the client's value with `version`.
+    Override,
+    /// Keep the client's value if it is in `allowed_versions`, else set `version`.
+    Default,
+}
+
+/// `[credentials.NAME]`: where a secret injected upstream comes from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Read the secret from this environment variable, once at startup.
+    pub env: Option<String>,
+    /// Read the secret from this file; it is re-read when it changes.
+    pub file: Option<PathBuf>,
+    /// How the secret is sent in `Authorization`.
+    #[serde(default)]
+    pub scheme: CredentialScheme,
+}
+
+/// The `Authorization` scheme a credential is sent with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialScheme {
+    /// `Authorization: Bearer <secret>` (Polytomic partner and API keys).
+    #[default]
+    Bearer,
+    /// `Authorization: Basic base64(<secret>)`, the secret being `user:password`
+    /// (on-premises deployment keys).
+    Basic,
+}
+
+/// One problem with the configuration: the key it concerns and what is wrong.
+///
+/// Messages never contain secret values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key, e.g. `upstream.url` or `credentials.partner.env`.
+    pub key: String,
+    /// What is wrong, and what to do about it.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    /// A problem with `key`.
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in a configuration, each labelled with where the
+/// offending key was set: the file, or the environment variable overriding it.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    problems: Vec<(String, ConfigProblem)>,
+}
+
+impl ConfigErrors {
+    /// Labels `problems` with their source: `file`, or an overriding env var.
+    pub fn new(file: &Path, problems: Vec<ConfigProblem>) -> Self {
+        let problems = problems
+            .into_iter()
+            .map(|problem| (source_of(file, &problem.key), problem))
+            .collect();
+        Self { problems }
+    }
+
+    /// The problems, each with its source label.
+    pub fn problems(&self) -> impl Iterator<Item = (&str, &ConfigProblem)> {
+        self.problems.iter().map(|(source, p)| (source.as_str(), p))
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (source, problem)) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{source}: `{}`: {}", problem.key, problem.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The environment variable that overrides `key`, e.g. `GATEWAY__UPSTREAM__URL`.
+pub fn env_var_for(key: &str) -> String {
+    let mut name = String::from(ENV_PREFIX);
+    for segment in key.split('.') {
+        name.push_str(ENV_SEPARATOR);
+        name.push_str(&segment.to_ascii_uppercase());
+    }
+    name
+}
+
+/// Where `key` was set: the overriding environment variable, or the file.
+fn source_of(file: &Path, key: &str) -> String {
+    // A key's own variable, or one for any parent table, overrides the file.
+    let mut prefix = String::new();
+    for segment in key.split('.') {
+        if !prefix.is_empty() {
+            prefix.push('.');
+        }
+        prefix.push_str(segment);
+        let var = env_var_for(&prefix);
+        if std::env::var_os(&var).is_some() {
+            return format!("environment variable {var}");
+        }
+    }
+    file.display().to_string()
+}
+
+/// The config file to use: `--config`, else `$GATEWAY_CONFIG`, else the default.
+pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
+    cli.or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+/// Reads `path` and the `GATEWAY__*` environment into a [`GatewayConfig`].
+///
+/// This checks syntax, types and unknown keys. Cross-field checks happen when
+/// each concern builds its runtime type (see [`crate::Gateway::build`]).
+pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let fail = |key: &str, message: String| {
+        ConfigErrors::new(path, vec![ConfigProblem::new(key, message)])
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| fail("(file)", format!("cannot read the config file: {e}")))?;
+    let built = config::Config::builder()
+        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix(ENV_PREFIX)
+                .separator(ENV_SEPARATOR)
+                .try_parsing(true),
+        )
+        .build()
+        .map_err(|e| fail("(file)", format!("invalid TOML: {e}")))?;
+    serde_path_to_error::deserialize::<_, GatewayConfig>(built).map_err(|e| {
+        let (key, message) = describe_deserialize_error(&e);
+        fail(&key, message)
+    })
+}
+
+/// Names the full key of a deserialization error, including an unknown one.
+fn describe_deserialize_error(
+    e: &serde_path_to_error::Error<config::ConfigError>,
+) -> (String, String) {
+    let mut key = e.path().to_string();
+    if key == "." {
+        key.clear();
+    }
+    let message = match e.inner() {
+        config::ConfigError::Type {
+            unexpected,
+            expected,
+            ..
+        } => format!("invalid type: {unexpected}, expected {expected}"),
+        other => other.to_string(),
+    };
+    // serde reports an unknown field from inside the key, so the path stops at
+    // the table; append the field so the error names the full key.
+    if let Some(field) = message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        if !key.ends_with(field) {
+            key = if key.is_empty() {
+                field.to_owned()
+            } else {
+                format!("{key}.{field}")
+            };
+        }
+        let expected = message.split(" for key ").next().unwrap_or(&message);
+        return (
+            key,
+            format!("unknown key (not part of the configuration format); {expected}"),
+        );
+    }
+    (key, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    #[test]
+    fn an_empty_file_gives_the_documented_defaults() {
+        let file = write("");
+        let config = load(file.path()).unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.server.max_body_bytes, 1_048_576);
+        assert_eq!(config.server.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.upstream.url, "https://app.polytomic.com");
+        assert_eq!(config.polytomic.version, "2025-09-18");
+        assert_eq!(config.polytomic.version_mode, VersionMode::Override);
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        let file = write("[upstream]\ntimeout = \"250ms\"\nconnect_timeout = \"2s\"\n");
+        let config = load(file.path()).unwrap();
+        assert_eq!(config.upstream.timeout, Duration::from_millis(250));
+        assert_eq!(config.upstream.connect_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_full_key_and_the_file() {
+        let file = write("[server]\nlisten = \"127.0.0.1:1\"\nlisen = \"x\"\n");
+        let err = load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("`server.lisen`"), "{err}");
+        assert!(err.contains(&file.path().display().to_string()), "{err}");
+        let file = write("[sever]\n");
+        let err = load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("`sever`"), "{err}");
+        let file = write("[credentials.partner]\nenv = \"X\"\nfiel = \"y\"\n");
+        let err = load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("`credentials.partner.fiel`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let file = write("[server]\nrequest_timeout = \"soon\"\n");
+        let err = load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("`server.request_timeout`"), "{err}");
+        let file = write("[polytomic]\nversion_mode = \"sometimes\"\n");
+        let err = load(file.path()).unwrap_err().to_string();
+        assert!(err.contains("`polytomic.version_mode`"), "{err}");
+    }
+
+    #[test]
+    fn env_var_names_follow_the_separator() {
+        assert_eq!(env_var_for("upstream.url"), "GATEWAY__UPSTREAM__URL");
+        assert_eq!(
+            env_var_for("credentials.partner.file"),
+            "GATEWAY__CREDENTIALS__PARTNER__FILE"
+        );
+    }
+}

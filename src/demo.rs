@@ -1,0 +1,55 @@
+//! `polytomic-gateway demo`: the gateway in front of an in-process fake API.
+//!
+//! The fake API ([`crate::fake`]) listens on a free loopback port and accepts
+//! only the partner key from the demo config; the gateway listens on
+//! `127.0.0.1:8080` (or `--listen`) and forwards to it. The fake API logs each
+//! request it receives, with the credential masked, so the swap is visible.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use crate::config;
+use crate::fake::FakePolytomic;
+use crate::server::{reload_on_sighup, shutdown_signal, Gateway};
+
+/// The config the demo uses unless `--config` says otherwise.
+pub const DEMO_CONFIG_PATH: &str = "config/demo.toml";
+
+/// Runs the demo until SIGINT/SIGTERM. Errors are printable as they are.
+pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = config::load(config_path)?;
+    config.server.listen = listen;
+    // The fake API is told the demo's partner key, so it can check the swap.
+    let credentials = crate::credentials::CredentialSet::load(&config.credentials)
+        .map_err(|problems| config::ConfigErrors::new(config_path, problems))?;
+    let fake = FakePolytomic::with_authorization(credentials.default_credential().header_value())
+        .with_logging();
+    let fake_addr = fake.spawn().await?;
+    config.upstream.url = format!("http://{fake_addr}");
+
+    let gateway = Gateway::build(config, config_path)?;
+    let listener = tokio::net::TcpListener::bind(gateway.listen_addr())
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "polytomic-gateway demo")?;
+    writeln!(
+        out,
+        "  fake Polytomic API: http://{fake_addr} (in-process; checks the partner key)"
+    )?;
+    writeln!(out, "  gateway:            http://{addr}")?;
+    writeln!(
+        out,
+        "Try it (the gateway injects the partner key and the version header):"
+    )?;
+    writeln!(out, "  curl -sS http://{addr}/api/organization")?;
+    writeln!(out, "Press Ctrl-C to stop.")?;
+    out.flush()?;
+    drop(out);
+
+    tokio::spawn(reload_on_sighup(gateway.credentials().clone()));
+    gateway.serve(listener, shutdown_signal()).await?;
+    Ok(())
+}

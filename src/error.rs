@@ -1,0 +1,297 @@
+//! Every refusal the gateway makes, and how it becomes an HTTP response.
+//!
+//! [`GatewayError`] is the one error type for refusals and failures. Its
+//! response uses Polytomic's own error shape, so the official SDKs parse the
+//! gateway's errors like the API's:
+//!
+//! ```json
+//! {"status": 502, "key": "upstream_unreachable", "message": "...", "metadata": {}}
+//! ```
+//!
+//! Layers that refuse a request answer with [`GatewayError::to_response`]
+//! directly. Failures that surface as `Err` (upstream I/O, timeouts) are turned
+//! into responses by [`Rescue`], the outermost layer, which walks the error's
+//! source chain (as linkerd's `errors/respond.rs` does). Nothing reaches hyper
+//! as an `Err`.
+//!
+//! Messages are written here, never copied from a request: no header value,
+//! token, key or body value can be echoed back.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::body::{full, BoxError, GatewayBody};
+
+/// A refusal or failure, with the HTTP status and stable `key` it maps to.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The request body is larger than `server.max_body_bytes`.
+    #[error("request body exceeds the limit of {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit, in bytes.
+        limit: u64,
+    },
+    /// No connection to the upstream could be made (refused, DNS, TLS).
+    #[error("the upstream could not be reached")]
+    UpstreamUnreachable(#[source] BoxError),
+    /// The upstream connection failed after the request was sent.
+    #[error("the upstream connection failed before a complete response")]
+    UpstreamFailed(#[source] BoxError),
+    /// The upstream sent no response headers within `upstream.timeout`.
+    #[error("the upstream did not respond within {}", humantime::format_duration(*.0))]
+    UpstreamTimeout(Duration),
+    /// The whole request took longer than `server.request_timeout`.
+    #[error("the request did not complete within {}", humantime::format_duration(*.0))]
+    RequestTimeout(Duration),
+    /// The gateway is shutting down and takes no new requests.
+    #[error("the gateway is shutting down; retry on another instance")]
+    Draining,
+    /// The gateway is at its connection limit.
+    #[error("the gateway is overloaded; retry later")]
+    Overloaded,
+    /// The gateway is not ready to forward requests (e.g. its credential is unreadable).
+    #[error("the gateway is not ready: {0}")]
+    NotReady(&'static str),
+    /// A bug or an unexpected failure inside the gateway.
+    #[error("internal gateway error")]
+    Internal,
+}
+
+impl GatewayError {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout(_) | Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::Draining | Self::Overloaded | Self::NotReady(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The stable, machine-readable `key` of this refusal.
+    pub fn key(&self) -> &'static str {
+        match self {
+            Self::PayloadTooLarge { .. } => "payload_too_large",
+            Self::UpstreamUnreachable(_) => "upstream_unreachable",
+            Self::UpstreamFailed(_) => "upstream_failed",
+            Self::UpstreamTimeout(_) => "upstream_timeout",
+            Self::RequestTimeout(_) => "request_timeout",
+            Self::Draining => "draining",
+            Self::Overloaded => "overloaded",
+            Self::NotReady(_) => "not_ready",
+            Self::Internal => "internal_error",
+        }
+    }
+
+    /// The `metadata` object of the error body.
+    fn metadata(&self) -> serde_json::Value {
+        match self {
+            Self::PayloadTooLarge { limit } => serde_json::json!({ "limit_bytes": limit }),
+            _ => serde_json::json!({}),
+        }
+    }
+
+    /// The JSON response for this refusal, in Polytomic's error shape.
+    pub fn to_response(&self) -> Response<GatewayBody> {
+        let status = self.status();
+        let body = serde_json::json!({
+            "status": status.as_u16(),
+            "key": self.key(),
+            "message": self.to_string(),
+            "metadata": self.metadata(),
+        });
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if matches!(self, Self::Draining) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+/// The response for an error that reached the edge, found by walking its
+/// source chain for a [`GatewayError`].
+///
+/// Timeouts from `tower::timeout` carry no duration, so the caller's
+/// configured `request_timeout` names the limit in their message.
+pub fn error_response(error: &BoxError, request_timeout: Duration) -> Response<GatewayBody> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(err) = cause {
+        if let Some(gateway) = err.downcast_ref::<GatewayError>() {
+            return gateway.to_response();
+        }
+        if err.is::<tower::timeout::error::Elapsed>() {
+            return GatewayError::RequestTimeout(request_timeout).to_response();
+        }
+        cause = err.source();
+    }
+    tracing::error!(error = %error, "unexpected error reached the edge");
+    GatewayError::Internal.to_response()
+}
+
+/// Turns every `Err` from the inner service into a JSON error response.
+///
+/// This is the outermost layer of the stack: the service it builds is
+/// infallible, as hyper requires (see axum's `docs/error_handling.md`).
+#[derive(Debug, Clone)]
+pub struct RescueLayer {
+    request_timeout: Duration,
+}
+
+impl RescueLayer {
+    /// `request_timeout` names the limit in 504 messages from `tower::timeout`.
+    pub fn new(request_timeout: Duration) -> Self {
+        Self { request_timeout }
+    }
+}
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue {
+            inner,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+/// The service built by [`RescueLayer`].
+#[derive(Debug, Clone)]
+pub struct Rescue<S> {
+    inner: S,
+    request_timeout: Duration,
+}
+
+impl<S, Req> Service<Req> for Rescue<S>
+where
+    S: Service<Req, Response = Response<GatewayBody>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = Infallible;
+    type Future = RescueFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The stack's services are always ready (no buffers or rate limits),
+        // so an error here is a bug; it is answered per request below instead.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        RescueFuture {
+            future: self.inner.call(req),
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+pin_project! {
+    /// Response future of [`Rescue`].
+    pub struct RescueFuture<F> {
+        #[pin]
+        future: F,
+        request_timeout: Duration,
+    }
+}
+
+impl<F, E> Future for RescueFuture<F>
+where
+    F: Future<Output = Result<Response<GatewayBody>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<GatewayBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        match ready!(this.future.poll(cx)) {
+            Ok(response) => Poll::Ready(Ok(response)),
+            Err(error) => {
+                let error: BoxError = error.into();
+                Poll::Ready(Ok(error_response(&error, *this.request_timeout)))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+    use http_body_util::BodyExt;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    async fn json(response: Response<GatewayBody>) -> serde_json::Value {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test]
+    async fn errors_become_polytomic_shaped_json() {
+        let svc = ServiceBuilder::new()
+            .layer(RescueLayer::new(Duration::from_secs(30)))
+            .service(service_fn(|_req: Request<()>| async {
+                Err::<Response<GatewayBody>, BoxError>(Box::new(GatewayError::UpstreamTimeout(
+                    Duration::from_millis(250),
+                )))
+            }));
+        let response = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body = json(response).await;
+        assert_eq!(body["status"], 504);
+        assert_eq!(body["key"], "upstream_timeout");
+        assert_eq!(body["message"], "the upstream did not respond within 250ms");
+        assert!(body["metadata"].is_object());
+    }
+
+    #[tokio::test]
+    async fn tower_timeouts_name_the_request_timeout() {
+        let svc = ServiceBuilder::new()
+            .layer(RescueLayer::new(Duration::from_secs(3)))
+            .service(service_fn(|_req: Request<()>| async {
+                Err::<Response<GatewayBody>, BoxError>(Box::new(
+                    tower::timeout::error::Elapsed::new(),
+                ))
+            }));
+        let body = json(svc.oneshot(Request::new(())).await.unwrap()).await;
+        assert_eq!(body["key"], "request_timeout");
+        assert_eq!(body["message"], "the request did not complete within 3s");
+    }
+
+    #[tokio::test]
+    async fn unknown_errors_are_500_without_their_text() {
+        let svc = ServiceBuilder::new()
+            .layer(RescueLayer::new(Duration::from_secs(3)))
+            .service(service_fn(|_req: Request<()>| async {
+                Err::<Response<GatewayBody>, BoxError>("secret-ish detail".into())
+            }));
+        let response = svc.oneshot(Request::new(())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = json(response).await;
+        assert_eq!(body["key"], "internal_error");
+        assert!(!body.to_string().contains("secret-ish"));
+    }
+}

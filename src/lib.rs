@@ -1,0 +1,51 @@
+//! An authenticating reverse proxy for the Polytomic REST API, built as a
+//! tower service stack and meant to run as a sidecar beside internal tools.
+//!
+//! For every request the gateway swaps the caller's credentials for the
+//! Polytomic partner key, sets `X-Polytomic-Version`, and forwards the request
+//! with its body streaming. Every refusal is a JSON error in Polytomic's own
+//! shape (`{"status","key","message","metadata"}`), so the official SDKs parse
+//! it like an API error. Anything unknown or unparsable is refused, never
+//! forwarded.
+//!
+//! # Layout
+//!
+//! Each concern is a tower `Layer` + `Service` in its own module, usable on
+//! its own in another tower or hyper stack (see `examples/embed.rs`):
+//!
+//! - [`config`]: the configuration file format (a public contract) and its
+//!   loading from TOML and `GATEWAY__*` environment variables.
+//! - [`error`]: [`GatewayError`], the one refusal type, its JSON response, and
+//!   [`error::RescueLayer`], which makes the stack infallible at the edge.
+//! - [`health`]: `/healthz` and `/readyz`, and refusing work while draining.
+//! - [`limit`]: `server.max_body_bytes`, enforced without buffering.
+//! - [`credentials`]: loading (and rotating) the partner key, and
+//!   [`credentials::CredentialSwapLayer`], which swaps it in.
+//! - [`version`]: the `X-Polytomic-Version` header.
+//! - [`proxy`]: the pooled upstream client and the forwarding service.
+//! - [`stack`]: the one function that assembles the layers, in order.
+//! - [`server`]: the listener, connection limit and graceful shutdown.
+//! - [`fake`]: an in-memory fake Polytomic API for the demo and the tests.
+//! - [`demo`]: `polytomic-gateway demo`.
+//! - [`body`], [`future`]: the shared body type and early-exit future.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod body;
+pub mod config;
+pub mod credentials;
+pub mod demo;
+pub mod error;
+pub mod fake;
+pub mod future;
+pub mod health;
+pub mod limit;
+pub mod proxy;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
+pub mod version;
+
+pub use error::GatewayError;
+pub use server::Gateway;

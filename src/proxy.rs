@@ -1,0 +1,370 @@
+//! Forwarding to the Polytomic API: the innermost service of the stack.
+//!
+//! [`Upstream`] is built once from `[upstream]`: the parsed base URL and one
+//! pooled hyper-util client, HTTPS through rustls (webpki roots plus
+//! `ca_file`), HTTP/2 when ALPN offers it. [`Proxy`] forwards each request:
+//!
+//! - the path and query go upstream byte for byte, under the base path;
+//! - `Host` is the upstream's (the client sets it from the URI);
+//! - hop-by-hop headers, and those named in `Connection`, are removed in both
+//!   directions; `X-Forwarded-For` and `X-Forwarded-Proto` are set;
+//! - bodies stream in both directions; nothing is buffered here;
+//! - no response headers within `upstream.timeout` is a 504, an unreachable
+//!   upstream a 502 (see [`GatewayError`]). Upstream 4xx/5xx pass unchanged.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
+use tower::Service;
+
+use crate::body::{boxed, BoxError, GatewayBody};
+use crate::config::{ConfigProblem, UpstreamConfig};
+use crate::error::GatewayError;
+use crate::server::ClientAddr;
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded in either direction.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, GatewayBody>;
+
+/// The upstream API: where requests go and the pooled client that sends them.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `http` or `https`.
+    scheme: Scheme,
+    /// Host and optional port; the client derives `Host` from it.
+    authority: Authority,
+    /// The URL's path without a trailing slash, prefixed to every request path.
+    base_path: String,
+    /// The pooled client, shared by every request.
+    client: HttpsClient,
+    /// No response headers within this is a 504.
+    timeout: Duration,
+}
+
+impl Upstream {
+    /// Validates `[upstream]` and builds the client (no connection is made).
+    pub fn from_config(config: &UpstreamConfig) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let target = parse_url(&config.url).map_err(|m| ConfigProblem::new("upstream.url", m));
+        let roots = root_store(config.ca_file.as_deref())
+            .map_err(|m| ConfigProblem::new("upstream.ca_file", m));
+        for (key, value) in [
+            ("upstream.connect_timeout", config.connect_timeout),
+            ("upstream.timeout", config.timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(ConfigProblem::new(key, "must be greater than zero"));
+            }
+        }
+        let (target, roots) = match (target, roots) {
+            (Ok(target), Ok(roots)) if problems.is_empty() => (target, roots),
+            (target, roots) => {
+                problems.extend(target.err());
+                problems.extend(roots.err());
+                return Err(problems);
+            }
+        };
+        let (scheme, authority, base_path) = target;
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(config.connect_timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Ok(Self {
+            scheme,
+            authority,
+            base_path,
+            client,
+            timeout: config.timeout,
+        })
+    }
+
+    /// The URI a request for `path_and_query` is sent to.
+    fn uri_for(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        let pq = path_and_query.map_or("/", PathAndQuery::as_str);
+        let full = if self.base_path.is_empty() {
+            PathAndQuery::try_from(pq)?
+        } else {
+            PathAndQuery::try_from(format!("{}{pq}", self.base_path))?
+        };
+        Ok(Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(full)
+            .build()?)
+    }
+}
+
+/// Parses and checks `upstream.url` into scheme, authority and base path.
+fn parse_url(raw: &str) -> Result<(Scheme, Authority, String), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    let scheme = match url.scheme() {
+        "https" => Scheme::HTTPS,
+        "http" => Scheme::HTTP,
+        other => {
+            return Err(format!(
+                "scheme {other:?} is not supported; use https or http"
+            ))
+        }
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; use [credentials.*]".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    let host = url
+        .host_str()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{raw:?} has no host"))?;
+    let authority = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    let authority = Authority::try_from(authority).map_err(|e| format!("bad host: {e}"))?;
+    let base_path = url.path().trim_end_matches('/').to_owned();
+    Ok((scheme, authority, base_path))
+}
+
+/// The webpki roots, plus every certificate in `ca_file`.
+fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{} holds no PEM certificate", path.display()));
+        }
+    }
+    Ok(roots)
+}
+
+/// Forwards requests to an [`Upstream`].
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    upstream: Arc<Upstream>,
+}
+
+impl Proxy {
+    /// A service forwarding to `upstream`.
+    pub fn new(upstream: Upstream) -> Self {
+        Self {
+            upstream: Arc::new(upstream),
+        }
+    }
+}
+
+/// The error a failed upstream exchange maps to.
+fn classify(error: hyper_util::client::legacy::Error) -> GatewayError {
+    // Our own body errors (e.g. the body limit) travel through the client.
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(err) = cause {
+        if let Some(GatewayError::PayloadTooLarge { limit }) = err.downcast_ref() {
+            return GatewayError::PayloadTooLarge { limit: *limit };
+        }
+        cause = err.source();
+    }
+    let chain = error_chain(&error);
+    if error.is_connect() {
+        tracing::warn!(error = %chain, "upstream unreachable");
+        GatewayError::UpstreamUnreachable(Box::new(error))
+    } else {
+        tracing::warn!(error = %chain, "upstream exchange failed");
+        GatewayError::UpstreamFailed(Box::new(error))
+    }
+}
+
+/// `error` and its causes, joined, for one log field.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(err) = cause {
+        text.push_str(": ");
+        text.push_str(&err.to_string());
+        cause = err.source();
+    }
+    text
+}
+
+impl Service<Request<GatewayBody>> for Proxy {
+    type Response = Response<GatewayBody>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client has no readiness of its own.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        let (mut parts, body) = req.into_parts();
+        let uri = upstream.uri_for(parts.uri.path_and_query());
+        Box::pin(async move {
+            parts.uri = uri.map_err(|e| {
+                tracing::error!(error = %e, "cannot build the upstream URI");
+                GatewayError::Internal
+            })?;
+            let headers = &mut parts.headers;
+            remove_hop_by_hop(headers);
+            headers.remove(header::HOST);
+            if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
+                append_forwarded_for(headers, peer.ip());
+            }
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
+            parts.version = http::Version::HTTP_11;
+            let req = Request::from_parts(parts, body);
+            let sent = upstream.client.request(req);
+            let response = match tokio::time::timeout(upstream.timeout, sent).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => return Err(classify(error).into()),
+                Err(_) => {
+                    tracing::warn!(timeout = ?upstream.timeout, "upstream timed out");
+                    return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
+                }
+            };
+            let (mut parts, body) = response.into_parts();
+            remove_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(parts, boxed(body)))
+        })
+    }
+}
+
+/// Appends `ip` to any `X-Forwarded-For` chain the client sent.
+fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
+    let mut chain = String::new();
+    for value in headers.get_all(&X_FORWARDED_FOR) {
+        if let Ok(v) = value.to_str() {
+            chain.push_str(v);
+            chain.push_str(", ");
+        }
+    }
+    chain.push_str(&ip.to_string());
+    if let Ok(value) = HeaderValue::from_str(&chain) {
+        headers.insert(X_FORWARDED_FOR, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "keep-alive, X-Custom-Hop".parse().unwrap());
+        headers.insert("x-custom-hop", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("te", "trailers".parse().unwrap());
+        headers.insert("upgrade", "websocket".parse().unwrap());
+        headers.insert("idempotency-key", "k1".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["idempotency-key"]);
+    }
+
+    #[test]
+    fn urls_are_checked() {
+        let (scheme, authority, base) = parse_url("https://app.polytomic.com").unwrap();
+        assert_eq!(
+            (scheme.as_str(), authority.as_str(), base.as_str()),
+            ("https", "app.polytomic.com", "")
+        );
+        let (_, authority, base) = parse_url("http://127.0.0.1:9100/prefix/").unwrap();
+        assert_eq!(
+            (authority.as_str(), base.as_str()),
+            ("127.0.0.1:9100", "/prefix")
+        );
+        assert!(parse_url("ftp://x").is_err());
+        assert!(parse_url("not a url").is_err());
+        assert!(parse_url("https://user:pw@host").is_err());
+        assert!(parse_url("https://host/?q=1").is_err());
+    }
+
+    #[test]
+    fn paths_keep_their_bytes_under_the_base_path() {
+        let upstream = Upstream::from_config(&UpstreamConfig {
+            url: "http://127.0.0.1:1/base".into(),
+            ..UpstreamConfig::default()
+        })
+        .unwrap();
+        let pq = PathAndQuery::from_static("/api/organizations?a=%2F&b=1&a=2");
+        let uri = upstream.uri_for(Some(&pq)).unwrap();
+        assert_eq!(
+            uri.to_string(),
+            "http://127.0.0.1:1/base/api/organizations?a=%2F&b=1&a=2"
+        );
+    }
+}

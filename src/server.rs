@@ -1,0 +1,238 @@
+//! The listener: accepting connections, the connection limit, and graceful
+//! shutdown.
+//!
+//! [`Gateway::build`] validates the whole configuration and builds every part
+//! up front (so `check` and `serve` find the same problems); [`Gateway::serve`]
+//! then runs the stack on a listener until a shutdown future resolves:
+//!
+//! 1. `/readyz` turns 503 and the listener is closed, so new connections are
+//!    refused;
+//! 2. in-flight requests drain for up to `server.shutdown_grace`;
+//! 3. `serve` returns.
+//!
+//! Past `server.max_connections`, a new connection gets one 503 `overloaded`
+//! response and is closed, instead of queueing without bound.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::ServiceBuilder;
+
+use crate::body::GatewayBody;
+use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
+use crate::credentials::CredentialSet;
+use crate::error::GatewayError;
+use crate::health::Readiness;
+use crate::proxy::Upstream;
+use crate::stack::{self, StackParts};
+use crate::version::VersionPolicy;
+
+/// The peer address of the connection a request arrived on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// A fully built gateway, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    /// `[server]`, for the listener and shutdown.
+    server: ServerConfig,
+    /// The stack's parts, assembled when serving.
+    parts: StackParts,
+}
+
+impl Gateway {
+    /// Validates `config` (read from `file`) and builds every part.
+    ///
+    /// Every problem is reported, each naming its key and where it was set.
+    pub fn build(config: GatewayConfig, file: &Path) -> Result<Self, ConfigErrors> {
+        let mut problems = Vec::new();
+        validate_server(&config.server, &mut problems);
+        let credentials = CredentialSet::load(&config.credentials).map_err(|p| problems.extend(p));
+        let version = VersionPolicy::from_config(&config.polytomic).map_err(|p| problems.extend(p));
+        let upstream = Upstream::from_config(&config.upstream).map_err(|p| problems.extend(p));
+        let (Ok(credentials), Ok(version), Ok(upstream), true) =
+            (credentials, version, upstream, problems.is_empty())
+        else {
+            return Err(ConfigErrors::new(file, problems));
+        };
+        let readiness = {
+            let credentials = credentials.clone();
+            Readiness::new(vec![Box::new(move || {
+                if credentials.all_readable() {
+                    Ok(())
+                } else {
+                    Err("a credential source is unreadable")
+                }
+            })])
+        };
+        Ok(Self {
+            parts: StackParts {
+                max_body_bytes: config.server.max_body_bytes,
+                request_timeout: config.server.request_timeout,
+                readiness,
+                credentials,
+                version,
+                upstream,
+            },
+            server: config.server,
+        })
+    }
+
+    /// The configured listen address.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.server.listen
+    }
+
+    /// What `/readyz` reports.
+    pub fn readiness(&self) -> &Readiness {
+        &self.parts.readiness
+    }
+
+    /// The loaded credentials (e.g. to refresh them on SIGHUP).
+    pub fn credentials(&self) -> &CredentialSet {
+        &self.parts.credentials
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let Gateway { server, parts } = self;
+        let readiness = parts.readiness.clone();
+        let watcher = parts.credentials.watch();
+        let stack = stack::build::<Incoming>(parts);
+
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(server.header_timeout);
+        builder.http2().timer(TokioTimer::new());
+        let builder = Arc::new(builder);
+        let graceful = GracefulShutdown::new();
+        let permits = Arc::new(Semaphore::new(server.max_connections));
+
+        tracing::info!(listen = %listener.local_addr()?, "gateway listening");
+        tokio::pin!(shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let io = TokioIo::new(stream);
+            let builder = builder.clone();
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "connection limit reached; shedding");
+                tokio::spawn(shed(io, builder));
+                continue;
+            };
+            let svc = ServiceBuilder::new()
+                .map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    req
+                })
+                .service(stack.clone());
+            let watch = graceful.watcher();
+            tokio::spawn(async move {
+                let conn = builder.serve_connection(io, TowerToHyperService::new(svc));
+                if let Err(error) = watch.watch(conn).await {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+
+        readiness.start_draining();
+        drop(listener);
+        tracing::info!(
+            in_flight_connections = graceful.count(),
+            grace = ?server.shutdown_grace,
+            "shutting down: listener closed, draining in-flight requests"
+        );
+        tokio::select! {
+            () = graceful.shutdown() => tracing::info!("drained; exiting"),
+            () = tokio::time::sleep(server.shutdown_grace) => {
+                tracing::warn!("shutdown grace elapsed with requests still in flight; exiting");
+            }
+        }
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Answers one request on an over-limit connection with 503, then closes it.
+async fn shed(io: TokioIo<tokio::net::TcpStream>, builder: Arc<auto::Builder<TokioExecutor>>) {
+    let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
+        let mut response: Response<GatewayBody> = GatewayError::Overloaded.to_response();
+        response.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let _ = builder.serve_connection(io, svc).await;
+}
+
+fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
+    let positive = [
+        ("server.request_timeout", server.request_timeout.is_zero()),
+        ("server.header_timeout", server.header_timeout.is_zero()),
+        ("server.max_connections", server.max_connections == 0),
+        ("server.max_body_bytes", server.max_body_bytes == 0),
+    ];
+    for (key, zero) in positive {
+        if zero {
+            problems.push(ConfigProblem::new(key, "must be greater than zero"));
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+/// Re-reads file credentials on every SIGHUP, for as long as it runs.
+pub async fn reload_on_sighup(credentials: CredentialSet) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let set = credentials.clone();
+        let changed = tokio::task::spawn_blocking(move || set.refresh())
+            .await
+            .unwrap_or(0);
+        tracing::info!(changed, "SIGHUP: credentials re-read");
+    }
+}

@@ -1,0 +1,78 @@
+//! The one place the gateway's tower stack is assembled.
+//!
+//! Order matters; each layer's comment says why it sits where it does. The
+//! request flows top to bottom, the response bottom to top.
+
+use std::convert::Infallible;
+
+use http::{Request, Response};
+use tower::{Service, ServiceBuilder};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+
+use crate::body::{BoxError, GatewayBody};
+use crate::credentials::{CredentialSet, CredentialSwapLayer};
+use crate::error::RescueLayer;
+use crate::health::{HealthLayer, Readiness};
+use crate::limit::BodyLimitLayer;
+use crate::proxy::{Proxy, Upstream};
+use crate::version::{PolytomicVersionLayer, VersionPolicy};
+
+/// The built parts a stack is assembled from.
+#[derive(Debug)]
+pub struct StackParts {
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: u64,
+    /// `server.request_timeout`.
+    pub request_timeout: std::time::Duration,
+    /// What `/readyz` reports; also refuses work while draining.
+    pub readiness: Readiness,
+    /// The credentials injected upstream.
+    pub credentials: CredentialSet,
+    /// The `X-Polytomic-Version` policy.
+    pub version: VersionPolicy,
+    /// Where requests go.
+    pub upstream: Upstream,
+}
+
+/// Builds the whole gateway as one infallible, cloneable service.
+pub fn build<B>(
+    parts: StackParts,
+) -> impl Service<
+    Request<B>,
+    Response = Response<GatewayBody>,
+    Error = Infallible,
+    Future = impl Send + 'static,
+> + Clone
+       + Send
+       + 'static
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    ServiceBuilder::new()
+        // Outermost: every request gets an id (the client's `x-request-id`, or
+        // a new UUID) before anything can refuse it, so refusals carry one too.
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        // Copies the id onto every response. It wraps Rescue so that the JSON
+        // errors Rescue makes get the header as well.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        // Turns every `Err` below into a JSON error response: from here up
+        // the stack is infallible, as hyper requires.
+        .layer(RescueLayer::new(parts.request_timeout))
+        // Health paths are answered before any limit or credential work, and
+        // are never forwarded; while draining, new work stops here.
+        .layer(HealthLayer::new(parts.readiness))
+        // Bounds everything below it, including the upstream exchange; its
+        // `Elapsed` becomes a 504 in Rescue.
+        .timeout(parts.request_timeout)
+        // Before anything reads the body; also boxes it into the one body
+        // type the inner layers share.
+        .layer(BodyLimitLayer::new(parts.max_body_bytes))
+        // Strips the caller's credentials and injects the partner key. It
+        // sits just above the proxy so no layer after it sees the secret.
+        .layer(CredentialSwapLayer::new(parts.credentials))
+        // Sets X-Polytomic-Version for every forwarded request.
+        .layer(PolytomicVersionLayer::new(parts.version))
+        // Innermost: forwards upstream over the pooled client.
+        .service(Proxy::new(parts.upstream))
+}

@@ -1,0 +1,209 @@
+//! The `X-Polytomic-Version` header sent upstream.
+//!
+//! Every request to Polytomic carries a version. With `version_mode =
+//! "override"` the configured `version` always replaces whatever the client
+//! sent; with `"default"` a client's value is kept when it is one of
+//! `allowed_versions` and replaced otherwise. Header values are built once,
+//! when the layer is built; a request only compares bytes.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request};
+use tower::{Layer, Service};
+
+use crate::config::{ConfigProblem, PolytomicConfig, VersionMode};
+
+/// The header Polytomic reads the API version from.
+pub const X_POLYTOMIC_VERSION: HeaderName = HeaderName::from_static("x-polytomic-version");
+
+/// The validated `[polytomic]` settings.
+#[derive(Debug, Clone)]
+pub struct VersionPolicy {
+    /// Sent when the client's value is absent or not kept.
+    version: HeaderValue,
+    /// Whether a client's value may be kept.
+    mode: VersionMode,
+    /// Client values kept as sent, in `default` mode.
+    allowed: Vec<HeaderValue>,
+}
+
+/// Whether `s` looks like a Polytomic version date, `YYYY-MM-DD`.
+fn is_version_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+impl VersionPolicy {
+    /// Validates `[polytomic]`.
+    pub fn from_config(config: &PolytomicConfig) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        if !is_version_date(&config.version) {
+            problems.push(ConfigProblem::new(
+                "polytomic.version",
+                format!("{:?} is not a version date (YYYY-MM-DD)", config.version),
+            ));
+        }
+        let allowed = match (&config.allowed_versions, config.version_mode) {
+            (Some(_), VersionMode::Override) => {
+                problems.push(ConfigProblem::new(
+                    "polytomic.allowed_versions",
+                    "is only used with version_mode = \"default\"; remove it or change the mode",
+                ));
+                Vec::new()
+            }
+            (Some(list), VersionMode::Default) => list.clone(),
+            (None, _) => vec![config.version.clone()],
+        };
+        for (i, v) in allowed.iter().enumerate() {
+            if !is_version_date(v) {
+                problems.push(ConfigProblem::new(
+                    format!("polytomic.allowed_versions[{i}]"),
+                    format!("{v:?} is not a version date (YYYY-MM-DD)"),
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        // Dates are ASCII, so these conversions cannot fail.
+        let to_header = |s: &str| HeaderValue::from_str(s).expect("validated version date");
+        Ok(Self {
+            version: to_header(&config.version),
+            mode: config.version_mode,
+            allowed: allowed.iter().map(|s| to_header(s)).collect(),
+        })
+    }
+
+    /// The version sent when the client's is not kept.
+    pub fn version(&self) -> &HeaderValue {
+        &self.version
+    }
+
+    /// Sets the upstream version header on `headers`.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        if self.mode == VersionMode::Default {
+            let mut sent = headers.get_all(&X_POLYTOMIC_VERSION).iter();
+            // Exactly one allowed value is kept; none, several or another is replaced.
+            if let (Some(value), None) = (sent.next(), sent.next()) {
+                if self.allowed.contains(value) {
+                    return;
+                }
+            }
+        }
+        if headers.contains_key(&X_POLYTOMIC_VERSION) {
+            tracing::debug!("replacing the client's x-polytomic-version");
+        }
+        headers.insert(X_POLYTOMIC_VERSION, self.version.clone());
+    }
+}
+
+/// Sets `X-Polytomic-Version` on every request, per [`VersionPolicy`].
+#[derive(Debug, Clone)]
+pub struct PolytomicVersionLayer {
+    policy: Arc<VersionPolicy>,
+}
+
+impl PolytomicVersionLayer {
+    /// A layer applying `policy`.
+    pub fn new(policy: VersionPolicy) -> Self {
+        Self {
+            policy: Arc::new(policy),
+        }
+    }
+}
+
+impl<S> Layer<S> for PolytomicVersionLayer {
+    type Service = PolytomicVersion<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PolytomicVersion {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service built by [`PolytomicVersionLayer`].
+#[derive(Debug, Clone)]
+pub struct PolytomicVersion<S> {
+    inner: S,
+    policy: Arc<VersionPolicy>,
+}
+
+impl<S, B> Service<Request<B>> for PolytomicVersion<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        self.policy.apply(req.headers_mut());
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(mode: VersionMode, allowed: Option<Vec<&str>>) -> VersionPolicy {
+        VersionPolicy::from_config(&PolytomicConfig {
+            version: "2025-09-18".into(),
+            version_mode: mode,
+            allowed_versions: allowed.map(|v| v.into_iter().map(String::from).collect()),
+        })
+        .unwrap()
+    }
+
+    fn apply(policy: &VersionPolicy, sent: &[&str]) -> Vec<String> {
+        let mut headers = http::HeaderMap::new();
+        for v in sent {
+            headers.append(X_POLYTOMIC_VERSION, HeaderValue::from_str(v).unwrap());
+        }
+        policy.apply(&mut headers);
+        headers
+            .get_all(X_POLYTOMIC_VERSION)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn override_always_replaces() {
+        let p = policy(VersionMode::Override, None);
+        assert_eq!(apply(&p, &[]), ["2025-09-18"]);
+        assert_eq!(apply(&p, &["2024-02-08"]), ["2025-09-18"]);
+    }
+
+    #[test]
+    fn default_keeps_only_a_single_allowed_value() {
+        let p = policy(VersionMode::Default, Some(vec!["2024-02-08", "2025-09-18"]));
+        assert_eq!(apply(&p, &[]), ["2025-09-18"]);
+        assert_eq!(apply(&p, &["2024-02-08"]), ["2024-02-08"]);
+        assert_eq!(apply(&p, &["2023-01-01"]), ["2025-09-18"]);
+        assert_eq!(apply(&p, &["2024-02-08", "2025-09-18"]), ["2025-09-18"]);
+    }
+
+    #[test]
+    fn bad_versions_and_contradictions_are_config_problems() {
+        let problems = VersionPolicy::from_config(&PolytomicConfig {
+            version: "latest".into(),
+            version_mode: VersionMode::Override,
+            allowed_versions: Some(vec!["2024-02-08".into()]),
+        })
+        .unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["polytomic.version", "polytomic.allowed_versions"]);
+    }
+}
