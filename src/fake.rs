@@ -152,11 +152,11 @@ impl FakePolytomic {
 
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, body) = req.into_parts();
-        let body = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        // A request whose body never completed (an aborted upload) is not
+        // processed or recorded, as a real API would not act on it.
+        let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+            return error(StatusCode::BAD_REQUEST, "bad_request", "incomplete body");
+        };
         let recorded = RecordedRequest {
             method: parts.method.clone(),
             target: parts
@@ -222,13 +222,13 @@ impl FakePolytomic {
                 data(StatusCode::OK, Value::Array(orgs))
             }
             (&Method::POST, ["api", "organizations"]) => match parse_named(&req.body) {
-                Ok(fields) => {
+                Some(fields) => {
                     let id = uuid::Uuid::new_v4().to_string();
                     self.insert_org(&id, fields);
                     let org = self.state().organizations.get(&id).cloned();
                     data(StatusCode::OK, org.unwrap_or_default())
                 }
-                Err(response) => response,
+                None => name_required(),
             },
             (method, ["api", "organizations", id]) => self.one_org(method, id, &req.body),
             _ => not_found(),
@@ -243,7 +243,7 @@ impl FakePolytomic {
         match *method {
             Method::GET => data(StatusCode::OK, state.organizations[id].clone()),
             Method::PUT | Method::PATCH => match parse_named(body) {
-                Ok(fields) => {
+                Some(fields) => {
                     let org = state.organizations.get_mut(id).expect("checked above");
                     // Polytomic replaces the SSO configuration in full.
                     for key in ["client_id", "issuer", "sso_domain", "sso_org_id"] {
@@ -252,7 +252,7 @@ impl FakePolytomic {
                     merge_public_fields(org, &fields);
                     data(StatusCode::OK, org.clone())
                 }
-                Err(response) => response,
+                None => name_required(),
             },
             Method::DELETE => {
                 state.organizations.remove(id);
@@ -279,15 +279,14 @@ fn merge_public_fields(org: &mut Value, fields: &Value) {
 }
 
 /// Parses a body that must be a JSON object with a string `name`.
-fn parse_named(body: &[u8]) -> Result<Value, Response<Full<Bytes>>> {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(v) if v.get("name").is_some_and(Value::is_string) => Ok(v),
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "name is required",
-        )),
-    }
+fn parse_named(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .filter(|v| v.get("name").is_some_and(Value::is_string))
+}
+
+fn name_required() -> Response<Full<Bytes>> {
+    error(StatusCode::BAD_REQUEST, "bad_request", "name is required")
 }
 
 fn json_response(status: StatusCode, body: Value) -> Response<Full<Bytes>> {

@@ -148,11 +148,11 @@ impl Upstream {
         } else {
             PathAndQuery::try_from(format!("{}{pq}", self.base_path))?
         };
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(full)
-            .build()?)
+            .build()
     }
 }
 

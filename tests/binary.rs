@@ -1,0 +1,354 @@
+//! The real `polytomic-gateway` binary: `check`, the CLI, graceful shutdown,
+//! key rotation, environment overrides, streaming memory, and the demo.
+
+mod common;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use polytomic_gateway::fake::FakePolytomic;
+use tokio::sync::Notify;
+
+fn check(path: &std::path::Path, envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = Command::new(binary_path());
+    cmd.arg("check")
+        .arg("--config")
+        .arg(path)
+        .env_remove("POLYTOMIC_PARTNER_KEY");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_a_good_config_and_prints_ok() {
+    let dir = TestDir::new();
+    let path = dir.config("https://app.polytomic.com", "");
+    let (ok, stdout, stderr) = check(&path, &[]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "ok");
+}
+
+#[test]
+fn check_accepts_the_shipped_configs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (ok, stdout, stderr) = check(
+        &root.join("config/gateway.toml"),
+        &[("POLYTOMIC_PARTNER_KEY", "pk_x")],
+    );
+    assert!(ok && stdout.trim() == "ok", "{stderr}");
+    let out = Command::new(binary_path())
+        .args(["check", "--config", "config/demo.toml"])
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn check_names_an_unknown_key_and_the_file() {
+    let dir = TestDir::new();
+    let path = dir.config("https://app.polytomic.com", "[server]\nmax_body_byte = 10");
+    let (ok, _, stderr) = check(&path, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("`server.max_body_byte`"), "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains("unknown key"), "{stderr}");
+}
+
+#[test]
+fn check_names_a_missing_credential_without_showing_values() {
+    let dir = TestDir::new();
+    let path = dir.path("missing-cred.toml");
+    std::fs::write(
+        &path,
+        "[credentials.partner]\nenv = \"POLYTOMIC_GATEWAY_TEST_UNSET_KEY\"\n\n[credentials.onprem]\nfile = \"/nonexistent/partner-key\"\nscheme = \"basic\"\n",
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&path, &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("`credentials.partner.env`")
+            && stderr.contains("POLYTOMIC_GATEWAY_TEST_UNSET_KEY is not set"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`credentials.onprem.file`") && stderr.contains("/nonexistent/partner-key"),
+        "{stderr}"
+    );
+    // Every problem is reported in one run, one per line.
+    assert_eq!(stderr.lines().count(), 2, "{stderr}");
+}
+
+#[test]
+fn check_reports_every_problem_and_names_env_overrides() {
+    let dir = TestDir::new();
+    let path = dir.config(
+        "https://app.polytomic.com",
+        "[polytomic]\nversion = \"latest\"",
+    );
+    let (ok, _, stderr) = check(&path, &[("GATEWAY__UPSTREAM__URL", "not a url")]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("environment variable GATEWAY__UPSTREAM__URL: `upstream.url`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`polytomic.version`") && stderr.contains(&path.display().to_string()),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = check(&path, &[("GATEWAY__SERVER__NOPE", "1")]);
+    assert!(!ok && stderr.contains("`server.nope`"), "{stderr}");
+}
+
+#[test]
+fn check_refuses_a_bad_upstream_url() {
+    let dir = TestDir::new();
+    for url in [
+        "ftp://example.com",
+        "app.polytomic.com",
+        "https://user:pw@example.com",
+    ] {
+        let path = dir.config(url, "");
+        let (ok, _, stderr) = check(&path, &[]);
+        assert!(!ok, "{url} accepted");
+        assert!(stderr.contains("`upstream.url`"), "{stderr}");
+        assert!(!stderr.contains("pw@"), "{stderr}");
+    }
+}
+
+#[test]
+fn version_and_help_work() {
+    let out = Command::new(binary_path())
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("polytomic-gateway {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = Command::new(binary_path()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for command in ["serve", "check", "demo", "--config"] {
+        assert!(help.contains(command), "{help}");
+    }
+}
+
+#[tokio::test]
+async fn env_overrides_the_file_and_a_bare_invocation_serves() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config("http://127.0.0.1:1", "");
+    let mut cmd = tokio::process::Command::new(binary_path());
+    cmd.arg("--config")
+        .arg(&path)
+        .env("GATEWAY__UPSTREAM__URL", format!("http://{addr}"))
+        .env("GATEWAY__POLYTOMIC__VERSION", "2024-02-08");
+    let mut gw = Binary::start(cmd, "gateway listening").await;
+    let (parts, _) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(
+        fake.requests()[0].headers["x-polytomic-version"],
+        "2024-02-08"
+    );
+    gw.signal("TERM");
+    assert!(gw.child.wait().await.unwrap().success());
+    let output = gw.collect_output().await;
+    assert!(!output.contains(PARTNER_KEY), "{output}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
+    let arrived = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (a, r) = (arrived.clone(), release.clone());
+    let upstream = spawn_upstream(move |_req: Request<Incoming>| {
+        let (a, r) = (a.clone(), r.clone());
+        async move {
+            a.notify_one();
+            r.notified().await;
+            http::Response::new(upstream_body(r#"{"data":{"slow":true}}"#))
+        }
+    })
+    .await;
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{upstream}"),
+        "[server]\nshutdown_grace = \"20s\"",
+    );
+    let mut gw = Binary::serve(&path, &[]).await;
+    let url = gw.url("/api/organization");
+    let in_flight = tokio::spawn(async move { send(&client(), get(&url)).await });
+    arrived.notified().await;
+
+    gw.signal("TERM");
+    gw.wait_for_line("listener closed").await;
+    let refused = tokio::net::TcpStream::connect(gw.addr).await;
+    assert!(
+        refused.is_err(),
+        "new connections must be refused while draining"
+    );
+
+    release.notify_one();
+    let (parts, body) = in_flight.await.unwrap();
+    assert_eq!(parts.status, 200);
+    assert_eq!(json(&body)["data"]["slow"], true);
+    let status = gw.child.wait().await.unwrap();
+    assert!(status.success(), "{status}");
+    gw.wait_for_line("drained; exiting").await;
+}
+
+#[tokio::test]
+async fn a_rotated_key_file_is_used_without_a_restart() {
+    let fake = FakePolytomic::with_authorization("Bearer pk_rotated_second".parse().unwrap());
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(&format!("http://{addr}"), "");
+    let mut gw = Binary::serve(&path, &[]).await;
+    let c = client();
+    let (parts, _) = send(&c, get(&gw.url("/api/organization"))).await;
+    assert_eq!(
+        parts.status, 401,
+        "the first key is not the one the fake accepts"
+    );
+
+    std::fs::write(dir.path("partner-key"), "pk_rotated_second\n").unwrap();
+    gw.signal("HUP");
+    gw.wait_for_line("SIGHUP: credentials re-read").await;
+    let (parts, _) = send(&c, get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.status, 200);
+    let seen = fake.requests();
+    assert_eq!(
+        seen[0].headers["authorization"],
+        format!("Bearer {PARTNER_KEY}")
+    );
+    assert_eq!(seen[1].headers["authorization"], "Bearer pk_rotated_second");
+    let output = gw.stdout.join("\n");
+    assert!(
+        !output.contains("pk_rotated_second") && !output.contains(PARTNER_KEY),
+        "{output}"
+    );
+}
+
+const FIFTY_MB: u64 = 50 * 1024 * 1024;
+
+#[tokio::test]
+async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
+    // An upstream that counts uploads frame by frame and streams downloads.
+    let upstream = spawn_upstream(|req: Request<Incoming>| async move {
+        if req.method() == http::Method::POST {
+            let mut body = req.into_body();
+            let mut total = 0u64;
+            while let Some(frame) = body.frame().await {
+                total += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+            }
+            http::Response::new(upstream_body(format!(r#"{{"bytes":{total}}}"#)))
+        } else {
+            let body = Zeros {
+                remaining: FIFTY_MB,
+            }
+            .boxed();
+            http::Response::builder()
+                .header("content-length", FIFTY_MB.to_string())
+                .body(body)
+                .unwrap()
+        }
+    })
+    .await;
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{upstream}"),
+        "[server]\nmax_body_bytes = 104857600",
+    );
+    let gw = Binary::serve(&path, &[]).await;
+    // Warm up: one small request through the whole stack.
+    let (parts, _) = send(&client(), get(&gw.url("/api/warmup"))).await;
+    assert_eq!(parts.status, 200);
+    let rss_before = gw.proc_kib("VmRSS");
+    let hwm_before = gw.proc_kib("VmHWM");
+
+    let upload = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Zeros>();
+    let req = Request::post(gw.url("/api/upload"))
+        .header("content-length", FIFTY_MB.to_string())
+        .body(Zeros {
+            remaining: FIFTY_MB,
+        })
+        .unwrap();
+    let response = upload.request(req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(json(&body)["bytes"], FIFTY_MB);
+
+    let response = client()
+        .request(
+            Request::get(gw.url("/api/download"))
+                .body(Full::<Bytes>::default())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    let mut received = 0u64;
+    while let Some(frame) = body.frame().await {
+        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(received, FIFTY_MB);
+
+    let hwm_after = gw.proc_kib("VmHWM");
+    let rss_after = gw.proc_kib("VmRSS");
+    let growth_kib = hwm_after.saturating_sub(hwm_before);
+    eprintln!(
+        "streaming 50 MiB up + 50 MiB down: RSS {rss_before} KiB -> {rss_after} KiB, peak {hwm_before} KiB -> {hwm_after} KiB (+{growth_kib} KiB)"
+    );
+    assert!(
+        growth_kib < 16 * 1024,
+        "peak RSS grew by {growth_kib} KiB while streaming"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_curl_that_succeeds() {
+    let mut cmd = tokio::process::Command::new(binary_path());
+    cmd.args(["demo", "--listen", "127.0.0.1:0"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let mut demo = Binary::start(cmd, "gateway listening").await;
+    let curl = demo.wait_for_line("curl -sS http://").await;
+    let url = curl.split_whitespace().last().unwrap().to_owned();
+    assert!(url.starts_with(&format!("http://{}/", demo.addr)), "{curl}");
+    let (parts, body) = send(&client(), Request::get(&url).body(Full::default()).unwrap()).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    let org = json(&body);
+    assert!(org["data"]["name"].is_string());
+    assert!(org["data"].get("client_secret").is_none());
+    // The fake API logs what it received: the partner key, masked.
+    let logged = demo
+        .wait_for_line("[fake polytomic] GET /api/organization")
+        .await;
+    assert!(logged.contains("partner key (correct, masked)"), "{logged}");
+    let key = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-partner-key"),
+    )
+    .unwrap();
+    demo.signal("INT");
+    assert!(demo.child.wait().await.unwrap().success());
+    assert!(!demo.collect_output().await.contains(key.trim()));
+}

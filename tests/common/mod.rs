@@ -1,0 +1,373 @@
+//! Shared test harness: a gateway in process or as the real binary, real
+//! upstream servers, and a plain HTTP client, all over loopback sockets.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use polytomic_gateway::{config, Gateway};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+/// The partner key every test gateway injects; a canary for leak checks.
+pub const PARTNER_KEY: &str = "pk_live_CANARY_partner_7f3a9c";
+
+/// A temp dir holding the partner key file and a config file.
+pub struct TestDir {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDir {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("partner-key"), format!("{PARTNER_KEY}\n")).unwrap();
+        Self { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a config for `upstream_url`: listen on port 0, the partner key
+    /// from a file, then `extra` TOML appended (sections must not repeat).
+    pub fn config(&self, upstream_url: &str, extra: &str) -> PathBuf {
+        let key = self.path("partner-key");
+        let text = format!(
+            "[credentials.partner]\nfile = {key:?}\n\n{extra}\n",
+            key = key.display().to_string()
+        );
+        let text = if extra.contains("[upstream]") {
+            text.replace("[upstream]", &format!("[upstream]\nurl = {upstream_url:?}"))
+        } else {
+            format!("{text}\n[upstream]\nurl = {upstream_url:?}\n")
+        };
+        let text = if text.contains("[server]") {
+            text.replace("[server]", "[server]\nlisten = \"127.0.0.1:0\"")
+        } else {
+            format!("{text}\n[server]\nlisten = \"127.0.0.1:0\"\n")
+        };
+        let path = self.path("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+/// A gateway running in this process; shuts down when dropped.
+pub struct InProcess {
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    _dir: TestDir,
+}
+
+impl InProcess {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Starts draining and waits for `serve` to return.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.take().map(|tx| tx.send(()));
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        let _ = self.shutdown.take().map(|tx| tx.send(()));
+    }
+}
+
+/// Loads a config the way the binary does and serves it on port 0.
+pub async fn start_gateway(upstream_url: &str, extra: &str) -> InProcess {
+    let dir = TestDir::new();
+    let path = dir.config(upstream_url, extra);
+    start_gateway_from(dir, &path).await
+}
+
+pub async fn start_gateway_from(dir: TestDir, path: &Path) -> InProcess {
+    let config = config::load(path).unwrap_or_else(|e| panic!("{e}"));
+    let gateway = Gateway::build(config, path).unwrap_or_else(|e| panic!("{e}"));
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel();
+    let task = tokio::spawn(gateway.serve(listener, async {
+        let _ = rx.await;
+    }));
+    InProcess {
+        addr,
+        shutdown: Some(tx),
+        task: Some(task),
+        _dir: dir,
+    }
+}
+
+pub type TestClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A plain HTTP/1.1 client with no pooling surprises.
+pub fn client() -> TestClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// An h2c (prior knowledge) client.
+pub fn h2c_client() -> TestClient {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends `req` and returns the status, headers and whole body.
+pub async fn send(
+    client: &TestClient,
+    req: Request<Full<Bytes>>,
+) -> (http::response::Parts, Bytes) {
+    let response = client.request(req).await.expect("request failed");
+    let (parts, body) = response.into_parts();
+    (parts, body.collect().await.expect("body").to_bytes())
+}
+
+/// A GET with the caller's own (to be stripped) credentials.
+pub fn get(url: &str) -> Request<Full<Bytes>> {
+    Request::get(url)
+        .header("authorization", "Bearer caller-internal-jwt")
+        .body(Full::default())
+        .unwrap()
+}
+
+pub fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(bytes)))
+}
+
+/// Asserts a gateway error body: status, key, content type, and no secret.
+pub fn assert_gateway_error(parts: &http::response::Parts, body: &[u8], status: u16, key: &str) {
+    assert_eq!(
+        parts.status.as_u16(),
+        status,
+        "{}",
+        String::from_utf8_lossy(body)
+    );
+    assert_eq!(parts.headers["content-type"], "application/json");
+    let value = json(body);
+    assert_eq!(value["status"], status);
+    assert_eq!(value["key"], key);
+    assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(value["metadata"].is_object());
+    let text = String::from_utf8_lossy(body);
+    assert!(!text.contains(PARTNER_KEY), "partner key leaked: {text}");
+    assert!(
+        !text.contains("caller-internal-jwt"),
+        "caller token leaked: {text}"
+    );
+}
+
+/// Serves `handler` on a fresh loopback port (HTTP/1.1 and h2c).
+pub async fn spawn_upstream<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpstreamBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+pub fn upstream_body(bytes: impl Into<Bytes>) -> UpstreamBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A port with nothing listening on it.
+pub async fn closed_port() -> u16 {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A body of `len` zero bytes produced in 64 KiB chunks, never held whole.
+pub struct Zeros {
+    pub remaining: u64,
+}
+
+impl http_body::Body for Zeros {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        const CHUNK: &[u8] = &[0u8; 64 * 1024];
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(CHUNK.len() as u64);
+        self.remaining -= n;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+            &CHUNK[..n as usize],
+        )))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+/// The gateway binary, started as a child process.
+pub struct Binary {
+    pub child: tokio::process::Child,
+    pub addr: SocketAddr,
+    lines: mpsc::UnboundedReceiver<String>,
+    pub stdout: Vec<String>,
+}
+
+pub fn binary_path() -> &'static str {
+    env!("CARGO_BIN_EXE_polytomic-gateway")
+}
+
+impl Binary {
+    /// Runs `serve --config path` and waits until it is listening.
+    pub async fn serve(path: &Path, envs: &[(&str, &str)]) -> Self {
+        let mut cmd = tokio::process::Command::new(binary_path());
+        cmd.arg("serve").arg("--config").arg(path);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Self::start(cmd, "gateway listening").await
+    }
+
+    /// Spawns `cmd` and waits for a stderr line containing `ready`, which
+    /// must name the listen address as `listen=ADDR`.
+    pub async fn start(mut cmd: tokio::process::Command, ready: &str) -> Self {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env("RUST_LOG", "info")
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("spawn gateway binary");
+        let (tx, lines) = mpsc::unbounded_channel();
+        for stream in [
+            Box::pin(child.stderr.take().unwrap()) as Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+            Box::pin(child.stdout.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut reader = BufReader::new(stream).lines();
+                while let Ok(Some(line)) = reader.next_line().await {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let mut binary = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            lines,
+            stdout: Vec::new(),
+        };
+        let line = binary.wait_for_line(ready).await;
+        let addr = line
+            .split("listen=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no listen= in {line:?}"));
+        binary.addr = addr.parse().unwrap();
+        binary
+    }
+
+    /// Waits (bounded) for an output line containing `needle`, including
+    /// lines already read: stdout and stderr interleave in any order.
+    pub async fn wait_for_line(&mut self, needle: &str) -> String {
+        if let Some(line) = self.stdout.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let found = tokio::time::timeout(Duration::from_secs(20), async {
+            while let Some(line) = self.lines.recv().await {
+                self.stdout.push(line);
+                if self.stdout.last().is_some_and(|l| l.contains(needle)) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        if found == Ok(true) {
+            return self.stdout.last().cloned().unwrap_or_default();
+        }
+        panic!(
+            "no line containing {needle:?}; output so far:\n{}",
+            self.stdout.join("\n")
+        )
+    }
+
+    /// Every output line so far, after waiting for the process to exit.
+    pub async fn collect_output(&mut self) -> String {
+        while let Some(line) = self.lines.recv().await {
+            self.stdout.push(line);
+        }
+        self.stdout.join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    /// Sends a signal by name (TERM, HUP, ...) with the system `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// A `/proc/PID/status` field in KiB, e.g. `VmRSS` or `VmHWM`.
+    pub fn proc_kib(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {field} in /proc status"))
+    }
+}

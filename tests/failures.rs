@@ -1,0 +1,188 @@
+//! Gateway errors over real sockets: each failure has its exact status and a
+//! JSON body in Polytomic's error shape, and nothing leaks the partner key.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use polytomic_gateway::fake::FakePolytomic;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+#[tokio::test]
+async fn a_refused_connection_is_502_upstream_unreachable() {
+    let port = closed_port().await;
+    let gw = start_gateway(&format!("http://127.0.0.1:{port}"), "").await;
+    let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_gateway_error(&parts, &body, 502, "upstream_unreachable");
+    assert!(parts.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn a_dns_failure_is_502_upstream_unreachable() {
+    // `.invalid` never resolves (RFC 6761).
+    let gw = start_gateway("http://polytomic-gateway-test.invalid", "").await;
+    let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_gateway_error(&parts, &body, 502, "upstream_unreachable");
+}
+
+#[tokio::test]
+async fn a_reset_after_the_request_was_sent_is_502_upstream_failed() {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            // Read the request head, then close without answering.
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            drop(stream);
+        }
+    });
+    let gw = start_gateway(&format!("http://{addr}"), "").await;
+    let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_gateway_error(&parts, &body, 502, "upstream_failed");
+}
+
+/// An upstream that accepts and reads but never answers, until dropped.
+async fn silent_upstream() -> (std::net::SocketAddr, Arc<Notify>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(Notify::new());
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((stream, _)) = listener.accept() => held.push(stream),
+                () = stopped.notified() => break,
+            }
+        }
+    });
+    (addr, stop)
+}
+
+#[tokio::test]
+async fn no_response_within_upstream_timeout_is_504() {
+    let (addr, stop) = silent_upstream().await;
+    let gw = start_gateway(&format!("http://{addr}"), "[upstream]\ntimeout = \"300ms\"").await;
+    let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_gateway_error(&parts, &body, 504, "upstream_timeout");
+    assert_eq!(
+        json(&body)["message"],
+        "the upstream did not respond within 300ms"
+    );
+    stop.notify_one();
+}
+
+#[tokio::test]
+async fn the_whole_request_timeout_is_504_request_timeout() {
+    let (addr, stop) = silent_upstream().await;
+    let gw = start_gateway(
+        &format!("http://{addr}"),
+        "[upstream]\ntimeout = \"30s\"\n[server]\nrequest_timeout = \"200ms\"",
+    )
+    .await;
+    let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_gateway_error(&parts, &body, 504, "request_timeout");
+    stop.notify_one();
+}
+
+#[tokio::test]
+async fn a_declared_oversize_body_is_413_and_never_forwarded() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(&format!("http://{addr}"), "[server]\nmax_body_bytes = 1024").await;
+    let req = Request::post(gw.url("/api/organizations"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(vec![b' '; 2048])))
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
+    assert_gateway_error(&parts, &body, 413, "payload_too_large");
+    assert_eq!(json(&body)["metadata"]["limit_bytes"], 1024);
+    // A follow-up request is forwarded, and is the only one the upstream saw.
+    send(&client(), get(&gw.url("/api/organization"))).await;
+    let seen = fake.wait_for_requests(1).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/api/organization");
+}
+
+#[tokio::test]
+async fn a_chunked_oversize_body_is_413_and_never_completes_upstream() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(
+        &format!("http://{addr}"),
+        "[server]\nmax_body_bytes = 100000",
+    )
+    .await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Zeros>();
+    // No Content-Length: the body arrives chunked and is cut off mid-stream.
+    let req = Request::post(gw.url("/api/organizations"))
+        .header("content-type", "application/json")
+        .body(Zeros { remaining: 300_000 })
+        .unwrap();
+    let response = client.request(req).await.expect("gateway answers");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    assert_gateway_error(&parts, &body, 413, "payload_too_large");
+    send(&common::client(), get(&gw.url("/api/organization"))).await;
+    let seen = fake.wait_for_requests(1).await;
+    assert!(
+        seen.iter().all(|r| r.method != http::Method::POST),
+        "the truncated upload must not reach the upstream as a whole request"
+    );
+}
+
+#[tokio::test]
+async fn upstream_5xx_passes_through_and_is_not_a_gateway_error() {
+    let upstream = spawn_upstream(|_req| async {
+        http::Response::builder()
+            .status(503)
+            .header("content-type", "application/json")
+            .header("retry-after", "7")
+            .body(upstream_body(
+                r#"{"status":503,"message":"maintenance","key":"maintenance","metadata":{}}"#,
+            ))
+            .unwrap()
+    })
+    .await;
+    let gw = start_gateway(&format!("http://{upstream}"), "").await;
+    let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.status, 503);
+    assert_eq!(parts.headers["retry-after"], "7");
+    assert_eq!(json(&body)["key"], "maintenance");
+}
+
+#[tokio::test]
+async fn a_response_cut_off_mid_body_aborts_the_client_body() {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"data\":")
+                .await;
+            drop(stream);
+        }
+    });
+    let gw = start_gateway(&format!("http://{addr}"), "").await;
+    let response = client()
+        .request(get(&gw.url("/api/organization")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await;
+    assert!(
+        body.is_err(),
+        "a truncated upstream body must not look complete"
+    );
+}

@@ -1,0 +1,308 @@
+//! What reaches the upstream: the credential swap, the version header,
+//! hop-by-hop removal, byte-exact paths, pass-through headers and request ids.
+//! Each test runs the gateway in process on a real socket in front of the
+//! fake Polytomic API, which records every request it receives.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+use polytomic_gateway::fake::{FakePolytomic, CURRENT_ORG_ID};
+
+async fn fake_and_gateway(extra: &str) -> (FakePolytomic, InProcess) {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gateway = start_gateway(&format!("http://{addr}"), extra).await;
+    (fake, gateway)
+}
+
+#[tokio::test]
+async fn the_partner_key_replaces_every_caller_credential() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let req = Request::get(gw.url("/api/organization"))
+        .header("authorization", "Bearer caller-internal-jwt")
+        .header("proxy-authorization", "Basic Y2FsbGVyOnB3")
+        .header("cookie", "session=caller-cookie")
+        .body(Full::default())
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["data"]["id"], CURRENT_ORG_ID);
+
+    let seen = &fake.requests()[0];
+    let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, [format!("Bearer {PARTNER_KEY}").as_str()]);
+    assert!(!seen.headers.contains_key("proxy-authorization"));
+    assert!(!seen.headers.contains_key("cookie"));
+    let all_headers = format!("{:?}", seen.headers);
+    assert!(!all_headers.contains("caller-internal-jwt"));
+    assert!(!all_headers.contains("caller-cookie"));
+}
+
+#[tokio::test]
+async fn a_request_without_credentials_still_gets_the_partner_key() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let req = Request::get(gw.url("/api/organizations"))
+        .body(Full::default())
+        .unwrap();
+    let (parts, _) = send(&client(), req).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(
+        fake.requests()[0].headers["authorization"],
+        format!("Bearer {PARTNER_KEY}")
+    );
+}
+
+#[tokio::test]
+async fn override_mode_always_sends_the_configured_version() {
+    let (fake, gw) =
+        fake_and_gateway("[polytomic]\nversion = \"2025-09-18\"\nversion_mode = \"override\"")
+            .await;
+    let c = client();
+    send(&c, get(&gw.url("/api/organization"))).await;
+    let mut req = get(&gw.url("/api/organization"));
+    req.headers_mut()
+        .insert("x-polytomic-version", "2024-02-08".parse().unwrap());
+    send(&c, req).await;
+    let seen = fake.requests();
+    for r in &seen {
+        let versions: Vec<_> = r.headers.get_all("x-polytomic-version").iter().collect();
+        assert_eq!(versions, ["2025-09-18"]);
+    }
+    assert_eq!(seen.len(), 2);
+}
+
+#[tokio::test]
+async fn default_mode_keeps_allowed_client_versions_only() {
+    let (fake, gw) = fake_and_gateway(
+        "[polytomic]\nversion = \"2025-09-18\"\nversion_mode = \"default\"\nallowed_versions = [\"2024-02-08\", \"2025-09-18\"]",
+    )
+    .await;
+    let c = client();
+    for sent in [Some("2024-02-08"), Some("2023-01-01"), None] {
+        let mut req = get(&gw.url("/api/organization"));
+        if let Some(v) = sent {
+            req.headers_mut()
+                .insert("x-polytomic-version", v.parse().unwrap());
+        }
+        let (parts, _) = send(&c, req).await;
+        assert_eq!(parts.status, 200);
+    }
+    let versions: Vec<_> = fake
+        .requests()
+        .iter()
+        .map(|r| {
+            r.headers["x-polytomic-version"]
+                .to_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(versions, ["2024-02-08", "2025-09-18", "2025-09-18"]);
+}
+
+#[tokio::test]
+async fn path_and_query_arrive_byte_for_byte() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let target = format!(
+        "/api/organizations/{CURRENT_ORG_ID}?b=2&a=%2F%20x&a=1&empty=&check=%E2%9C%93&plus=a+b&%7E=~"
+    );
+    let (parts, _) = send(&client(), get(&gw.url(&target))).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(fake.requests()[0].target, target);
+}
+
+#[tokio::test]
+async fn the_upstream_base_path_prefixes_the_request_path() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(&format!("http://{addr}/prefix/"), "").await;
+    let (parts, _) = send(&client(), get(&gw.url("/api/organizations?x=1"))).await;
+    // The fake serves /api only, so the prefixed path is its 404, passed through.
+    assert_eq!(parts.status, 404);
+    assert_eq!(fake.requests()[0].target, "/prefix/api/organizations?x=1");
+}
+
+#[tokio::test]
+async fn host_and_forwarded_headers_are_set() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let upstream_host = {
+        // The fake's address is in the config the gateway was built from.
+        send(&client(), get(&gw.url("/api/organization"))).await;
+        fake.requests()[0].headers["host"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(upstream_host.starts_with("127.0.0.1:"), "{upstream_host}");
+    assert_ne!(
+        upstream_host,
+        gw.addr.to_string(),
+        "Host must be the upstream's"
+    );
+
+    let mut req = get(&gw.url("/api/organization"));
+    req.headers_mut()
+        .insert("x-forwarded-for", "10.9.8.7".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    send(&client(), req).await;
+    let seen = &fake.requests()[1];
+    assert_eq!(seen.headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(fake.requests()[0].headers["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_removed_in_both_directions() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let record = seen.clone();
+    let upstream = spawn_upstream(move |req: Request<hyper::body::Incoming>| {
+        *record.lock().unwrap() = Some(req.headers().clone());
+        async {
+            http::Response::builder()
+                .header("connection", "x-upstream-hop")
+                .header("x-upstream-hop", "1")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-authenticate", "Basic")
+                .header("x-end-to-end", "kept")
+                .body(upstream_body("{}"))
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = start_gateway(&format!("http://{upstream}"), "").await;
+    let req = Request::get(gw.url("/api/organization"))
+        .header("connection", "x-client-hop, keep-alive")
+        .header("x-client-hop", "secret-ish")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("proxy-connection", "keep-alive")
+        .header("trailer", "x-checksum")
+        .header("x-end-to-end", "kept")
+        .body(Full::default())
+        .unwrap();
+    let (parts, _) = send(&client(), req).await;
+    assert_eq!(parts.status, 200);
+    for gone in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+        assert!(!parts.headers.contains_key(gone), "response kept {gone}");
+    }
+    assert_eq!(parts.headers["x-end-to-end"], "kept");
+
+    let headers = seen.lock().unwrap().clone().unwrap();
+    for gone in [
+        "x-client-hop",
+        "keep-alive",
+        "te",
+        "proxy-connection",
+        "trailer",
+    ] {
+        assert!(!headers.contains_key(gone), "upstream received {gone}");
+    }
+    assert_eq!(headers["x-end-to-end"], "kept");
+}
+
+#[tokio::test]
+async fn idempotency_keys_and_end_to_end_headers_pass_untouched() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let req = Request::post(gw.url("/api/organizations"))
+        .header("content-type", "application/json")
+        .header("idempotency-key", "3f1c1d2e-idem-Key/with+odd=chars")
+        .header("user-agent", "polytomic/25.9.2")
+        .header("x-custom", "a")
+        .header("x-custom", "b")
+        .body(Full::new(Bytes::from_static(br#"{"name":"Initech"}"#)))
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["data"]["name"], "Initech");
+    let seen = &fake.requests()[0];
+    assert_eq!(
+        seen.headers["idempotency-key"],
+        "3f1c1d2e-idem-Key/with+odd=chars"
+    );
+    assert_eq!(seen.headers["user-agent"], "polytomic/25.9.2");
+    let custom: Vec<_> = seen.headers.get_all("x-custom").iter().collect();
+    assert_eq!(custom, ["a", "b"]);
+    assert_eq!(&seen.body[..], br#"{"name":"Initech"}"#);
+    assert_eq!(seen.headers["content-length"], "18");
+}
+
+#[tokio::test]
+async fn request_ids_round_trip_and_are_generated_when_absent() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let c = client();
+    let mut req = get(&gw.url("/api/organization"));
+    req.headers_mut()
+        .insert("x-request-id", "caller-req-42".parse().unwrap());
+    let (parts, _) = send(&c, req).await;
+    assert_eq!(parts.headers["x-request-id"], "caller-req-42");
+
+    let (parts, _) = send(&c, get(&gw.url("/api/organization"))).await;
+    let generated = parts.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+
+    let seen = fake.requests();
+    assert_eq!(seen[0].headers["x-request-id"], "caller-req-42");
+    assert_eq!(seen[1].headers["x-request-id"], generated.as_str());
+
+    // Refusals carry a request id too.
+    let (parts, _) = send(
+        &c,
+        Request::post(gw.url("/readyz"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert!(parts.headers.contains_key("x-request-id"));
+}
+
+#[tokio::test]
+async fn upstream_errors_pass_through_unchanged() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let (parts, body) = send(
+        &client(),
+        get(&gw.url("/api/organizations/00000000-0000-0000-0000-000000000000")),
+    )
+    .await;
+    assert_eq!(parts.status, 404);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"status": 404, "message": "not found", "key": "not_found", "metadata": {}})
+    );
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_and_forwarded() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let (parts, body) = send(&h2c_client(), get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.version, http::Version::HTTP_2);
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        fake.requests()[0].headers["authorization"],
+        format!("Bearer {PARTNER_KEY}")
+    );
+}
+
+#[tokio::test]
+async fn health_endpoints_are_answered_locally() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let c = client();
+    let (parts, body) = send(&c, get(&gw.url("/healthz"))).await;
+    assert_eq!(
+        (parts.status.as_u16(), json(&body)["status"].clone()),
+        (200, "ok".into())
+    );
+    let (parts, body) = send(&c, get(&gw.url("/readyz"))).await;
+    assert_eq!(
+        (parts.status.as_u16(), json(&body)["status"].clone()),
+        (200, "ready".into())
+    );
+    assert!(
+        fake.requests().is_empty(),
+        "health checks must not be forwarded"
+    );
+}
