@@ -29,6 +29,8 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/gateway.toml";
 pub const ENV_PREFIX: &str = "GATEWAY";
 /// Separator between key segments in those environment variables.
 pub const ENV_SEPARATOR: &str = "__";
+/// Keys whose environment value is a comma-separated list.
+pub const ENV_LIST_KEYS: &[&str] = &["polytomic.allowed_versions"];
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -216,7 +218,11 @@ impl fmt::Display for ConfigErrors {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{source}: `{}`: {}", problem.key, problem.message)?;
+            if problem.key.is_empty() {
+                write!(f, "{source}: {}", problem.message)?;
+            } else {
+                write!(f, "{source}: `{}`: {}", problem.key, problem.message)?;
+            }
         }
         Ok(())
     }
@@ -234,21 +240,30 @@ pub fn env_var_for(key: &str) -> String {
     name
 }
 
-/// Where `key` was set: the overriding environment variable, or the file.
+/// Where `key` was set: an environment variable overriding it (or one of its
+/// parent tables, or a key inside it), or else the file.
 fn source_of(file: &Path, key: &str) -> String {
-    // A key's own variable, or one for any parent table, overrides the file.
-    let mut prefix = String::new();
-    for segment in key.split('.') {
-        if !prefix.is_empty() {
-            prefix.push('.');
-        }
-        prefix.push_str(segment);
-        let var = env_var_for(&prefix);
-        if std::env::var_os(&var).is_some() {
-            return format!("environment variable {var}");
-        }
+    let own = env_var_for(key);
+    let inside = format!("{own}{ENV_SEPARATOR}");
+    let mut overriding: Vec<String> = std::env::vars_os()
+        .filter_map(|(name, _)| name.into_string().ok())
+        .filter(|name| {
+            let upper = name.to_ascii_uppercase();
+            upper == own
+                || upper.starts_with(&inside)
+                || (own.starts_with(&upper) && own[upper.len()..].starts_with(ENV_SEPARATOR))
+        })
+        .collect();
+    overriding.sort();
+    match overriding.as_slice() {
+        [] => file.display().to_string(),
+        [one] => format!("environment variable {one}"),
+        many => format!(
+            "{} (or environment variables {})",
+            file.display(),
+            many.join(", ")
+        ),
     }
-    file.display().to_string()
 }
 
 /// The config file to use: `--config`, else `$GATEWAY_CONFIG`, else the default.
@@ -266,16 +281,19 @@ pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
         ConfigErrors::new(path, vec![ConfigProblem::new(key, message)])
     };
     let text = std::fs::read_to_string(path)
-        .map_err(|e| fail("(file)", format!("cannot read the config file: {e}")))?;
+        .map_err(|e| fail("", format!("cannot read the config file: {e}")))?;
+    let env = ENV_LIST_KEYS.iter().fold(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .separator(ENV_SEPARATOR)
+            .try_parsing(true)
+            .list_separator(","),
+        |env, key| env.with_list_parse_key(key),
+    );
     let built = config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-        .add_source(
-            config::Environment::with_prefix(ENV_PREFIX)
-                .separator(ENV_SEPARATOR)
-                .try_parsing(true),
-        )
+        .add_source(env)
         .build()
-        .map_err(|e| fail("(file)", format!("invalid TOML: {e}")))?;
+        .map_err(|e| fail("", e.to_string()))?;
     serde_path_to_error::deserialize::<_, GatewayConfig>(built).map_err(|e| {
         let (key, message) = describe_deserialize_error(&e);
         fail(&key, message)

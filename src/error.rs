@@ -60,6 +60,14 @@ pub enum GatewayError {
     /// The gateway is not ready to forward requests (e.g. its credential is unreadable).
     #[error("the gateway is not ready: {0}")]
     NotReady(&'static str),
+    /// The path exists but not for this method.
+    #[error("{method} is not allowed here; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The refused method.
+        method: http::Method,
+        /// The `Allow` header value: the methods that are allowed.
+        allow: &'static str,
+    },
     /// A bug or an unexpected failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -75,6 +83,7 @@ impl GatewayError {
             Self::Draining | Self::Overloaded | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,6 +99,7 @@ impl GatewayError {
             Self::Draining => "draining",
             Self::Overloaded => "overloaded",
             Self::NotReady(_) => "not_ready",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Internal => "internal_error",
         }
     }
@@ -121,8 +131,14 @@ impl GatewayError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if matches!(self, Self::Draining) {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        match self {
+            Self::Draining => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Self::MethodNotAllowed { allow, .. } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            _ => {}
         }
         response
     }

@@ -128,14 +128,11 @@ where
         let path = req.uri().path();
         if path == HEALTHZ || path == READYZ {
             if req.method() != Method::GET && req.method() != Method::HEAD {
-                let mut response = status_response(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    r#"{"status":405,"key":"method_not_allowed","message":"use GET","metadata":{}}"#,
-                );
-                response
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-                return ResponseFuture::early(response);
+                let refusal = GatewayError::MethodNotAllowed {
+                    method: req.method().clone(),
+                    allow: "GET, HEAD",
+                };
+                return ResponseFuture::early(refusal.to_response());
             }
             if path == HEALTHZ {
                 return ResponseFuture::early(status_response(
@@ -193,6 +190,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
         let other = svc(readiness)
             .oneshot(get("/api/organization"))
             .await

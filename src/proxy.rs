@@ -38,6 +38,8 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -297,6 +299,11 @@ impl Service<Request<GatewayBody>> for Proxy {
             };
             let (mut parts, body) = response.into_parts();
             remove_hop_by_hop(&mut parts.headers);
+            // The caller's request id is returned on the response; the
+            // upstream's own is kept under another name for support cases.
+            if let Some(theirs) = parts.headers.remove(X_REQUEST_ID) {
+                parts.headers.insert(X_UPSTREAM_REQUEST_ID, theirs);
+            }
             Ok(Response::from_parts(parts, boxed(body)))
         })
     }

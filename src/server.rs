@@ -197,7 +197,16 @@ async fn shed(io: TokioIo<tokio::net::TcpStream>, builder: Arc<auto::Builder<Tok
     let _ = builder.serve_connection(io, svc).await;
 }
 
+/// The most connections `server.max_connections` may allow.
+const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
+
 fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
+    if server.max_connections > MAX_CONNECTIONS_LIMIT {
+        problems.push(ConfigProblem::new(
+            "server.max_connections",
+            format!("must be at most {MAX_CONNECTIONS_LIMIT}"),
+        ));
+    }
     let positive = [
         ("server.request_timeout", server.request_timeout.is_zero()),
         ("server.header_timeout", server.header_timeout.is_zero()),

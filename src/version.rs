@@ -56,17 +56,19 @@ impl VersionPolicy {
                 ));
                 Vec::new()
             }
-            (Some(list), VersionMode::Default) => list.clone(),
+            (Some(list), VersionMode::Default) => {
+                for (i, v) in list.iter().enumerate() {
+                    if !is_version_date(v) {
+                        problems.push(ConfigProblem::new(
+                            format!("polytomic.allowed_versions[{i}]"),
+                            format!("{v:?} is not a version date (YYYY-MM-DD)"),
+                        ));
+                    }
+                }
+                list.clone()
+            }
             (None, _) => vec![config.version.clone()],
         };
-        for (i, v) in allowed.iter().enumerate() {
-            if !is_version_date(v) {
-                problems.push(ConfigProblem::new(
-                    format!("polytomic.allowed_versions[{i}]"),
-                    format!("{v:?} is not a version date (YYYY-MM-DD)"),
-                ));
-            }
-        }
         if !problems.is_empty() {
             return Err(problems);
         }

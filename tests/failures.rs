@@ -186,3 +186,22 @@ async fn a_response_cut_off_mid_body_aborts_the_client_body() {
         "a truncated upstream body must not look complete"
     );
 }
+
+#[tokio::test]
+async fn connections_past_max_connections_get_503_overloaded() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(&format!("http://{addr}"), "[server]\nmax_connections = 1").await;
+    // The first connection holds the only permit (kept alive by the client pool).
+    let kept = client();
+    let (parts, _) = send(&kept, get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.status, 200);
+    // A second client opens a second connection, which is shed.
+    let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_gateway_error(&parts, &body, 503, "overloaded");
+    assert_eq!(parts.headers["retry-after"], "1");
+    // The held connection still works.
+    let (parts, _) = send(&kept, get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(fake.requests().len(), 2);
+}

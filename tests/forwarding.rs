@@ -306,3 +306,21 @@ async fn health_endpoints_are_answered_locally() {
         "health checks must not be forwarded"
     );
 }
+
+#[tokio::test]
+async fn the_callers_request_id_wins_over_the_upstreams() {
+    let upstream = spawn_upstream(|_req| async {
+        http::Response::builder()
+            .header("x-request-id", "polytomic-side-id")
+            .body(upstream_body("{}"))
+            .unwrap()
+    })
+    .await;
+    let gw = start_gateway(&format!("http://{upstream}"), "").await;
+    let mut req = get(&gw.url("/api/organization"));
+    req.headers_mut()
+        .insert("x-request-id", "caller-req-7".parse().unwrap());
+    let (parts, _) = send(&client(), req).await;
+    assert_eq!(parts.headers["x-request-id"], "caller-req-7");
+    assert_eq!(parts.headers["x-upstream-request-id"], "polytomic-side-id");
+}
