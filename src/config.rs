@@ -30,7 +30,12 @@ pub const ENV_PREFIX: &str = "GATEWAY";
 /// Separator between key segments in those environment variables.
 pub const ENV_SEPARATOR: &str = "__";
 /// Keys whose environment value is a comma-separated list.
-pub const ENV_LIST_KEYS: &[&str] = &["polytomic.allowed_versions"];
+pub const ENV_LIST_KEYS: &[&str] = &[
+    "polytomic.allowed_versions",
+    "auth.issuers",
+    "auth.audiences",
+    "auth.algorithms",
+];
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -48,6 +53,86 @@ pub struct GatewayConfig {
     /// Named credentials injected upstream; `partner` is the default one.
     #[serde(default)]
     pub credentials: BTreeMap<String, CredentialConfig>,
+    /// Authentication of callers' internal JWTs. Required: without it the
+    /// gateway refuses to start.
+    pub auth: Option<AuthConfig>,
+}
+
+/// `[auth]`: verifying the caller's internal JWT.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `iss` must be one of these.
+    pub issuers: Vec<String>,
+    /// `aud` (a string or an array) must contain one of these.
+    pub audiences: Vec<String>,
+    /// Accepted signing algorithms; `none` never is.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The identity provider's JWKS; `https`, or `http` to a loopback address.
+    pub jwks_url: Option<String>,
+    /// A static JWKS file, instead of or as well as the URL.
+    pub jwks_file: Option<PathBuf>,
+    /// A shared HS256 secret, for development and the demo only.
+    pub hs256_secret: Option<SecretSourceConfig>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(with = "humantime_serde", default = "default_leeway")]
+    pub leeway: Duration,
+    /// The claim holding the caller's identity.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// The claim holding the caller's teams: a string or an array of strings;
+    /// a dotted path reaches a nested claim.
+    #[serde(default = "default_team_claim")]
+    pub team_claim: String,
+    /// How often the JWKS is refetched in the background.
+    #[serde(with = "humantime_serde", default = "default_jwks_refresh")]
+    pub jwks_refresh: Duration,
+    /// The fastest an unknown `kid` may trigger a JWKS refetch.
+    #[serde(with = "humantime_serde", default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_interval: Duration,
+    /// Longer bearer tokens are refused unread.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered until they expire; 0 turns the cache off.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+fn default_team_claim() -> String {
+    "teams".into()
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_token_cache_size() -> usize {
+    10_000
+}
+
+/// Where a secret that is not a credential comes from: `{ env = "VAR" }` or
+/// `{ file = "path" }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSourceConfig {
+    /// An environment variable holding the secret.
+    pub env: Option<String>,
+    /// A file holding the secret (surrounding whitespace is trimmed).
+    pub file: Option<PathBuf>,
 }
 
 /// `[server]`: the listener.

@@ -159,8 +159,10 @@ impl Credential {
     }
 }
 
-/// Reads a secret and encodes it as a sensitive `Authorization` value.
-fn read_header(source: &CredentialSource, scheme: CredentialScheme) -> Result<HeaderValue, String> {
+/// Reads a secret from `source`, trimmed of surrounding whitespace.
+///
+/// Errors name the source, never the value.
+pub fn read_secret(source: &CredentialSource) -> Result<String, String> {
     let secret = match source {
         CredentialSource::Env(var) => std::env::var(var).map_err(|e| match e {
             std::env::VarError::NotPresent => format!("{source} is not set"),
@@ -169,10 +171,52 @@ fn read_header(source: &CredentialSource, scheme: CredentialScheme) -> Result<He
         CredentialSource::File(path) => std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {source}: {}", e.kind()))?,
     };
-    let secret = secret.trim();
-    if secret.is_empty() {
+    let trimmed = secret.trim();
+    if trimmed.is_empty() {
         return Err(format!("{source} is empty"));
     }
+    Ok(if trimmed.len() == secret.len() {
+        secret
+    } else {
+        trimmed.to_owned()
+    })
+}
+
+impl CredentialSource {
+    /// The source named by `env` or `file`; exactly one must be set. `key`
+    /// names the table in the problem otherwise.
+    pub fn from_parts(
+        key: &str,
+        env: Option<&String>,
+        file: Option<&PathBuf>,
+    ) -> Result<Self, ConfigProblem> {
+        match (env, file) {
+            (Some(var), None) if !var.is_empty() => Ok(Self::Env(var.clone())),
+            (None, Some(path)) => Ok(Self::File(path.clone())),
+            (Some(_), Some(_)) => Err(ConfigProblem::new(
+                key,
+                "set one of `env` and `file`, not both",
+            )),
+            _ => Err(ConfigProblem::new(
+                key,
+                "set `env` (a variable name) or `file` (a path) to say where the secret is",
+            )),
+        }
+    }
+
+    /// The dotted key of the field that names this source under `table`.
+    pub fn key_under(&self, table: &str) -> String {
+        match self {
+            Self::Env(_) => format!("{table}.env"),
+            Self::File(_) => format!("{table}.file"),
+        }
+    }
+}
+
+/// Reads a secret and encodes it as a sensitive `Authorization` value.
+fn read_header(source: &CredentialSource, scheme: CredentialScheme) -> Result<HeaderValue, String> {
+    let secret = read_secret(source)?;
+    let secret = secret.as_str();
     let value = match scheme {
         CredentialScheme::Bearer => format!("Bearer {secret}"),
         CredentialScheme::Basic => {
@@ -211,28 +255,16 @@ impl CredentialSet {
         let mut by_name = BTreeMap::new();
         for (name, config) in configs {
             let key = format!("credentials.{name}");
-            let source = match (&config.env, &config.file) {
-                (Some(var), None) if !var.is_empty() => CredentialSource::Env(var.clone()),
-                (None, Some(path)) => CredentialSource::File(path.clone()),
-                (Some(_), Some(_)) => {
-                    problems.push(ConfigProblem::new(
-                        key,
-                        "set one of `env` and `file`, not both",
-                    ));
-                    continue;
-                }
-                _ => {
-                    problems.push(ConfigProblem::new(
-                        key,
-                        "set `env` (a variable name) or `file` (a path) to say where the secret is",
-                    ));
-                    continue;
-                }
-            };
-            let source_key = match source {
-                CredentialSource::Env(_) => format!("{key}.env"),
-                CredentialSource::File(_) => format!("{key}.file"),
-            };
+            let source =
+                match CredentialSource::from_parts(&key, config.env.as_ref(), config.file.as_ref())
+                {
+                    Ok(source) => source,
+                    Err(problem) => {
+                        problems.push(problem);
+                        continue;
+                    }
+                };
+            let source_key = source.key_under(&key);
             match Credential::load(name.clone(), source, config.scheme) {
                 Ok(credential) => {
                     by_name.insert(name.clone(), Arc::new(credential));

@@ -4,6 +4,10 @@
 //! only the partner key from the demo config; the gateway listens on
 //! `127.0.0.1:8080` (or `--listen`) and forwards to it. The fake API logs each
 //! request it receives, with the credential masked, so the swap is visible.
+//!
+//! Callers authenticate as everywhere else: the demo config trusts a
+//! development HS256 secret, and the demo mints a one-hour token with it for
+//! the curl command it prints.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -15,6 +19,10 @@ use crate::server::{reload_on_sighup, shutdown_signal, Gateway};
 
 /// The config the demo uses unless `--config` says otherwise.
 pub const DEMO_CONFIG_PATH: &str = "config/demo.toml";
+/// The subject of the token the demo mints.
+pub const DEMO_SUBJECT: &str = "demo-user@example.com";
+/// The team of the token the demo mints.
+pub const DEMO_TEAM: &str = "platform";
 
 /// Runs the demo until SIGINT/SIGTERM. Errors are printable as they are.
 pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,7 +36,23 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
     let fake_addr = fake.spawn().await?;
     config.upstream.url = format!("http://{fake_addr}");
 
+    let auth = config.auth.as_ref().ok_or_else(|| {
+        format!(
+            "{}: the demo needs an [auth] section",
+            config_path.display()
+        )
+    })?;
+    let token = crate::auth::token::mint_dev_token(
+        auth,
+        DEMO_SUBJECT,
+        &[DEMO_TEAM.to_owned()],
+        std::time::Duration::from_secs(3600),
+    )
+    .map_err(|e| format!("{}: {e}", config_path.display()))?;
+
     let gateway = Gateway::build(config, config_path)?;
+    let shutdown = shutdown_signal()?;
+    let reload = reload_on_sighup(gateway.credentials().clone())?;
     let listener = tokio::net::TcpListener::bind(gateway.listen_addr())
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -42,14 +66,23 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
     writeln!(out, "  gateway:            http://{addr}")?;
     writeln!(
         out,
-        "Try it (the gateway injects the partner key and the version header):"
+        "Try it as {DEMO_SUBJECT}, team {DEMO_TEAM}, with a dev token valid for 1h."
     )?;
+    writeln!(
+        out,
+        "The gateway verifies it, then swaps in the partner key and the version header:"
+    )?;
+    writeln!(
+        out,
+        "  curl -sS -H 'Authorization: Bearer {token}' http://{addr}/api/organization"
+    )?;
+    writeln!(out, "Without the token the gateway answers 401:")?;
     writeln!(out, "  curl -sS http://{addr}/api/organization")?;
     writeln!(out, "Press Ctrl-C to stop.")?;
     out.flush()?;
     drop(out);
 
-    tokio::spawn(reload_on_sighup(gateway.credentials().clone()));
-    gateway.serve(listener, shutdown_signal()).await?;
+    tokio::spawn(reload);
+    gateway.serve(listener, shutdown).await?;
     Ok(())
 }

@@ -60,6 +60,9 @@ pub enum GatewayError {
     /// The gateway is not ready to forward requests (e.g. its credential is unreadable).
     #[error("the gateway is not ready: {0}")]
     NotReady(&'static str),
+    /// The caller's JWT is missing or invalid.
+    #[error("{0}")]
+    Unauthenticated(crate::auth::AuthError),
     /// The path exists but not for this method.
     #[error("{method} is not allowed here; allowed: {allow}")]
     MethodNotAllowed {
@@ -84,6 +87,7 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -100,6 +104,7 @@ impl GatewayError {
             Self::Overloaded => "overloaded",
             Self::NotReady(_) => "not_ready",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::Unauthenticated(_) => "unauthenticated",
             Self::Internal => "internal_error",
         }
     }
@@ -137,6 +142,12 @@ impl GatewayError {
             }
             Self::MethodNotAllowed { allow, .. } => {
                 headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            Self::Unauthenticated(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer error="invalid_token""#),
+                );
             }
             _ => {}
         }

@@ -18,6 +18,8 @@
 //! - [`error`]: [`GatewayError`], the one refusal type, its JSON response, and
 //!   [`error::RescueLayer`], which makes the stack infallible at the edge.
 //! - [`health`]: `/healthz` and `/readyz`, and refusing work while draining.
+//! - [`auth`]: verifying callers' internal JWTs against the IdP's JWKS, and
+//!   the [`auth::Principal`] later layers read.
 //! - [`limit`]: `server.max_body_bytes`, enforced without buffering.
 //! - [`credentials`]: loading (and rotating) the partner key, and
 //!   [`credentials::CredentialSwapLayer`], which swaps it in.
@@ -32,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod credentials;

@@ -2,11 +2,12 @@
 //! start logging, and run the chosen command.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use polytomic_gateway::{config, demo, server, telemetry, Gateway};
+use polytomic_gateway::{auth, config, demo, server, telemetry, Gateway};
 
 #[derive(Parser)]
 #[command(
@@ -26,13 +27,26 @@ struct Cli {
 enum Command {
     /// Run the gateway (the default command).
     Serve,
-    /// Load and validate everything `serve` would; print `ok` or every problem.
+    /// Load and validate everything `serve` would, fetching the JWKS once;
+    /// print `ok` or every problem.
     Check,
     /// Run the gateway in front of a built-in fake Polytomic API.
     Demo {
         /// Address the gateway listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+    /// Print a development token signed with `auth.hs256_secret`.
+    Token {
+        /// The token's subject.
+        #[arg(long)]
+        sub: String,
+        /// A team the subject belongs to (repeatable).
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// How long the token is valid.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
     },
 }
 
@@ -42,7 +56,10 @@ async fn main() -> ExitCode {
     telemetry::init_logging();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config::resolve_path(cli.config)).await,
-        Command::Check => check(config::resolve_path(cli.config)),
+        Command::Check => check(config::resolve_path(cli.config)).await,
+        Command::Token { sub, teams, ttl } => {
+            token(&config::resolve_path(cli.config), &sub, &teams, ttl)
+        }
         Command::Demo { listen } => {
             let path = cli.config.unwrap_or_else(|| demo::DEMO_CONFIG_PATH.into());
             match demo::run(&path, listen).await {
@@ -53,17 +70,40 @@ async fn main() -> ExitCode {
     }
 }
 
-fn build(path: &std::path::Path) -> Result<Gateway, config::ConfigErrors> {
+fn build(path: &Path) -> Result<Gateway, config::ConfigErrors> {
     Gateway::build(config::load(path)?, path)
 }
 
-fn check(path: PathBuf) -> ExitCode {
-    match build(&path) {
-        Ok(_) => {
-            println!("ok");
+async fn check(path: PathBuf) -> ExitCode {
+    let gateway = match build(&path) {
+        Ok(gateway) => gateway,
+        Err(e) => return fail(&e),
+    };
+    if let Err(error) = gateway.authenticator().keys().refresh().await {
+        let problem = config::ConfigProblem::new(
+            "auth.jwks_url",
+            format!("fetching the JWKS failed: {error}"),
+        );
+        return fail(&config::ConfigErrors::new(&path, vec![problem]));
+    }
+    println!("ok");
+    ExitCode::SUCCESS
+}
+
+fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let Some(auth) = &config.auth else {
+        return fail(&format!("{}: no [auth] section", path.display()));
+    };
+    match auth::token::mint_dev_token(auth, sub, teams, ttl) {
+        Ok(token) => {
+            println!("{token}");
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&format!("{}: cannot mint a token: {e}", path.display())),
     }
 }
 
@@ -72,12 +112,20 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(gateway) => gateway,
         Err(e) => return fail(&e),
     };
+    // Signal handlers first, so a signal at any later point drains cleanly.
+    let (shutdown, reload) = match (
+        server::shutdown_signal(),
+        server::reload_on_sighup(gateway.credentials().clone()),
+    ) {
+        (Ok(shutdown), Ok(reload)) => (shutdown, reload),
+        (Err(e), _) | (_, Err(e)) => return fail(&format!("cannot install signal handlers: {e}")),
+    };
     let listener = match tokio::net::TcpListener::bind(gateway.listen_addr()).await {
         Ok(listener) => listener,
         Err(e) => return fail(&format!("cannot listen on {}: {e}", gateway.listen_addr())),
     };
-    tokio::spawn(server::reload_on_sighup(gateway.credentials().clone()));
-    match gateway.serve(listener, server::shutdown_signal()).await {
+    tokio::spawn(reload);
+    match gateway.serve(listener, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

@@ -83,6 +83,10 @@ pub struct Upstream {
     base_path: String,
     /// The pooled client, shared by every request.
     client: HttpsClient,
+    /// The TLS settings (trust roots), shared with other clients such as JWKS.
+    tls: Arc<rustls::ClientConfig>,
+    /// `upstream.connect_timeout`, for other clients built on the same TLS.
+    connect_timeout: Duration,
     /// No response headers within this is a 504.
     timeout: Duration,
 }
@@ -112,22 +116,14 @@ impl Upstream {
         };
         let (scheme, authority, base_path) = target;
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .expect("ring supports the default TLS versions")
+        .expect("aws-lc-rs supports the default TLS versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let tls = Arc::new(tls);
+        let https = connector(tls.clone(), config.connect_timeout);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
@@ -138,8 +134,16 @@ impl Upstream {
             authority,
             base_path,
             client,
+            tls,
+            connect_timeout: config.connect_timeout,
             timeout: config.timeout,
         })
+    }
+
+    /// A new connector with the upstream's trust roots and connect timeout,
+    /// for other outbound clients (the JWKS fetcher).
+    pub fn https_connector(&self) -> HttpsConnector<HttpConnector> {
+        connector(self.tls.clone(), self.connect_timeout)
     }
 
     /// The URI a request for `path_and_query` is sent to.
@@ -156,6 +160,24 @@ impl Upstream {
             .path_and_query(full)
             .build()
     }
+}
+
+/// An HTTP(S) connector: HTTP/2 or HTTP/1.1 by ALPN, TCP_NODELAY, a connect
+/// timeout.
+fn connector(
+    tls: Arc<rustls::ClientConfig>,
+    connect_timeout: Duration,
+) -> HttpsConnector<HttpConnector> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config((*tls).clone())
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http)
 }
 
 /// Parses and checks `upstream.url` into scheme, authority and base path.
@@ -248,7 +270,7 @@ fn classify(error: hyper_util::client::legacy::Error) -> GatewayError {
 }
 
 /// `error` and its causes, joined, for one log field.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(err) = cause {

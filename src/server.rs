@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 
+use crate::auth::Authenticator;
 use crate::body::GatewayBody;
 use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
 use crate::credentials::CredentialSet;
@@ -61,26 +62,52 @@ impl Gateway {
         let credentials = CredentialSet::load(&config.credentials).map_err(|p| problems.extend(p));
         let version = VersionPolicy::from_config(&config.polytomic).map_err(|p| problems.extend(p));
         let upstream = Upstream::from_config(&config.upstream).map_err(|p| problems.extend(p));
-        let (Ok(credentials), Ok(version), Ok(upstream), true) =
-            (credentials, version, upstream, problems.is_empty())
+        let auth = match &config.auth {
+            None => {
+                problems.push(ConfigProblem::new(
+                    "auth",
+                    "is required: every request must carry a verified JWT (see [auth] in README.md)",
+                ));
+                Err(())
+            }
+            Some(auth) => {
+                let connector = upstream.as_ref().ok().map(Upstream::https_connector);
+                Authenticator::from_config(auth, connector)
+                    .map(Arc::new)
+                    .map_err(|p| problems.extend(p))
+            }
+        };
+        let (Ok(credentials), Ok(version), Ok(upstream), Ok(auth), true) =
+            (credentials, version, upstream, auth, problems.is_empty())
         else {
             return Err(ConfigErrors::new(file, problems));
         };
         let readiness = {
             let credentials = credentials.clone();
-            Readiness::new(vec![Box::new(move || {
-                if credentials.all_readable() {
-                    Ok(())
-                } else {
-                    Err("a credential source is unreadable")
-                }
-            })])
+            let auth = auth.clone();
+            Readiness::new(vec![
+                Box::new(move || {
+                    if credentials.all_readable() {
+                        Ok(())
+                    } else {
+                        Err("a credential source is unreadable")
+                    }
+                }),
+                Box::new(move || {
+                    if auth.is_ready() {
+                        Ok(())
+                    } else {
+                        Err("signing keys are not loaded yet")
+                    }
+                }),
+            ])
         };
         Ok(Self {
             parts: StackParts {
                 max_body_bytes: config.server.max_body_bytes,
                 request_timeout: config.server.request_timeout,
                 readiness,
+                auth,
                 credentials,
                 version,
                 upstream,
@@ -99,6 +126,11 @@ impl Gateway {
         &self.parts.readiness
     }
 
+    /// The caller authenticator (e.g. for `check` to fetch the JWKS once).
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.parts.auth
+    }
+
     /// The loaded credentials (e.g. to refresh them on SIGHUP).
     pub fn credentials(&self) -> &CredentialSet {
         &self.parts.credentials
@@ -113,6 +145,7 @@ impl Gateway {
         let Gateway { server, parts } = self;
         let readiness = parts.readiness.clone();
         let watcher = parts.credentials.watch();
+        let jwks_refresh = tokio::spawn(parts.auth.keys().clone().refresh_forever());
         let stack = stack::build::<Incoming>(parts);
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -180,6 +213,7 @@ impl Gateway {
         if let Some(watcher) = watcher {
             watcher.abort();
         }
+        jwks_refresh.abort();
         Ok(())
     }
 }
@@ -220,28 +254,35 @@ fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// A future resolving on SIGTERM or SIGINT.
+///
+/// The handlers are installed now, not when the future is first polled, so a
+/// signal arriving at any point after this call drains instead of killing the
+/// process with the default action.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("install SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
 }
 
-/// Re-reads file credentials on every SIGHUP, for as long as it runs.
-pub async fn reload_on_sighup(credentials: CredentialSet) {
+/// A future re-reading file credentials on every SIGHUP, for as long as it
+/// runs. The handler is installed now (SIGHUP's default action is to exit).
+pub fn reload_on_sighup(credentials: CredentialSet) -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        return;
-    };
-    while hup.recv().await.is_some() {
-        let set = credentials.clone();
-        let changed = tokio::task::spawn_blocking(move || set.refresh())
-            .await
-            .unwrap_or(0);
-        tracing::info!(changed, "SIGHUP: credentials re-read");
-    }
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        while hup.recv().await.is_some() {
+            let set = credentials.clone();
+            let changed = tokio::task::spawn_blocking(move || set.refresh())
+                .await
+                .unwrap_or(0);
+            tracing::info!(changed, "SIGHUP: credentials re-read");
+        }
+    })
 }

@@ -9,6 +9,7 @@ use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::auth::{Authenticator, JwtAuthLayer};
 use crate::body::{BoxError, GatewayBody};
 use crate::credentials::{CredentialSet, CredentialSwapLayer};
 use crate::error::RescueLayer;
@@ -26,6 +27,8 @@ pub struct StackParts {
     pub request_timeout: std::time::Duration,
     /// What `/readyz` reports; also refuses work while draining.
     pub readiness: Readiness,
+    /// Verifies callers' JWTs.
+    pub auth: std::sync::Arc<Authenticator>,
     /// The credentials injected upstream.
     pub credentials: CredentialSet,
     /// The `X-Polytomic-Version` policy.
@@ -65,11 +68,16 @@ where
         // Bounds everything below it, including the upstream exchange; its
         // `Elapsed` becomes a 504 in Rescue.
         .timeout(parts.request_timeout)
+        // Nothing unauthenticated goes further. It sits inside the timeout so
+        // an unknown-kid JWKS refetch is bounded, and before the body limit so
+        // an anonymous caller cannot make the gateway read a body at all.
+        .layer(JwtAuthLayer::new(parts.auth))
         // Before anything reads the body; also boxes it into the one body
         // type the inner layers share.
         .layer(BodyLimitLayer::new(parts.max_body_bytes))
-        // Strips the caller's credentials and injects the partner key. It
-        // sits just above the proxy so no layer after it sees the secret.
+        // Strips the caller's credentials (the JWT, already verified above)
+        // and injects the partner key. It sits just above the proxy so no
+        // layer after it sees the secret.
         .layer(CredentialSwapLayer::new(parts.credentials))
         // Sets X-Polytomic-Version for every forwarded request.
         .layer(PolytomicVersionLayer::new(parts.version))

@@ -43,11 +43,32 @@ fn check_accepts_a_good_config_and_prints_ok() {
 #[test]
 fn check_accepts_the_shipped_configs() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The shipped config's JWKS URL is a placeholder host; point it at a
+    // loopback JWKS server so `check` can fetch it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let jwks_addr = rt.block_on(spawn_upstream(|_req| async {
+        http::Response::new(upstream_body(jwks(&["rsa-a"])))
+    }));
     let (ok, stdout, stderr) = check(
+        &root.join("config/gateway.toml"),
+        &[
+            ("POLYTOMIC_PARTNER_KEY", "pk_x"),
+            (
+                "GATEWAY__AUTH__JWKS_URL",
+                &format!("http://{jwks_addr}/jwks.json"),
+            ),
+        ],
+    );
+    assert!(ok && stdout.trim() == "ok", "{stderr}");
+    // Unreachable as shipped: `check` says so, naming the key.
+    let (ok, _, stderr) = check(
         &root.join("config/gateway.toml"),
         &[("POLYTOMIC_PARTNER_KEY", "pk_x")],
     );
-    assert!(ok && stdout.trim() == "ok", "{stderr}");
+    assert!(
+        !ok && stderr.contains("`auth.jwks_url`: fetching the JWKS failed"),
+        "{stderr}"
+    );
     let out = Command::new(binary_path())
         .args(["check", "--config", "config/demo.toml"])
         .current_dir(root)
@@ -77,7 +98,10 @@ fn check_names_a_missing_credential_without_showing_values() {
     let path = dir.path("missing-cred.toml");
     std::fs::write(
         &path,
-        "[credentials.partner]\nenv = \"POLYTOMIC_GATEWAY_TEST_UNSET_KEY\"\n\n[credentials.onprem]\nfile = \"/nonexistent/partner-key\"\nscheme = \"basic\"\n",
+        format!(
+            "[credentials.partner]\nenv = \"POLYTOMIC_GATEWAY_TEST_UNSET_KEY\"\n\n[credentials.onprem]\nfile = \"/nonexistent/partner-key\"\nscheme = \"basic\"\n\n{}",
+            dir.auth_section("")
+        ),
     )
     .unwrap();
     let (ok, _, stderr) = check(&path, &[]);
@@ -288,6 +312,7 @@ async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
     let upload = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Zeros>();
     let req = Request::post(gw.url("/api/upload"))
+        .header("authorization", bearer())
         .header("content-length", FIFTY_MB.to_string())
         .body(Zeros {
             remaining: FIFTY_MB,
@@ -301,6 +326,7 @@ async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
     let response = client()
         .request(
             Request::get(gw.url("/api/download"))
+                .header("authorization", bearer())
                 .body(Full::<Bytes>::default())
                 .unwrap(),
         )
@@ -331,11 +357,34 @@ async fn the_demo_prints_a_curl_that_succeeds() {
     cmd.args(["demo", "--listen", "127.0.0.1:0"])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     let mut demo = Binary::start(cmd, "gateway listening").await;
-    let curl = demo.wait_for_line("curl -sS http://").await;
+    let curl = demo
+        .wait_for_line("curl -sS -H 'Authorization: Bearer ")
+        .await;
     let url = curl.split_whitespace().last().unwrap().to_owned();
     assert!(url.starts_with(&format!("http://{}/", demo.addr)), "{curl}");
-    let (parts, body) = send(&client(), Request::get(&url).body(Full::default()).unwrap()).await;
+    let token = curl
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_owned();
+    let req = Request::get(&url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::default())
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    // The second printed command, without the token, is refused.
+    let bare = demo.wait_for_line("curl -sS http://").await;
+    let bare_url = bare.split_whitespace().last().unwrap();
+    let (parts, _) = send(
+        &client(),
+        Request::get(bare_url).body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 401);
     let org = json(&body);
     assert!(org["data"]["name"].is_string());
     assert!(org["data"].get("client_secret").is_none());

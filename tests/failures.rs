@@ -98,6 +98,7 @@ async fn a_declared_oversize_body_is_413_and_never_forwarded() {
     let addr = fake.spawn().await.unwrap();
     let gw = start_gateway(&format!("http://{addr}"), "[server]\nmax_body_bytes = 1024").await;
     let req = Request::post(gw.url("/api/organizations"))
+        .header("authorization", bearer())
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(vec![b' '; 2048])))
         .unwrap();
@@ -124,6 +125,7 @@ async fn a_chunked_oversize_body_is_413_and_never_completes_upstream() {
         .build_http::<Zeros>();
     // No Content-Length: the body arrives chunked and is cut off mid-stream.
     let req = Request::post(gw.url("/api/organizations"))
+        .header("authorization", bearer())
         .header("content-type", "application/json")
         .body(Zeros { remaining: 300_000 })
         .unwrap();

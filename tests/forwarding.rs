@@ -22,7 +22,7 @@ async fn fake_and_gateway(extra: &str) -> (FakePolytomic, InProcess) {
 async fn the_partner_key_replaces_every_caller_credential() {
     let (fake, gw) = fake_and_gateway("").await;
     let req = Request::get(gw.url("/api/organization"))
-        .header("authorization", "Bearer caller-internal-jwt")
+        .header("authorization", bearer())
         .header("proxy-authorization", "Basic Y2FsbGVyOnB3")
         .header("cookie", "session=caller-cookie")
         .body(Full::default())
@@ -37,22 +37,27 @@ async fn the_partner_key_replaces_every_caller_credential() {
     assert!(!seen.headers.contains_key("proxy-authorization"));
     assert!(!seen.headers.contains_key("cookie"));
     let all_headers = format!("{:?}", seen.headers);
-    assert!(!all_headers.contains("caller-internal-jwt"));
+    assert!(!all_headers.contains(token()));
     assert!(!all_headers.contains("caller-cookie"));
 }
 
 #[tokio::test]
-async fn a_request_without_credentials_still_gets_the_partner_key() {
+async fn a_request_without_a_token_is_401_and_never_forwarded() {
     let (fake, gw) = fake_and_gateway("").await;
     let req = Request::get(gw.url("/api/organizations"))
         .body(Full::default())
         .unwrap();
-    let (parts, _) = send(&client(), req).await;
-    assert_eq!(parts.status, 200);
+    let (parts, body) = send(&client(), req).await;
+    assert_gateway_error(&parts, &body, 401, "unauthenticated");
     assert_eq!(
-        fake.requests()[0].headers["authorization"],
-        format!("Bearer {PARTNER_KEY}")
+        parts.headers["www-authenticate"],
+        r#"Bearer error="invalid_token""#
     );
+    // A later authenticated request is the only one the upstream saw.
+    send(&client(), get(&gw.url("/api/organization"))).await;
+    let seen = fake.wait_for_requests(1).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].target, "/api/organization");
 }
 
 #[tokio::test]
@@ -175,6 +180,7 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
     .await;
     let gw = start_gateway(&format!("http://{upstream}"), "").await;
     let req = Request::get(gw.url("/api/organization"))
+        .header("authorization", bearer())
         .header("connection", "x-client-hop, keep-alive")
         .header("x-client-hop", "secret-ish")
         .header("keep-alive", "timeout=5")
@@ -208,6 +214,7 @@ async fn hop_by_hop_headers_are_removed_in_both_directions() {
 async fn idempotency_keys_and_end_to_end_headers_pass_untouched() {
     let (fake, gw) = fake_and_gateway("").await;
     let req = Request::post(gw.url("/api/organizations"))
+        .header("authorization", bearer())
         .header("content-type", "application/json")
         .header("idempotency-key", "3f1c1d2e-idem-Key/with+odd=chars")
         .header("user-agent", "polytomic/25.9.2")

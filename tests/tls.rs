@@ -32,7 +32,7 @@ async fn tls_upstream(dir: &TestDir) -> (u16, std::path::PathBuf, Arc<Mutex<Vec<
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
 
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()

@@ -25,6 +25,82 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The partner key every test gateway injects; a canary for leak checks.
 pub const PARTNER_KEY: &str = "pk_live_CANARY_partner_7f3a9c";
+/// The issuer and audience test tokens carry and test gateways expect.
+pub const ISSUER: &str = "https://idp.test.invalid";
+pub const AUDIENCE: &str = "polytomic-gateway";
+
+/// A fixture file from tests/fixtures/jwt.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/jwt/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A JWK fixture as JSON (`kid` = its name).
+pub fn jwk(name: &str) -> serde_json::Value {
+    serde_json::from_slice(&fixture(&format!("{name}.jwk.json"))).unwrap()
+}
+
+/// A JWKS document holding these fixture keys.
+pub fn jwks(names: &[&str]) -> String {
+    let keys: Vec<_> = names.iter().map(|n| jwk(n)).collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Valid claims for `sub` in `teams`, expiring in an hour.
+pub fn claims(sub: &str, teams: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "teams": teams,
+        "iat": now(), "exp": now() + 3600,
+    })
+}
+
+/// Signs `claims` with fixture key `key` (`rsa-*`, `ec-*`, `ed-*`) as `alg`,
+/// with `kid` = the key's name.
+pub fn sign(key: &str, alg: jsonwebtoken::Algorithm, claims: &serde_json::Value) -> String {
+    sign_with_kid(key, alg, Some(key), claims)
+}
+
+pub fn sign_with_kid(
+    key: &str,
+    alg: jsonwebtoken::Algorithm,
+    kid: Option<&str>,
+    claims: &serde_json::Value,
+) -> String {
+    let pem = fixture(&format!("{key}.pem"));
+    let encoding = match key.split('-').next() {
+        Some("rsa") => jsonwebtoken::EncodingKey::from_rsa_pem(&pem),
+        Some("ec") => jsonwebtoken::EncodingKey::from_ec_pem(&pem),
+        _ => jsonwebtoken::EncodingKey::from_ed_pem(&pem),
+    }
+    .unwrap();
+    let mut header = jsonwebtoken::Header::new(alg);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+}
+
+/// A valid RS256 token for alice of team platform, made once per test binary.
+pub fn token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        sign(
+            "rsa-a",
+            jsonwebtoken::Algorithm::RS256,
+            &claims("alice@corp", &["platform"]),
+        )
+    })
+}
+
+/// `Bearer <token()>`.
+pub fn bearer() -> String {
+    format!("Bearer {}", token())
+}
 
 /// A temp dir holding the partner key file and a config file.
 pub struct TestDir {
@@ -35,7 +111,20 @@ impl TestDir {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("partner-key"), format!("{PARTNER_KEY}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("jwks.json"),
+            jwks(&["rsa-a", "ec-a", "ed-a"]),
+        )
+        .unwrap();
         Self { dir }
+    }
+
+    /// An `[auth]` section trusting the fixture keys in `jwks.json`, plus `extra` lines.
+    pub fn auth_section(&self, extra: &str) -> String {
+        format!(
+            "[auth]\nissuers = [{ISSUER:?}]\naudiences = [{AUDIENCE:?}]\nalgorithms = [\"RS256\", \"ES256\"]\njwks_file = {:?}\n{extra}\n",
+            self.path("jwks.json").display().to_string()
+        )
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -43,13 +132,17 @@ impl TestDir {
     }
 
     /// Writes a config for `upstream_url`: listen on port 0, the partner key
-    /// from a file, then `extra` TOML appended (sections must not repeat).
+    /// from a file, the fixture keys for `[auth]` unless `extra` has its own,
+    /// then `extra` TOML appended (sections must not repeat).
     pub fn config(&self, upstream_url: &str, extra: &str) -> PathBuf {
         let key = self.path("partner-key");
-        let text = format!(
+        let mut text = format!(
             "[credentials.partner]\nfile = {key:?}\n\n{extra}\n",
             key = key.display().to_string()
         );
+        if !extra.contains("[auth]") {
+            text.push_str(&self.auth_section(""));
+        }
         let text = if extra.contains("[upstream]") {
             text.replace("[upstream]", &format!("[upstream]\nurl = {upstream_url:?}"))
         } else {
@@ -140,10 +233,10 @@ pub async fn send(
     (parts, body.collect().await.expect("body").to_bytes())
 }
 
-/// A GET with the caller's own (to be stripped) credentials.
+/// A GET carrying a valid caller token (which the gateway must strip).
 pub fn get(url: &str) -> Request<Full<Bytes>> {
     Request::get(url)
-        .header("authorization", "Bearer caller-internal-jwt")
+        .header("authorization", bearer())
         .body(Full::default())
         .unwrap()
 }

@@ -1,0 +1,208 @@
+//! The trusted key set and the JWKS client that keeps it current.
+//!
+//! - The first fetch happens at startup; until it succeeds `/readyz` is 503.
+//! - The JWKS is refetched every `auth.jwks_refresh`, whatever its cache
+//!   headers say; a failed refresh keeps the last good set.
+//! - An unknown `kid` triggers one refetch, single-flight (concurrent requests
+//!   wait for the same fetch), at most once per `jwks_min_refresh_interval`;
+//!   in between, unknown `kid`s are refused without a network call.
+//! - Keys removed from the JWKS stop being trusted at the next successful
+//!   fetch.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Uri;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+use super::keys::{parse_jwks, KeySet, VerifyKey};
+
+/// A JWKS larger than this is refused.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// A whole JWKS fetch, connect to last byte, must finish within this.
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Fetches a JWKS over HTTP(S) with the gateway's trust roots.
+#[derive(Debug, Clone)]
+pub struct JwksFetcher {
+    uri: Uri,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+}
+
+impl JwksFetcher {
+    /// A fetcher for `uri` over `client`.
+    pub fn new(uri: Uri, client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>) -> Self {
+        Self { uri, client }
+    }
+
+    /// Fetches and parses the JWKS once.
+    pub async fn fetch(&self) -> Result<Vec<VerifyKey>, String> {
+        let fetch = async {
+            let response = self
+                .client
+                .get(self.uri.clone())
+                .await
+                .map_err(|e| format!("request failed: {}", crate::proxy::error_chain(&e)))?;
+            if !response.status().is_success() {
+                return Err(format!("answered {}", response.status()));
+            }
+            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|e| format!("reading the body failed: {e}"))?
+                .to_bytes();
+            parse_jwks(&body, "the JWKS URL")
+        };
+        tokio::time::timeout(JWKS_FETCH_TIMEOUT, fetch)
+            .await
+            .map_err(|_| format!("no complete answer within {JWKS_FETCH_TIMEOUT:?}"))?
+    }
+}
+
+/// The keys in use, where they come from, and the refetch bookkeeping.
+#[derive(Debug)]
+pub struct KeyStore {
+    /// Keys that never change: `jwks_file` and `hs256_secret`.
+    static_keys: Vec<Arc<VerifyKey>>,
+    /// The current set: static keys plus the last good fetch.
+    current: RwLock<Arc<KeySet>>,
+    /// Bumped whenever `current` changes; voids cached verifications.
+    generation: AtomicU64,
+    /// The JWKS URL, if configured.
+    fetcher: Option<JwksFetcher>,
+    /// Whether a fetch has succeeded (always true without a URL).
+    loaded: AtomicBool,
+    /// Serializes fetches; holds when an unknown-`kid` refetch last ran.
+    refetch: tokio::sync::Mutex<Option<Instant>>,
+    /// `auth.jwks_min_refresh_interval`.
+    min_refresh_interval: Duration,
+    /// `auth.jwks_refresh`.
+    refresh_interval: Duration,
+}
+
+impl KeyStore {
+    /// A store with `static_keys`, fetching from `fetcher` if given.
+    pub fn new(
+        static_keys: Vec<VerifyKey>,
+        fetcher: Option<JwksFetcher>,
+        refresh_interval: Duration,
+        min_refresh_interval: Duration,
+    ) -> Self {
+        let static_keys: Vec<_> = static_keys.into_iter().map(Arc::new).collect();
+        let current = KeySet::new(static_keys.iter().cloned());
+        Self {
+            loaded: AtomicBool::new(fetcher.is_none()),
+            static_keys,
+            current: RwLock::new(Arc::new(current)),
+            generation: AtomicU64::new(0),
+            fetcher,
+            refetch: tokio::sync::Mutex::new(None),
+            min_refresh_interval,
+            refresh_interval,
+        }
+    }
+
+    /// The current key set and its generation.
+    pub fn current(&self) -> (Arc<KeySet>, u64) {
+        let set = self
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        (set, self.generation.load(Ordering::Acquire))
+    }
+
+    /// Whether keys are loaded (the first fetch succeeded, if there is a URL).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
+
+    /// Fetches now and installs the result; the caller holds `refetch`.
+    async fn fetch_and_install(&self) -> Result<(), String> {
+        let Some(fetcher) = &self.fetcher else {
+            return Ok(());
+        };
+        let fetched = fetcher.fetch().await?;
+        let count = fetched.len();
+        let keys = self
+            .static_keys
+            .iter()
+            .cloned()
+            .chain(fetched.into_iter().map(Arc::new));
+        let set = Arc::new(KeySet::new(keys));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = set;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        if !self.loaded.swap(true, Ordering::AcqRel) {
+            tracing::info!(keys = count, "JWKS loaded");
+        } else {
+            tracing::debug!(keys = count, "JWKS refreshed");
+        }
+        Ok(())
+    }
+
+    /// One fetch now, for startup and `check`.
+    pub async fn refresh(&self) -> Result<(), String> {
+        let _guard = self.refetch.lock().await;
+        self.fetch_and_install().await
+    }
+
+    /// Called when a token names an unknown `kid`: refetches at most once per
+    /// `jwks_min_refresh_interval`, and requests arriving during a fetch wait
+    /// for it instead of starting their own.
+    pub async fn refetch_for_unknown_kid(&self) {
+        if self.fetcher.is_none() {
+            return;
+        }
+        let seen = self.generation.load(Ordering::Acquire);
+        let mut last = self.refetch.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            return; // a fetch finished while we waited: use its keys
+        }
+        if last.is_some_and(|at| at.elapsed() < self.min_refresh_interval) {
+            return;
+        }
+        *last = Some(Instant::now());
+        if let Err(error) = self.fetch_and_install().await {
+            tracing::warn!(%error, "JWKS refetch for an unknown kid failed; keeping the current keys");
+        }
+    }
+
+    /// Fetches at startup, then every `jwks_refresh`; retries a failed first
+    /// fetch every `jwks_min_refresh_interval`. Runs until aborted.
+    pub async fn refresh_forever(self: Arc<Self>) {
+        if self.fetcher.is_none() {
+            return;
+        }
+        loop {
+            let wait = match self.refresh().await {
+                Ok(()) => self.refresh_interval,
+                Err(error) => {
+                    tracing::warn!(%error, "JWKS fetch failed; keeping the last good keys");
+                    if self.is_loaded() {
+                        self.refresh_interval
+                    } else {
+                        self.min_refresh_interval.min(self.refresh_interval)
+                    }
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Reads a static JWKS file.
+pub fn load_jwks_file(path: &Path) -> Result<Vec<VerifyKey>, String> {
+    let bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+    let keys = parse_jwks(&bytes, &path.display().to_string())?;
+    if keys.is_empty() {
+        return Err(format!("{} holds no usable key", path.display()));
+    }
+    Ok(keys)
+}

@@ -1,0 +1,345 @@
+//! Authentication of the caller's internal JWT.
+//!
+//! Every proxied request must carry `Authorization: Bearer <jwt>` issued by
+//! the company identity provider. [`JwtAuthLayer`] verifies it (signature by a
+//! trusted key chosen by `kid`, algorithm allowlist, `exp`/`nbf`/`iat` with
+//! leeway, `iss`, `aud`) and puts a [`Principal`] (subject and teams) in the
+//! request extensions for the policy and audit layers. Every refusal is a 401
+//! with `WWW-Authenticate: Bearer error="invalid_token"` and a short reason;
+//! nothing is forwarded. The token itself is never logged or echoed, and the
+//! credential swap removes it before the request goes upstream.
+//!
+//! Layout: [`keys`] parses JWKS documents and chooses keys; [`jwks`] keeps
+//! the key set current; [`verify`] checks one token; [`token`] mints
+//! development tokens.
+//!
+//! ```no_run
+//! # async fn demo(config: &polytomic_gateway::config::AuthConfig) {
+//! use std::sync::Arc;
+//! use polytomic_gateway::auth::{Authenticator, JwtAuthLayer};
+//! let auth = Arc::new(Authenticator::from_config(config, None).expect("valid [auth]"));
+//! tokio::spawn(auth.keys().clone().refresh_forever());
+//! let layer = JwtAuthLayer::new(auth);
+//! # }
+//! ```
+
+pub mod jwks;
+pub mod keys;
+pub mod token;
+pub mod verify;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures_util::future::{BoxFuture, Either};
+use http::{Request, Response};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, Service};
+
+use crate::body::GatewayBody;
+use crate::config::{AuthConfig, ConfigProblem};
+use crate::credentials::{read_secret, CredentialSource};
+use crate::error::GatewayError;
+use crate::future::ResponseFuture;
+use jwks::{load_jwks_file, JwksFetcher, KeyStore};
+use keys::VerifyKey;
+pub use verify::{AuthError, Verifier, VerifyError};
+
+/// Paths that are never authenticated (answered by the gateway itself).
+pub const UNAUTHENTICATED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// HS256 secrets shorter than this are refused (RFC 7518 §3.2).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
+
+/// Who is calling: the token's subject and teams. Cheap to clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Principal(Arc<PrincipalData>);
+
+#[derive(PartialEq, Eq)]
+struct PrincipalData {
+    sub: String,
+    teams: Vec<String>,
+}
+
+impl Principal {
+    /// A principal with this subject and these teams.
+    pub fn new(sub: impl Into<String>, teams: Vec<String>) -> Self {
+        Self(Arc::new(PrincipalData {
+            sub: sub.into(),
+            teams,
+        }))
+    }
+
+    /// The subject (`auth.subject_claim`).
+    pub fn sub(&self) -> &str {
+        &self.0.sub
+    }
+
+    /// The teams (`auth.team_claim`); empty when the claim is absent.
+    pub fn teams(&self) -> &[String] {
+        &self.0.teams
+    }
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("sub", &self.0.sub)
+            .field("teams", &self.0.teams)
+            .finish()
+    }
+}
+
+/// Verifies callers: the verifier plus the live key set. Built once.
+#[derive(Debug)]
+pub struct Authenticator {
+    verifier: Verifier,
+    keys: Arc<KeyStore>,
+}
+
+/// The connector type the JWKS client uses (shared with the upstream's TLS).
+pub type JwksConnector = HttpsConnector<HttpConnector>;
+
+impl Authenticator {
+    /// Validates `[auth]` and loads its static keys. `connector` carries the
+    /// upstream's trust roots for an HTTPS `jwks_url`; without one, a
+    /// `jwks_url` is a problem.
+    pub fn from_config(
+        config: &AuthConfig,
+        connector: Option<JwksConnector>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let verifier = Verifier::from_config(config)
+            .map_err(|p| problems.extend(p))
+            .ok();
+        let mut static_keys: Vec<VerifyKey> = Vec::new();
+        if let Some(path) = &config.jwks_file {
+            match load_jwks_file(path) {
+                Ok(keys) => static_keys.extend(keys),
+                Err(e) => problems.push(ConfigProblem::new("auth.jwks_file", e)),
+            }
+        }
+        let hs256_listed = config.algorithms.iter().any(|a| a == "HS256");
+        match (&config.hs256_secret, hs256_listed) {
+            (Some(secret), true) => {
+                match CredentialSource::from_parts(
+                    "auth.hs256_secret",
+                    secret.env.as_ref(),
+                    secret.file.as_ref(),
+                )
+                .and_then(|source| {
+                    let key = source.key_under("auth.hs256_secret");
+                    read_secret(&source).map_err(|e| ConfigProblem::new(key, e))
+                }) {
+                    Ok(secret) if secret.len() < MIN_HS256_SECRET_BYTES => {
+                        problems.push(ConfigProblem::new(
+                            "auth.hs256_secret",
+                            format!("must be at least {MIN_HS256_SECRET_BYTES} bytes"),
+                        ))
+                    }
+                    Ok(secret) => match VerifyKey::hmac(secret.as_bytes()) {
+                        Ok(key) => {
+                            tracing::warn!("auth.hs256_secret is set: HS256 tokens signed with a shared secret are accepted; use this for development only");
+                            static_keys.push(key);
+                        }
+                        Err(e) => problems.push(ConfigProblem::new("auth.hs256_secret", e)),
+                    },
+                    Err(problem) => problems.push(problem),
+                }
+            }
+            (Some(_), false) => problems.push(ConfigProblem::new(
+                "auth.hs256_secret",
+                "is set but \"HS256\" is not in auth.algorithms",
+            )),
+            (None, true) => problems.push(ConfigProblem::new(
+                "auth.algorithms",
+                "lists \"HS256\" but auth.hs256_secret is not set",
+            )),
+            (None, false) => {}
+        }
+        let fetcher = match &config.jwks_url {
+            None => None,
+            Some(url) => match jwks_uri(url) {
+                Err(e) => {
+                    problems.push(ConfigProblem::new("auth.jwks_url", e));
+                    None
+                }
+                Ok(uri) => connector.map(|connector| {
+                    let client = Client::builder(TokioExecutor::new()).build(connector);
+                    JwksFetcher::new(uri, client)
+                }),
+            },
+        };
+        if config.jwks_url.is_none() && config.jwks_file.is_none() && config.hs256_secret.is_none()
+        {
+            problems.push(ConfigProblem::new(
+                "auth",
+                "no key source: set jwks_url, jwks_file or (for development) hs256_secret",
+            ));
+        }
+        for (key, value) in [
+            ("auth.jwks_refresh", config.jwks_refresh),
+            (
+                "auth.jwks_min_refresh_interval",
+                config.jwks_min_refresh_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                problems.push(ConfigProblem::new(key, "must be greater than zero"));
+            }
+        }
+        match verifier {
+            Some(verifier) if problems.is_empty() => Ok(Self {
+                verifier,
+                keys: Arc::new(KeyStore::new(
+                    static_keys,
+                    fetcher,
+                    config.jwks_refresh,
+                    config.jwks_min_refresh_interval,
+                )),
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// The live key store (to start its refresh loop, or fetch in `check`).
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    /// Whether signing keys are loaded, for `/readyz`.
+    pub fn is_ready(&self) -> bool {
+        self.keys.is_loaded()
+    }
+
+    /// Authenticates with the keys at hand, without waiting.
+    pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, VerifyError> {
+        let (keys, generation) = self.keys.current();
+        self.verifier.verify_headers(headers, &keys, generation)
+    }
+}
+
+/// Checks `auth.jwks_url`: https, or http to a loopback address (warned).
+fn jwks_uri(raw: &str) -> Result<http::Uri, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name == "localhost",
+        None => false,
+    };
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {
+            tracing::warn!(
+                url = raw,
+                "auth.jwks_url uses plain http to a loopback address"
+            );
+        }
+        "http" => {
+            return Err("must be https (plain http is allowed only to a loopback address)".into())
+        }
+        other => return Err(format!("scheme {other:?} is not supported; use https")),
+    }
+    raw.parse()
+        .map_err(|e| format!("{raw:?} is not a valid URI: {e}"))
+}
+
+/// Requires a valid internal JWT on every request but the health paths.
+#[derive(Debug, Clone)]
+pub struct JwtAuthLayer {
+    auth: Arc<Authenticator>,
+}
+
+impl JwtAuthLayer {
+    /// A layer authenticating with `auth`.
+    pub fn new(auth: Arc<Authenticator>) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> Layer<S> for JwtAuthLayer {
+    type Service = JwtAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        JwtAuth {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// The service built by [`JwtAuthLayer`].
+#[derive(Debug, Clone)]
+pub struct JwtAuth<S> {
+    inner: S,
+    auth: Arc<Authenticator>,
+}
+
+fn refusal(error: VerifyError) -> Response<GatewayBody> {
+    let reason = match error {
+        VerifyError::Refused(reason) => reason,
+        VerifyError::UnknownKid => AuthError::UnknownKey,
+    };
+    tracing::warn!(%reason, "request refused: not authenticated");
+    GatewayError::Unauthenticated(reason).to_response()
+}
+
+impl<S, B> Service<Request<B>> for JwtAuth<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<
+        Either<S::Future, BoxFuture<'static, Result<Response<GatewayBody>, S::Error>>>,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if UNAUTHENTICATED_PATHS.contains(&req.uri().path()) {
+            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
+        }
+        if !self.auth.is_ready() {
+            return ResponseFuture::early(
+                GatewayError::NotReady("signing keys are not loaded yet").to_response(),
+            );
+        }
+        match self.auth.authenticate(req.headers()) {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                ResponseFuture::inner(Either::Left(self.inner.call(req)))
+            }
+            Err(VerifyError::Refused(reason)) => {
+                ResponseFuture::early(refusal(VerifyError::Refused(reason)))
+            }
+            Err(VerifyError::UnknownKid) => {
+                // The inner service must move into the future; take the one
+                // that was driven to readiness and leave a clone behind (see
+                // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services).
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let auth = self.auth.clone();
+                ResponseFuture::inner(Either::Right(Box::pin(async move {
+                    auth.keys.refetch_for_unknown_kid().await;
+                    match auth.authenticate(req.headers()) {
+                        Ok(principal) => {
+                            req.extensions_mut().insert(principal);
+                            inner.call(req).await
+                        }
+                        Err(error) => Ok(refusal(error)),
+                    }
+                })))
+            }
+        }
+    }
+}

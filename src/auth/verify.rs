@@ -1,0 +1,462 @@
+//! Verifying one token: signature, claims, and the resulting [`Principal`].
+//!
+//! Everything that can be prepared is prepared at startup: one
+//! `jsonwebtoken::Validation` per allowed algorithm, and the claim paths.
+//! A request costs one signature check, or a cache lookup when the same token
+//! was verified before (keyed by its SHA-256, bounded, expiring with `exp`,
+//! and dropped whenever the key set changes).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use http::HeaderMap;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::Value;
+
+use super::keys::{KeyChoiceError, KeySet};
+use super::Principal;
+use crate::config::{AuthConfig, ConfigProblem};
+
+/// The algorithms `auth.algorithms` may list.
+pub const SUPPORTED_ALGORITHMS: [&str; 10] = [
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+];
+
+/// Why a caller was not authenticated. The text is the 401's message: short,
+/// fixed, and never containing the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("missing bearer token")]
+    MissingToken,
+    /// Several `Authorization` headers.
+    #[error("more than one credential was sent")]
+    MultipleCredentials,
+    /// `Authorization` is not `Bearer <token>`.
+    #[error("authorization must be a Bearer token")]
+    NotBearer,
+    /// Longer than `auth.max_token_bytes`.
+    #[error("token too large")]
+    TooLarge,
+    /// Not a JWT, or its header or claims are not valid JSON.
+    #[error("malformed token")]
+    Malformed,
+    /// The header's `alg` is not allowed (or is `none`).
+    #[error("algorithm not allowed")]
+    AlgorithmNotAllowed,
+    /// The header marks an extension critical (`crit`), which is not supported.
+    #[error("unsupported critical header")]
+    CriticalHeader,
+    /// The `kid` is not in the trusted key set.
+    #[error("unknown signing key")]
+    UnknownKey,
+    /// The `kid` names a key of another type than `alg`.
+    #[error("signing key does not match the algorithm")]
+    WrongKeyType,
+    /// No `kid`, and not exactly one key fits.
+    #[error("token has no kid and no single key fits it")]
+    AmbiguousKey,
+    /// The signature does not verify.
+    #[error("invalid signature")]
+    BadSignature,
+    /// `exp` is past.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future.
+    #[error("token not yet valid")]
+    NotYetValid,
+    /// `iat` is in the future.
+    #[error("token issued in the future")]
+    IssuedInFuture,
+    /// `iss` is not one of `auth.issuers`.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// `aud` contains none of `auth.audiences`.
+    #[error("wrong audience")]
+    WrongAudience,
+    /// `exp`, `iss` or `aud` is absent.
+    #[error("missing required claim")]
+    MissingClaim,
+    /// A claim has the wrong JSON type.
+    #[error("malformed claim")]
+    MalformedClaim,
+    /// The subject claim is absent or not a string.
+    #[error("token has no subject")]
+    NoSubject,
+}
+
+/// The result of verifying a token with the keys at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Refused; final.
+    Refused(AuthError),
+    /// The `kid` is not known: a JWKS refetch may find it.
+    UnknownKid,
+}
+
+impl From<AuthError> for VerifyError {
+    fn from(e: AuthError) -> Self {
+        Self::Refused(e)
+    }
+}
+
+/// The `Authorization: Bearer` token of a request, checked for shape only.
+pub fn bearer_token(headers: &HeaderMap, max_bytes: usize) -> Result<&str, AuthError> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = match (values.next(), values.next()) {
+        (None, _) => return Err(AuthError::MissingToken),
+        (Some(_), Some(_)) => return Err(AuthError::MultipleCredentials),
+        (Some(value), None) => value,
+    };
+    if value.len() > max_bytes + "Bearer ".len() {
+        return Err(AuthError::TooLarge);
+    }
+    let value = value.to_str().map_err(|_| AuthError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::NotBearer);
+    }
+    let token = token.trim();
+    if token.is_empty() || token.contains(' ') {
+        return Err(AuthError::Malformed);
+    }
+    if token.len() > max_bytes {
+        return Err(AuthError::TooLarge);
+    }
+    Ok(token)
+}
+
+/// A claim location: a top-level name, or else a dotted path into objects.
+#[derive(Debug, Clone)]
+struct ClaimPath {
+    /// The configured name, tried whole first (namespaced claims such as
+    /// `https://corp.example/teams` contain dots).
+    whole: String,
+    /// The same split on dots.
+    segments: Vec<String>,
+}
+
+impl ClaimPath {
+    fn new(path: &str) -> Self {
+        Self {
+            whole: path.to_owned(),
+            segments: path.split('.').map(str::to_owned).collect(),
+        }
+    }
+
+    fn find<'v>(&self, claims: &'v Value) -> Option<&'v Value> {
+        claims.get(&self.whole).or_else(|| {
+            self.segments
+                .iter()
+                .try_fold(claims, |value, segment| value.get(segment))
+        })
+    }
+}
+
+/// Checks tokens against a key set; built once from `[auth]`.
+#[derive(Debug)]
+pub struct Verifier {
+    /// One prepared validation per allowed algorithm.
+    validations: HashMap<Algorithm, Validation>,
+    /// `auth.leeway`, in seconds, for `iat` and the cache.
+    leeway: u64,
+    /// Where the subject is.
+    subject: ClaimPath,
+    /// Where the teams are.
+    teams: ClaimPath,
+    /// `auth.max_token_bytes`.
+    max_token_bytes: usize,
+    /// Recently verified tokens, if enabled.
+    cache: Option<TokenCache>,
+}
+
+impl Verifier {
+    /// Prepares verification from `[auth]`.
+    pub fn from_config(config: &AuthConfig) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut algorithms = Vec::new();
+        for (i, name) in config.algorithms.iter().enumerate() {
+            match Algorithm::from_str(name) {
+                Ok(alg) if SUPPORTED_ALGORITHMS.contains(&name.as_str()) => algorithms.push(alg),
+                _ => problems.push(ConfigProblem::new(
+                    format!("auth.algorithms[{i}]"),
+                    format!(
+                        "{name:?} is not supported; use some of {}",
+                        SUPPORTED_ALGORITHMS.join(", ")
+                    ),
+                )),
+            }
+        }
+        if config.algorithms.is_empty() {
+            problems.push(ConfigProblem::new(
+                "auth.algorithms",
+                "must list at least one algorithm",
+            ));
+        }
+        for (key, list) in [
+            ("auth.issuers", &config.issuers),
+            ("auth.audiences", &config.audiences),
+        ] {
+            if list.is_empty() || list.iter().any(String::is_empty) {
+                problems.push(ConfigProblem::new(
+                    key,
+                    "must list at least one non-empty value",
+                ));
+            }
+        }
+        for (key, claim) in [
+            ("auth.subject_claim", &config.subject_claim),
+            ("auth.team_claim", &config.team_claim),
+        ] {
+            if claim.is_empty() {
+                problems.push(ConfigProblem::new(key, "must not be empty"));
+            }
+        }
+        if config.max_token_bytes == 0 {
+            problems.push(ConfigProblem::new(
+                "auth.max_token_bytes",
+                "must be greater than zero",
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let leeway = config.leeway.as_secs();
+        let validations = algorithms
+            .into_iter()
+            .map(|alg| {
+                let mut validation = Validation::new(alg);
+                validation.leeway = leeway;
+                validation.validate_exp = true;
+                validation.validate_nbf = true;
+                validation.set_issuer(&config.issuers);
+                validation.set_audience(&config.audiences);
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+                (alg, validation)
+            })
+            .collect();
+        Ok(Self {
+            validations,
+            leeway,
+            subject: ClaimPath::new(&config.subject_claim),
+            teams: ClaimPath::new(&config.team_claim),
+            max_token_bytes: config.max_token_bytes,
+            cache: (config.token_cache_size > 0).then(|| TokenCache::new(config.token_cache_size)),
+        })
+    }
+
+    /// Whether `alg` is allowed.
+    pub fn allows(&self, alg: Algorithm) -> bool {
+        self.validations.contains_key(&alg)
+    }
+
+    /// Authenticates a request's headers against `keys` (of `generation`).
+    pub fn verify_headers(
+        &self,
+        headers: &HeaderMap,
+        keys: &KeySet,
+        generation: u64,
+    ) -> Result<Principal, VerifyError> {
+        let token = bearer_token(headers, self.max_token_bytes)?;
+        self.verify(token, keys, generation, now())
+    }
+
+    /// Verifies `token` at time `now` (Unix seconds).
+    pub fn verify(
+        &self,
+        token: &str,
+        keys: &KeySet,
+        generation: u64,
+        now: u64,
+    ) -> Result<Principal, VerifyError> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthError::TooLarge.into());
+        }
+        let digest = self.cache.as_ref().map(|cache| {
+            let digest = TokenCache::digest(token);
+            (cache, digest)
+        });
+        if let Some((cache, digest)) = &digest {
+            if let Some(principal) = cache.get(digest, now, self.leeway, generation) {
+                return Ok(principal);
+            }
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+                AuthError::AlgorithmNotAllowed
+            }
+            _ if header_names_another_alg(token) => AuthError::AlgorithmNotAllowed,
+            _ => AuthError::Malformed,
+        })?;
+        let validation = self
+            .validations
+            .get(&header.alg)
+            .ok_or(AuthError::AlgorithmNotAllowed)?;
+        if header.crit.is_some() {
+            return Err(AuthError::CriticalHeader.into());
+        }
+        let key = keys
+            .select(header.kid.as_deref(), header.alg)
+            .map_err(|e| match e {
+                KeyChoiceError::UnknownKid => VerifyError::UnknownKid,
+                KeyChoiceError::WrongKeyType => AuthError::WrongKeyType.into(),
+                KeyChoiceError::Ambiguous => AuthError::AmbiguousKey.into(),
+            })?;
+        let data = jsonwebtoken::decode::<Value>(token, &key.key, validation)
+            .map_err(|e| map_jwt_error(e.kind()))?;
+        let claims = data.claims;
+        match claims.get("iat") {
+            None => {}
+            Some(Value::Number(iat))
+                if iat
+                    .as_f64()
+                    .is_some_and(|iat| iat > (now + self.leeway) as f64) =>
+            {
+                return Err(AuthError::IssuedInFuture.into());
+            }
+            Some(Value::Number(_)) => {}
+            Some(_) => return Err(AuthError::MalformedClaim.into()),
+        }
+        let principal = self.principal(&claims)?;
+        if let Some((cache, digest)) = digest {
+            if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+                cache.insert(digest, principal.clone(), exp, generation);
+            }
+        }
+        Ok(principal)
+    }
+
+    fn principal(&self, claims: &Value) -> Result<Principal, AuthError> {
+        let sub = self
+            .subject
+            .find(claims)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or(AuthError::NoSubject)?;
+        let teams = match self.teams.find(claims) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::String(team)) => vec![team.clone()],
+            Some(Value::Array(list)) => list
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_owned)
+                        .ok_or(AuthError::MalformedClaim)
+                })
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(AuthError::MalformedClaim),
+        };
+        Ok(Principal::new(sub, teams))
+    }
+}
+
+/// Whether the token's header parses as JSON naming some `alg` (e.g. `none`
+/// in any case) that jsonwebtoken does not know: that is a disallowed
+/// algorithm, not just a malformed token.
+fn header_names_another_alg(token: &str) -> bool {
+    use base64::Engine;
+    let Some(header) = token.split('.').next() else {
+        return false;
+    };
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .is_some_and(|h| {
+            h.get("alg")
+                .and_then(Value::as_str)
+                .is_some_and(|alg| Algorithm::from_str(alg).is_err())
+        })
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> VerifyError {
+    let reason = match kind {
+        ErrorKind::InvalidSignature => AuthError::BadSignature,
+        ErrorKind::ExpiredSignature => AuthError::Expired,
+        ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+        ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthError::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => AuthError::MissingClaim,
+        ErrorKind::InvalidClaimFormat(_) => AuthError::MalformedClaim,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => AuthError::WrongKeyType,
+        ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+            AuthError::AlgorithmNotAllowed
+        }
+        // Key-format errors here mean a signature that cannot be checked.
+        ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidEddsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat => AuthError::BadSignature,
+        _ => AuthError::Malformed,
+    };
+    VerifyError::Refused(reason)
+}
+
+/// The current Unix time in seconds.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Verified tokens by SHA-256, bounded. Entries expire with their `exp` and
+/// are void once the key set's generation moves on.
+#[derive(Debug)]
+struct TokenCache {
+    capacity: usize,
+    entries: Mutex<HashMap<[u8; 32], CacheEntry>>,
+}
+
+#[derive(Debug)]
+struct CacheEntry {
+    principal: Principal,
+    exp: u64,
+    generation: u64,
+}
+
+impl TokenCache {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: Mutex::new(HashMap::with_capacity(capacity.min(1 << 16))),
+        }
+    }
+
+    fn digest(token: &str) -> [u8; 32] {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
+    }
+
+    fn get(&self, digest: &[u8; 32], now: u64, leeway: u64, generation: u64) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.get(digest)?;
+        // The same rule as jsonwebtoken's: valid while exp >= now - leeway.
+        (entry.generation == generation && entry.exp >= now.saturating_sub(leeway))
+            .then(|| entry.principal.clone())
+    }
+
+    fn insert(&self, digest: [u8; 32], principal: Principal, exp: u64, generation: u64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= self.capacity && !entries.contains_key(&digest) {
+            let now = now();
+            entries.retain(|_, e| e.exp >= now && e.generation == generation);
+            if entries.len() >= self.capacity {
+                // Still full of live tokens: start over rather than grow.
+                entries.clear();
+            }
+        }
+        entries.insert(
+            digest,
+            CacheEntry {
+                principal,
+                exp,
+                generation,
+            },
+        );
+    }
+}
