@@ -401,3 +401,79 @@ async fn the_demo_prints_a_curl_that_succeeds() {
     assert!(demo.child.wait().await.unwrap().success());
     assert!(!demo.collect_output().await.contains(key.trim()));
 }
+
+#[tokio::test]
+async fn token_mints_a_dev_token_the_gateway_accepts() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    std::fs::write(dir.path("hs"), "a-development-secret-of-at-least-32-bytes").unwrap();
+    let auth = format!(
+        "[auth]\nissuers = [{ISSUER:?}]\naudiences = [{AUDIENCE:?}]\nalgorithms = [\"HS256\"]\nhs256_secret = {{ file = {:?} }}\nteam_claim = \"realm_access.roles\"\n",
+        dir.path("hs").display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &auth);
+    let out = Command::new(binary_path())
+        .args([
+            "token",
+            "--sub",
+            "alice@corp",
+            "--team",
+            "platform",
+            "--team",
+            "ops",
+            "--ttl",
+            "5m",
+        ])
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let minted = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert_eq!(minted.split('.').count(), 3, "{minted}");
+    let payload: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            minted.split('.').nth(1).unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        payload["realm_access"]["roles"],
+        serde_json::json!(["platform", "ops"])
+    );
+    assert_eq!(payload["sub"], "alice@corp");
+    assert!(payload["exp"].as_u64().unwrap() <= now() + 300);
+
+    let gw = Binary::serve(&path, &[]).await;
+    let req = Request::get(gw.url("/api/organization"))
+        .header("authorization", format!("Bearer {minted}"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(send(&client(), req).await.0.status, 200);
+}
+
+#[test]
+fn token_refuses_without_a_development_secret() {
+    let dir = TestDir::new();
+    let path = dir.config("https://app.polytomic.com", "");
+    let out = Command::new(binary_path())
+        .args(["token", "--sub", "alice"])
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("auth.hs256_secret") && stderr.contains("identity provider"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -305,8 +305,17 @@ impl Verifier {
                 KeyChoiceError::WrongKeyType => AuthError::WrongKeyType.into(),
                 KeyChoiceError::Ambiguous => AuthError::AmbiguousKey.into(),
             })?;
-        let data = jsonwebtoken::decode::<Value>(token, &key.key, validation)
-            .map_err(|e| map_jwt_error(e.kind()))?;
+        let data = jsonwebtoken::decode::<Value>(token, &key.key, validation).map_err(|e| {
+            match e.kind() {
+                // jsonwebtoken reports a required claim of the wrong type as
+                // missing; claims are validated after the signature, so the
+                // payload can be trusted to tell the two apart.
+                ErrorKind::MissingRequiredClaim(claim) if payload_has_claim(token, claim) => {
+                    AuthError::MalformedClaim.into()
+                }
+                kind => map_jwt_error(kind),
+            }
+        })?;
         let claims = data.claims;
         match claims.get("iat") {
             None => {}
@@ -351,6 +360,21 @@ impl Verifier {
         };
         Ok(Principal::new(sub, teams))
     }
+}
+
+/// Whether the (already verified) payload has `claim`, of whatever type.
+fn payload_has_claim(token: &str, claim: &str) -> bool {
+    use base64::Engine;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|payload| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .ok()
+        })
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+        .is_some_and(|claims| claims.get(claim).is_some_and(|v| !v.is_null()))
 }
 
 /// Whether the token's header parses as JSON naming some `alg` (e.g. `none`
@@ -458,5 +482,135 @@ impl TokenCache {
                 generation,
             },
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::keys::VerifyKey;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    const SECRET: &[u8] = b"unit-test-secret-unit-test-secret!!";
+
+    fn config(team_claim: &str, cache: usize) -> AuthConfig {
+        AuthConfig {
+            issuers: vec!["iss".into()],
+            audiences: vec!["aud".into()],
+            algorithms: vec!["HS256".into()],
+            jwks_url: None,
+            jwks_file: None,
+            hs256_secret: None,
+            leeway: Duration::from_secs(30),
+            subject_claim: "sub".into(),
+            team_claim: team_claim.into(),
+            jwks_refresh: Duration::from_secs(300),
+            jwks_min_refresh_interval: Duration::from_secs(30),
+            max_token_bytes: 8192,
+            token_cache_size: cache,
+        }
+    }
+
+    fn keys() -> KeySet {
+        KeySet::new([Arc::new(VerifyKey::hmac(SECRET).unwrap())])
+    }
+
+    fn token(extra: Value) -> String {
+        let mut claims =
+            serde_json::json!({"iss": "iss", "aud": "aud", "sub": "alice", "exp": now() + 60});
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap(),
+        )
+        .unwrap()
+    }
+
+    fn teams(team_claim: &str, extra: Value) -> Result<Vec<String>, VerifyError> {
+        let verifier = Verifier::from_config(&config(team_claim, 0)).unwrap();
+        verifier
+            .verify(&token(extra), &keys(), 0, now())
+            .map(|p| p.teams().to_vec())
+    }
+
+    #[test]
+    fn team_claims_can_be_strings_arrays_nested_or_namespaced() {
+        assert_eq!(
+            teams("teams", serde_json::json!({"teams": "platform"})).unwrap(),
+            ["platform"]
+        );
+        assert_eq!(
+            teams("teams", serde_json::json!({"teams": ["a", "b"]})).unwrap(),
+            ["a", "b"]
+        );
+        assert_eq!(
+            teams(
+                "realm_access.roles",
+                serde_json::json!({"realm_access": {"roles": ["ops"]}})
+            )
+            .unwrap(),
+            ["ops"]
+        );
+        assert_eq!(
+            teams(
+                "https://corp.example/teams",
+                serde_json::json!({"https://corp.example/teams": ["x"]})
+            )
+            .unwrap(),
+            ["x"]
+        );
+        assert!(teams("teams", serde_json::json!({})).unwrap().is_empty());
+        assert_eq!(
+            teams("teams", serde_json::json!({"teams": [1]})).unwrap_err(),
+            VerifyError::Refused(AuthError::MalformedClaim)
+        );
+    }
+
+    #[test]
+    fn the_cache_serves_a_token_until_it_expires_or_the_keys_change() {
+        let verifier = Verifier::from_config(&config("teams", 16)).unwrap();
+        let token = token(serde_json::json!({"teams": ["p"]}));
+        let keys = keys();
+        assert!(verifier.verify(&token, &keys, 1, now()).is_ok());
+        // A cache hit needs no key at all.
+        let empty = KeySet::default();
+        assert!(verifier.verify(&token, &empty, 1, now()).is_ok());
+        // A new key-set generation voids the entry.
+        assert_eq!(
+            verifier.verify(&token, &empty, 2, now()).unwrap_err(),
+            VerifyError::Refused(AuthError::AmbiguousKey)
+        );
+        // Past exp + leeway the entry is not used.
+        assert!(verifier.verify(&token, &keys, 2, now()).is_ok());
+        assert!(verifier.verify(&token, &empty, 2, now() + 3600).is_err());
+    }
+
+    #[test]
+    fn bearer_tokens_are_extracted_strictly() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(bearer_token(&headers, 100), Err(AuthError::MissingToken));
+        headers.insert("authorization", "bearer abc.def.ghi".parse().unwrap());
+        assert_eq!(bearer_token(&headers, 100), Ok("abc.def.ghi"));
+        headers.insert("authorization", "Token abc".parse().unwrap());
+        assert_eq!(bearer_token(&headers, 100), Err(AuthError::NotBearer));
+        headers.insert(
+            "authorization",
+            format!("Bearer {}", "a".repeat(101)).parse().unwrap(),
+        );
+        assert_eq!(bearer_token(&headers, 100), Err(AuthError::TooLarge));
+    }
+
+    #[test]
+    fn unsupported_algorithms_are_config_problems() {
+        let mut bad = config("teams", 0);
+        bad.algorithms = vec!["none".into(), "HS512".into()];
+        let problems = Verifier::from_config(&bad).unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["auth.algorithms[0]", "auth.algorithms[1]"]);
     }
 }
