@@ -20,9 +20,11 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 
 # Only what the binary needs: Cargo.toml names src/lib.rs and src/main.rs and
-# declares no examples, benches or tests, so those directories are not copied.
+# declares benches (which cargo requires to exist, so benches/ is copied) but
+# builds only the binary; examples and tests are not copied.
 COPY Cargo.toml Cargo.lock ./
 COPY src/ src/
+COPY benches/ benches/
 RUN cargo build --release --locked --bin polytomic-gateway
 
 # ---- runtime -----------------------------------------------------------------

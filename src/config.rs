@@ -56,6 +56,12 @@ pub struct GatewayConfig {
     /// Authentication of callers' internal JWTs. Required: without it the
     /// gateway refuses to start.
     pub auth: Option<AuthConfig>,
+    /// The operations the gateway forwards; anything else is refused.
+    #[serde(default)]
+    pub routes: Vec<crate::routes::RouteConfig>,
+    /// Who may perform which operation; without rules, every request is denied.
+    #[serde(default)]
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// `[auth]`: verifying the caller's internal JWT.

@@ -64,12 +64,30 @@ pub enum GatewayError {
     #[error("{0}")]
     Unauthenticated(crate::auth::AuthError),
     /// The path exists but not for this method.
-    #[error("{method} is not allowed here; allowed: {allow}")]
+    #[error("{method} is not allowed here; allowed: {}", allow.to_str().unwrap_or_default())]
     MethodNotAllowed {
         /// The refused method.
         method: http::Method,
         /// The `Allow` header value: the methods that are allowed.
-        allow: &'static str,
+        allow: HeaderValue,
+    },
+    /// No route matches the path.
+    #[error("no route for this path")]
+    NoRoute,
+    /// The path is ambiguous or malformed.
+    #[error("{0}")]
+    InvalidPath(crate::routes::PathError),
+    /// An `{id}` segment is not a UUID.
+    #[error("the organization id in the path must be a UUID")]
+    InvalidId,
+    /// A method-override header was sent.
+    #[error("method-override header {0} is not allowed")]
+    MethodOverride(http::HeaderName),
+    /// The policy does not allow the caller this operation.
+    #[error("team may not perform {operation}")]
+    Forbidden {
+        /// The operation that was refused.
+        operation: std::sync::Arc<str>,
     },
     /// A bug or an unexpected failure inside the gateway.
     #[error("internal gateway error")]
@@ -88,6 +106,11 @@ impl GatewayError {
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::InvalidPath(_) | Self::InvalidId | Self::MethodOverride(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::Forbidden { .. } => StatusCode::FORBIDDEN,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -105,6 +128,10 @@ impl GatewayError {
             Self::NotReady(_) => "not_ready",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthenticated(_) => "unauthenticated",
+            Self::NoRoute => "no_route",
+            Self::InvalidPath(_) | Self::InvalidId => "invalid_path",
+            Self::MethodOverride(_) => "method_override",
+            Self::Forbidden { .. } => "forbidden",
             Self::Internal => "internal_error",
         }
     }
@@ -141,7 +168,7 @@ impl GatewayError {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::MethodNotAllowed { allow, .. } => {
-                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+                headers.insert(header::ALLOW, allow.clone());
             }
             Self::Unauthenticated(_) => {
                 headers.insert(

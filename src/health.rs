@@ -130,7 +130,7 @@ where
             if req.method() != Method::GET && req.method() != Method::HEAD {
                 let refusal = GatewayError::MethodNotAllowed {
                     method: req.method().clone(),
-                    allow: "GET, HEAD",
+                    allow: HeaderValue::from_static("GET, HEAD"),
                 };
                 return ResponseFuture::early(refusal.to_response());
             }

@@ -20,6 +20,10 @@
 //! - [`health`]: `/healthz` and `/readyz`, and refusing work while draining.
 //! - [`auth`]: verifying callers' internal JWTs against the IdP's JWKS, and
 //!   the [`auth::Principal`] later layers read.
+//! - [`routes`]: the operations the gateway knows; ambiguous paths, unknown
+//!   routes and wrong methods are refused.
+//! - [`policy`]: which teams may perform which operation on which
+//!   organization; deny by default.
 //! - [`limit`]: `server.max_body_bytes`, enforced without buffering.
 //! - [`credentials`]: loading (and rotating) the partner key, and
 //!   [`credentials::CredentialSwapLayer`], which swaps it in.
@@ -44,7 +48,9 @@ pub mod fake;
 pub mod future;
 pub mod health;
 pub mod limit;
+pub mod policy;
 pub mod proxy;
+pub mod routes;
 pub mod server;
 pub mod stack;
 pub mod telemetry;

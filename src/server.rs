@@ -35,7 +35,9 @@ use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
 use crate::credentials::CredentialSet;
 use crate::error::GatewayError;
 use crate::health::Readiness;
+use crate::policy::Policy;
 use crate::proxy::Upstream;
+use crate::routes::RouteTable;
 use crate::stack::{self, StackParts};
 use crate::version::VersionPolicy;
 
@@ -77,9 +79,26 @@ impl Gateway {
                     .map_err(|p| problems.extend(p))
             }
         };
-        let (Ok(credentials), Ok(version), Ok(upstream), Ok(auth), true) =
-            (credentials, version, upstream, auth, problems.is_empty())
-        else {
+        let routes = RouteTable::from_config(&config.routes, &|name| {
+            config.credentials.contains_key(name)
+        })
+        .map(Arc::new)
+        .map_err(|p| problems.extend(p));
+        let policy = match &routes {
+            Ok(routes) => Policy::from_config(&config.policy, routes.operations())
+                .map(Arc::new)
+                .map_err(|p| problems.extend(p)),
+            Err(()) => Err(()),
+        };
+        let (Ok(credentials), Ok(version), Ok(upstream), Ok(auth), Ok(routes), Ok(policy), true) = (
+            credentials,
+            version,
+            upstream,
+            auth,
+            routes,
+            policy,
+            problems.is_empty(),
+        ) else {
             return Err(ConfigErrors::new(file, problems));
         };
         let readiness = {
@@ -108,6 +127,8 @@ impl Gateway {
                 request_timeout: config.server.request_timeout,
                 readiness,
                 auth,
+                routes,
+                policy,
                 credentials,
                 version,
                 upstream,

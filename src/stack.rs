@@ -15,7 +15,9 @@ use crate::credentials::{CredentialSet, CredentialSwapLayer};
 use crate::error::RescueLayer;
 use crate::health::{HealthLayer, Readiness};
 use crate::limit::BodyLimitLayer;
+use crate::policy::{Policy, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
+use crate::routes::{RouteLayer, RouteTable};
 use crate::version::{PolytomicVersionLayer, VersionPolicy};
 
 /// The built parts a stack is assembled from.
@@ -29,6 +31,10 @@ pub struct StackParts {
     pub readiness: Readiness,
     /// Verifies callers' JWTs.
     pub auth: std::sync::Arc<Authenticator>,
+    /// The operations the gateway forwards.
+    pub routes: std::sync::Arc<RouteTable>,
+    /// Who may do what.
+    pub policy: std::sync::Arc<Policy>,
     /// The credentials injected upstream.
     pub credentials: CredentialSet,
     /// The `X-Polytomic-Version` policy.
@@ -72,6 +78,15 @@ where
         // an unknown-kid JWKS refetch is bounded, and before the body limit so
         // an anonymous caller cannot make the gateway read a body at all.
         .layer(JwtAuthLayer::new(parts.auth))
+        // Routing after authentication, so anonymous callers learn nothing of
+        // the route table. Ambiguous paths, unknown routes and wrong methods
+        // stop here; the match names the operation for everything below.
+        .layer(RouteLayer::new(
+            parts.routes,
+            Some(parts.credentials.clone()),
+        ))
+        // Needs both the principal (auth) and the operation (routing).
+        .layer(PolicyLayer::new(parts.policy))
         // Before anything reads the body; also boxes it into the one body
         // type the inner layers share.
         .layer(BodyLimitLayer::new(parts.max_body_bytes))

@@ -512,8 +512,8 @@ async fn valid_rs256_es256_and_eddsa_tokens_pass_without_reaching_the_upstream()
     let gw = start_gateway_from(dir, &path).await;
     let tokens = [
         sign("rsa-a", RS256, &claims("alice@corp", &["platform"])),
-        sign("ec-a", ES256, &claims("bob@corp", &["support", "billing"])),
-        sign("ed-a", EdDSA, &claims("carol@corp", &[])),
+        sign("ec-a", ES256, &claims("bob@corp", &["support", "platform"])),
+        sign("ed-a", EdDSA, &claims("carol@corp", &["platform"])),
         // Within the 30 s leeway.
         sign(
             "rsa-a",
@@ -676,7 +676,11 @@ async fn a_key_published_mid_run_is_accepted_without_a_restart() {
     assert_eq!(status_with(&gw, &new_key_token).await, 200);
     assert_eq!(idp.count(), 2, "the unknown kid caused exactly one refetch");
     assert_eq!(
-        status_with(&gw, &sign("rsa-a", RS256, &claims("alice@corp", &[]))).await,
+        status_with(
+            &gw,
+            &sign("rsa-a", RS256, &claims("alice@corp", &["platform"]))
+        )
+        .await,
         200
     );
 }
@@ -705,7 +709,11 @@ async fn a_removed_key_stops_working_after_the_next_refresh() {
     assert_eq!(parts.status, 401);
     assert_eq!(json(&body)["message"], "unknown signing key");
     assert_eq!(
-        status_with(&gw, &sign("rsa-b", RS256, &claims("alice@corp", &[]))).await,
+        status_with(
+            &gw,
+            &sign("rsa-b", RS256, &claims("alice@corp", &["platform"]))
+        )
+        .await,
         200
     );
 }

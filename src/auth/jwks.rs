@@ -41,8 +41,8 @@ impl JwksFetcher {
         Self { uri, client }
     }
 
-    /// Fetches and parses the JWKS once.
-    pub async fn fetch(&self) -> Result<Vec<VerifyKey>, String> {
+    /// Fetches and parses the JWKS once; also returns the body's SHA-256.
+    pub async fn fetch(&self) -> Result<(Vec<VerifyKey>, [u8; 32]), String> {
         let fetch = async {
             let response = self
                 .client
@@ -57,7 +57,11 @@ impl JwksFetcher {
                 .await
                 .map_err(|e| format!("reading the body failed: {e}"))?
                 .to_bytes();
-            parse_jwks(&body, "the JWKS URL")
+            let keys = parse_jwks(&body, "the JWKS URL")?;
+            let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &body);
+            let mut out = [0u8; 32];
+            out.copy_from_slice(digest.as_ref());
+            Ok((keys, out))
         };
         tokio::time::timeout(JWKS_FETCH_TIMEOUT, fetch)
             .await
@@ -70,10 +74,15 @@ impl JwksFetcher {
 pub struct KeyStore {
     /// Keys that never change: `jwks_file` and `hs256_secret`.
     static_keys: Vec<Arc<VerifyKey>>,
-    /// The current set: static keys plus the last good fetch.
-    current: RwLock<Arc<KeySet>>,
-    /// Bumped whenever `current` changes; voids cached verifications.
+    /// The current set (static keys plus the last good fetch) and its
+    /// generation, swapped together so a reader never pairs one set with
+    /// another's generation.
+    current: RwLock<Arc<(KeySet, u64)>>,
+    /// The generation of `current`; it moves only when the fetched JWKS
+    /// changes, which voids cached verifications.
     generation: AtomicU64,
+    /// SHA-256 of the last fetched JWKS body, to tell a change from a refresh.
+    last_body: std::sync::Mutex<Option<[u8; 32]>>,
     /// The JWKS URL, if configured.
     fetcher: Option<JwksFetcher>,
     /// Whether a fetch has succeeded (always true without a URL).
@@ -99,8 +108,9 @@ impl KeyStore {
         Self {
             loaded: AtomicBool::new(fetcher.is_none()),
             static_keys,
-            current: RwLock::new(Arc::new(current)),
+            current: RwLock::new(Arc::new((current, 0))),
             generation: AtomicU64::new(0),
+            last_body: std::sync::Mutex::new(None),
             fetcher,
             refetch: tokio::sync::Mutex::new(None),
             min_refresh_interval,
@@ -108,14 +118,12 @@ impl KeyStore {
         }
     }
 
-    /// The current key set and its generation.
-    pub fn current(&self) -> (Arc<KeySet>, u64) {
-        let set = self
-            .current
+    /// The current key set with its generation.
+    pub fn current(&self) -> Arc<(KeySet, u64)> {
+        self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        (set, self.generation.load(Ordering::Acquire))
+            .clone()
     }
 
     /// Whether keys are loaded (the first fetch succeeded, if there is a URL).
@@ -128,16 +136,24 @@ impl KeyStore {
         let Some(fetcher) = &self.fetcher else {
             return Ok(());
         };
-        let fetched = fetcher.fetch().await?;
+        let (fetched, digest) = fetcher.fetch().await?;
         let count = fetched.len();
-        let keys = self
-            .static_keys
-            .iter()
-            .cloned()
-            .chain(fetched.into_iter().map(Arc::new));
-        let set = Arc::new(KeySet::new(keys));
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = set;
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let unchanged = {
+            let mut last = self.last_body.lock().unwrap_or_else(|p| p.into_inner());
+            let unchanged = *last == Some(digest);
+            *last = Some(digest);
+            unchanged
+        };
+        if !unchanged {
+            let keys = self
+                .static_keys
+                .iter()
+                .cloned()
+                .chain(fetched.into_iter().map(Arc::new));
+            let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new((KeySet::new(keys), generation));
+        }
         if !self.loaded.swap(true, Ordering::AcqRel) {
             tracing::info!(keys = count, "JWKS loaded");
         } else {

@@ -17,7 +17,8 @@
 //! # async fn demo(config: &polytomic_gateway::config::AuthConfig) {
 //! use std::sync::Arc;
 //! use polytomic_gateway::auth::{Authenticator, JwtAuthLayer};
-//! let auth = Arc::new(Authenticator::from_config(config, None).expect("valid [auth]"));
+//! # let connector: polytomic_gateway::auth::JwksConnector = unimplemented!();
+//! let auth = Arc::new(Authenticator::from_config(config, Some(connector)).expect("valid [auth]"));
 //! tokio::spawn(auth.keys().clone().refresh_forever());
 //! let layer = JwtAuthLayer::new(auth);
 //! # }
@@ -48,8 +49,9 @@ use jwks::{load_jwks_file, JwksFetcher, KeyStore};
 use keys::VerifyKey;
 pub use verify::{AuthError, Verifier, VerifyError};
 
-/// Paths that are never authenticated (answered by the gateway itself).
-pub const UNAUTHENTICATED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+/// Paths that are never authenticated: only those the gateway answers itself
+/// (see [`crate::health`]), so nothing unauthenticated can be forwarded.
+pub const UNAUTHENTICATED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// HS256 secrets shorter than this are refused (RFC 7518 §3.2).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
@@ -167,10 +169,19 @@ impl Authenticator {
                     problems.push(ConfigProblem::new("auth.jwks_url", e));
                     None
                 }
-                Ok(uri) => connector.map(|connector| {
-                    let client = Client::builder(TokioExecutor::new()).build(connector);
-                    JwksFetcher::new(uri, client)
-                }),
+                Ok(uri) => match connector {
+                    Some(connector) => {
+                        let client = Client::builder(TokioExecutor::new()).build(connector);
+                        Some(JwksFetcher::new(uri, client))
+                    }
+                    None => {
+                        problems.push(ConfigProblem::new(
+                            "auth.jwks_url",
+                            "cannot be fetched: no HTTPS connector (fix [upstream] first)",
+                        ));
+                        None
+                    }
+                },
             },
         };
         if config.jwks_url.is_none() && config.jwks_file.is_none() && config.hs256_secret.is_none()
@@ -217,19 +228,20 @@ impl Authenticator {
 
     /// Authenticates with the keys at hand, without waiting.
     pub fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, VerifyError> {
-        let (keys, generation) = self.keys.current();
-        self.verifier.verify_headers(headers, &keys, generation)
+        let current = self.keys.current();
+        let (keys, generation) = &*current;
+        self.verifier.verify_headers(headers, keys, *generation)
     }
 }
 
 /// Checks `auth.jwks_url`: https, or http to a loopback address (warned).
 fn jwks_uri(raw: &str) -> Result<http::Uri, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    // An IP literal only: a name could resolve anywhere.
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(name)) => name == "localhost",
-        None => false,
+        _ => false,
     };
     match url.scheme() {
         "https" => {}
@@ -240,7 +252,10 @@ fn jwks_uri(raw: &str) -> Result<http::Uri, String> {
             );
         }
         "http" => {
-            return Err("must be https (plain http is allowed only to a loopback address)".into())
+            return Err(
+                "must be https (plain http is allowed only to a loopback IP such as 127.0.0.1)"
+                    .into(),
+            )
         }
         other => return Err(format!("scheme {other:?} is not supported; use https")),
     }

@@ -36,6 +36,12 @@ pub fn mint_dev_token(
     )
     .map_err(|p| p.message)?;
     let secret = read_secret(&source)?;
+    if secret.len() < super::MIN_HS256_SECRET_BYTES {
+        return Err(format!(
+            "auth.hs256_secret must be at least {} bytes",
+            super::MIN_HS256_SECRET_BYTES
+        ));
+    }
     let (Some(iss), Some(aud)) = (config.issuers.first(), config.audiences.first()) else {
         return Err("auth.issuers and auth.audiences must each list a value".into());
     };

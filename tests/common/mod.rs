@@ -102,6 +102,52 @@ pub fn bearer() -> String {
     format!("Bearer {}", token())
 }
 
+/// Every organization route, plus an explicit catch-all for other paths.
+pub const TEST_ROUTES: &str = r#"
+[[routes]]
+operation = "organization.current"
+methods = ["GET"]
+path = "/api/organization"
+
+[[routes]]
+operation = "organizations.list"
+methods = ["GET"]
+path = "/api/organizations"
+
+[[routes]]
+operation = "organizations.create"
+methods = ["POST"]
+path = "/api/organizations"
+
+[[routes]]
+operation = "organizations.get"
+methods = ["GET"]
+path = "/api/organizations/{id}"
+
+[[routes]]
+operation = "organizations.update"
+methods = ["PATCH", "PUT"]
+path = "/api/organizations/{id}"
+
+[[routes]]
+operation = "organizations.delete"
+methods = ["DELETE"]
+path = "/api/organizations/{id}"
+
+[[routes]]
+operation = "api.other"
+methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+path = "/api/{*rest}"
+"#;
+
+/// The platform team may do everything (the default test token is platform's).
+pub const TEST_POLICY: &str = r#"
+[[policy.rules]]
+name = "platform-all"
+teams = ["platform"]
+allow = ["*"]
+"#;
+
 /// A temp dir holding the partner key file and a config file.
 pub struct TestDir {
     pub dir: tempfile::TempDir,
@@ -142,6 +188,12 @@ impl TestDir {
         );
         if !extra.contains("[auth]") {
             text.push_str(&self.auth_section(""));
+        }
+        if !extra.contains("[[routes]]") {
+            text.push_str(TEST_ROUTES);
+        }
+        if !extra.contains("[policy]") && !extra.contains("[[policy.rules]]") {
+            text.push_str(TEST_POLICY);
         }
         let text = if extra.contains("[upstream]") {
             text.replace("[upstream]", &format!("[upstream]\nurl = {upstream_url:?}"))

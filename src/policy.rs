@@ -1,0 +1,458 @@
+//! Team policy: who may perform which operation on which organization.
+//!
+//! Deny by default. A request is allowed when at least one rule matches its
+//! [`Principal`] (any of the rule's `teams`, or any of its `subjects`), its
+//! operation (an `allow` pattern, where `*` matches any run of characters),
+//! and, when the rule lists `organizations`, its `{id}`. Otherwise it is 403
+//! `forbidden`, naming the operation but not the rules.
+//!
+//! The [`PolicyDecision`] goes into the request extensions for the audit and
+//! telemetry layers. In `shadow` mode a would-be denial is logged at warn and
+//! the request is forwarded anyway, for rolling a policy out.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use serde::Deserialize;
+use tower::{Layer, Service};
+
+use crate::auth::Principal;
+use crate::body::GatewayBody;
+use crate::config::ConfigProblem;
+use crate::error::GatewayError;
+use crate::future::ResponseFuture;
+use crate::routes::{is_uuid, RouteMatch};
+
+/// `[policy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// `enforce`, or `shadow` (decide and log, but forward anyway).
+    #[serde(default)]
+    pub mode: PolicyMode,
+    /// `[[policy.rules]]`; none means every request is denied.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// Whether denials are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Denied requests get 403.
+    #[default]
+    Enforce,
+    /// Denied requests are logged and forwarded.
+    Shadow,
+}
+
+impl PolicyMode {
+    /// `enforce` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+/// `[[policy.rules]]`: one grant.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Names the rule in audit records and `policy explain`.
+    pub name: String,
+    /// The rule applies to members of any of these teams …
+    #[serde(default)]
+    pub teams: Vec<String>,
+    /// … or to any of these subjects.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// Operation names or patterns (`*` matches any run of characters).
+    pub allow: Vec<String>,
+    /// If set, only requests whose `{id}` is one of these UUIDs.
+    pub organizations: Option<Vec<String>>,
+}
+
+/// The decision for one request, stored in its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    /// Whether a rule allows the request.
+    pub allowed: bool,
+    /// The rule that allowed it.
+    pub rule: Option<Arc<str>>,
+    /// The mode in force; in shadow mode a denied request is forwarded.
+    pub mode: PolicyMode,
+}
+
+/// A compiled rule.
+#[derive(Debug)]
+struct Rule {
+    name: Arc<str>,
+    teams: HashSet<String>,
+    subjects: HashSet<String>,
+    allow: Vec<String>,
+    /// Lowercased UUIDs.
+    organizations: Option<HashSet<String>>,
+}
+
+/// Whether `pattern` (with `*` wildcards) matches `name` entirely.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = name.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty(); // no `*`: exact match
+    };
+    for middle in parts {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    rest.ends_with(last)
+}
+
+/// The compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    mode: PolicyMode,
+    rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// Compiles `[policy]`. `operations` are the routes' operation names: a
+    /// pattern matching none of them is a typo and an error.
+    pub fn from_config(
+        config: &PolicyConfig,
+        operations: &[Arc<str>],
+    ) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut names = HashSet::new();
+        let mut rules = Vec::new();
+        for (i, rule) in config.rules.iter().enumerate() {
+            let key = format!("policy.rules[{i}]");
+            let mut fail = |field: &str, message: String| {
+                problems.push(ConfigProblem::new(
+                    format!("{key}.{field}"),
+                    format!("rule {:?}: {message}", rule.name),
+                ));
+            };
+            if rule.name.is_empty() {
+                fail("name", "must not be empty".into());
+            } else if !names.insert(rule.name.clone()) {
+                fail("name", "is used by another rule".into());
+            }
+            if rule.teams.is_empty() && rule.subjects.is_empty() {
+                fail(
+                    "teams",
+                    "list some teams or subjects: a rule for nobody is a mistake".into(),
+                );
+            }
+            if rule.allow.is_empty() {
+                fail("allow", "must list at least one operation".into());
+            }
+            for pattern in &rule.allow {
+                if !operations.iter().any(|op| glob_match(pattern, op)) {
+                    fail("allow", format!("{pattern:?} matches no route's operation"));
+                }
+            }
+            let organizations = rule.organizations.as_ref().map(|ids| {
+                if ids.is_empty() {
+                    fail(
+                        "organizations",
+                        "is empty; remove it to allow every organization".into(),
+                    );
+                }
+                for id in ids.iter().filter(|id| !is_uuid(id)) {
+                    fail("organizations", format!("{id:?} is not a UUID"));
+                }
+                ids.iter().map(|id| id.to_ascii_lowercase()).collect()
+            });
+            rules.push(Rule {
+                name: rule.name.as_str().into(),
+                teams: rule.teams.iter().cloned().collect(),
+                subjects: rule.subjects.iter().cloned().collect(),
+                allow: rule.allow.clone(),
+                organizations,
+            });
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                mode: config.mode,
+                rules,
+            })
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// The mode in force.
+    pub fn mode(&self) -> PolicyMode {
+        self.mode
+    }
+
+    /// Decides for a principal (if authenticated) and a matched route.
+    pub fn decide(&self, principal: Option<&Principal>, route: &RouteMatch) -> PolicyDecision {
+        let rule = principal.and_then(|principal| {
+            self.rules.iter().find(|rule| {
+                let who = rule.subjects.contains(principal.sub())
+                    || principal.teams().iter().any(|t| rule.teams.contains(t));
+                let what = rule.allow.iter().any(|p| glob_match(p, &route.operation));
+                let which = match (&rule.organizations, &route.organization_id) {
+                    (None, _) => true,
+                    (Some(allowed), Some(id)) => allowed.contains(&**id),
+                    (Some(_), None) => false,
+                };
+                who && what && which
+            })
+        });
+        PolicyDecision {
+            allowed: rule.is_some(),
+            rule: rule.map(|r| r.name.clone()),
+            mode: self.mode,
+        }
+    }
+}
+
+/// Enforces a [`Policy`] after routing and authentication.
+#[derive(Debug, Clone)]
+pub struct PolicyLayer {
+    policy: Arc<Policy>,
+}
+
+impl PolicyLayer {
+    /// A layer enforcing `policy`.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> Layer<S> for PolicyLayer {
+    type Service = PolicyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PolicyService {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service built by [`PolicyLayer`].
+#[derive(Debug, Clone)]
+pub struct PolicyService<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+impl<S, B> Service<Request<B>> for PolicyService<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // Without a route there is nothing to allow: fail closed.
+        let Some(route) = req.extensions().get::<RouteMatch>() else {
+            return ResponseFuture::early(GatewayError::NoRoute.to_response());
+        };
+        let principal = req.extensions().get::<Principal>();
+        let decision = self.policy.decide(principal, route);
+        if !decision.allowed {
+            let operation = route.operation.clone();
+            let sub = principal.map(|p| p.sub().to_owned()).unwrap_or_default();
+            match decision.mode {
+                PolicyMode::Enforce => {
+                    tracing::warn!(%operation, %sub, "request denied by policy");
+                    return ResponseFuture::early(
+                        GatewayError::Forbidden { operation }.to_response(),
+                    );
+                }
+                PolicyMode::Shadow => {
+                    tracing::warn!(%operation, %sub, "policy would deny this request (shadow mode): forwarding");
+                }
+            }
+        }
+        req.extensions_mut().insert(decision);
+        ResponseFuture::inner(self.inner.call(req))
+    }
+}
+
+/// What `policy explain` reports for one hypothetical request.
+#[derive(Debug)]
+pub struct Explanation {
+    /// The matched route, or why there is none.
+    pub route: Result<RouteMatch, GatewayError>,
+    /// The decision, when a route matched.
+    pub decision: Option<PolicyDecision>,
+}
+
+impl Explanation {
+    /// Whether the request would be forwarded (in enforce mode).
+    pub fn allowed(&self) -> bool {
+        self.decision.as_ref().is_some_and(|d| d.allowed)
+    }
+}
+
+/// Explains what the gateway would decide for `principal` calling `method path`.
+pub fn explain(
+    table: &crate::routes::RouteTable,
+    policy: &Policy,
+    principal: &Principal,
+    method: &http::Method,
+    path: &str,
+) -> Explanation {
+    match table.resolve(method, path, &http::HeaderMap::new()) {
+        crate::routes::Routed::Refused(error) => Explanation {
+            route: Err(error),
+            decision: None,
+        },
+        crate::routes::Routed::Matched(route) => {
+            let decision = policy.decide(Some(principal), &route);
+            Explanation {
+                route: Ok(route),
+                decision: Some(decision),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_whole_names() {
+        assert!(glob_match("organizations.*", "organizations.update"));
+        assert!(glob_match("*", "organization.current"));
+        assert!(glob_match("organizations.get", "organizations.get"));
+        assert!(glob_match("*.get", "organizations.get"));
+        assert!(glob_match("org*s.*e", "organizations.update"));
+        assert!(!glob_match("organizations.*", "organization.current"));
+        assert!(!glob_match("organizations.get", "organizations.getx"));
+        assert!(!glob_match("*.get", "organizations.list"));
+        assert!(!glob_match("a*b*c", "acb"));
+    }
+
+    fn route(operation: &str, id: Option<&str>) -> RouteMatch {
+        RouteMatch {
+            operation: operation.into(),
+            template: "/t".into(),
+            organization_id: id.map(Into::into),
+            credential: None,
+        }
+    }
+
+    fn policy(rules: Vec<RuleConfig>) -> Policy {
+        let ops: Vec<Arc<str>> = [
+            "organizations.update",
+            "organizations.list",
+            "organization.current",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        Policy::from_config(
+            &PolicyConfig {
+                mode: PolicyMode::Enforce,
+                rules,
+            },
+            &ops,
+        )
+        .unwrap()
+    }
+
+    fn rule(name: &str, teams: &[&str], allow: &[&str], orgs: Option<&[&str]>) -> RuleConfig {
+        RuleConfig {
+            name: name.into(),
+            teams: teams.iter().map(|s| s.to_string()).collect(),
+            subjects: vec![],
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            organizations: orgs.map(|o| o.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    const ORG: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
+
+    #[test]
+    fn organization_scoped_rules_need_a_matching_id() {
+        let p = policy(vec![rule(
+            "billing",
+            &["billing"],
+            &["organizations.update"],
+            Some(&[&ORG.to_uppercase()]),
+        )]);
+        let billing = Principal::new("b", vec!["billing".into()]);
+        assert!(
+            p.decide(Some(&billing), &route("organizations.update", Some(ORG)))
+                .allowed
+        );
+        let other = "00000000-0000-0000-0000-000000000000";
+        assert!(
+            !p.decide(Some(&billing), &route("organizations.update", Some(other)))
+                .allowed
+        );
+        assert!(
+            !p.decide(Some(&billing), &route("organizations.list", None))
+                .allowed
+        );
+        assert!(
+            !p.decide(None, &route("organizations.update", Some(ORG)))
+                .allowed
+        );
+    }
+
+    #[test]
+    fn subjects_match_without_teams() {
+        let mut r = rule("alice", &[], &["organizations.*"], None);
+        r.subjects = vec!["alice@corp".into()];
+        let p = policy(vec![r]);
+        let decision = p.decide(
+            Some(&Principal::new("alice@corp", vec![])),
+            &route("organizations.list", None),
+        );
+        assert_eq!(decision.rule.as_deref(), Some("alice"));
+        assert!(
+            !p.decide(
+                Some(&Principal::new("bob@corp", vec![])),
+                &route("organizations.list", None)
+            )
+            .allowed
+        );
+    }
+
+    #[test]
+    fn typos_and_empty_rules_are_config_problems() {
+        let ops: Vec<Arc<str>> = vec!["organizations.update".into()];
+        let config = PolicyConfig {
+            mode: PolicyMode::Enforce,
+            rules: vec![
+                rule("a", &["x"], &["organisations.*"], None),
+                rule("a", &[], &["organizations.update"], Some(&["nope"])),
+            ],
+        };
+        let problems = Policy::from_config(&config, &ops).unwrap_err();
+        let keys: Vec<_> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "policy.rules[0].allow",
+                "policy.rules[1].name",
+                "policy.rules[1].teams",
+                "policy.rules[1].organizations"
+            ]
+        );
+    }
+}
