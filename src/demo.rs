@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config;
-use crate::fake::FakePolytomic;
+use crate::fake::{FakePolytomic, CURRENT_ORG_ID};
 use crate::server::{reload_on_sighup, shutdown_signal, Gateway};
 
 /// The config the demo uses unless `--config` says otherwise.
@@ -50,6 +50,14 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
 
+    let support_token = crate::auth::token::mint_dev_token(
+        auth,
+        "support-user@example.com",
+        &["support".to_owned()],
+        std::time::Duration::from_secs(3600),
+    )
+    .map_err(|e| format!("{}: {e}", config_path.display()))?;
+
     let gateway = Gateway::build(config, config_path)?;
     let shutdown = shutdown_signal()?;
     let reload = reload_on_sighup(gateway.credentials().clone())?;
@@ -78,6 +86,14 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
     )?;
     writeln!(out, "Without the token the gateway answers 401:")?;
     writeln!(out, "  curl -sS http://{addr}/api/organization")?;
+    writeln!(
+        out,
+        "The policy lets team support read but not update organizations (403):"
+    )?;
+    writeln!(
+        out,
+        "  curl -sS -X PUT -H 'Authorization: Bearer {support_token}' -H 'Content-Type: application/json' -d '{{\"name\":\"Renamed\"}}' http://{addr}/api/organizations/{CURRENT_ORG_ID}"
+    )?;
     writeln!(out, "Press Ctrl-C to stop.")?;
     out.flush()?;
     drop(out);

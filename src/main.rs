@@ -36,6 +36,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// Inspect the route table and policy.
+    Policy {
+        #[command(subcommand)]
+        action: PolicyCommand,
+    },
     /// Print a development token signed with `auth.hs256_secret`.
     Token {
         /// The token's subject.
@@ -50,6 +55,29 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Say what the gateway would decide for a caller and a request: the
+    /// route, the decision and the deciding rule. Exits 0 on allow, 3 on deny.
+    Explain {
+        /// A team of the caller (repeatable).
+        #[arg(long = "team")]
+        teams: Vec<String>,
+        /// The caller's subject.
+        #[arg(long)]
+        sub: Option<String>,
+        /// The request method.
+        #[arg(long)]
+        method: String,
+        /// The request path (a query is ignored, as in routing).
+        #[arg(long)]
+        path: String,
+    },
+}
+
+/// `policy explain`'s exit code when the request would be refused.
+const EXIT_DENY: u8 = 3;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -57,6 +85,21 @@ async fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config::resolve_path(cli.config)).await,
         Command::Check => check(config::resolve_path(cli.config)).await,
+        Command::Policy {
+            action:
+                PolicyCommand::Explain {
+                    teams,
+                    sub,
+                    method,
+                    path,
+                },
+        } => explain(
+            &config::resolve_path(cli.config),
+            teams,
+            sub,
+            &method,
+            &path,
+        ),
         Command::Token { sub, teams, ttl } => {
             token(&config::resolve_path(cli.config), &sub, &teams, ttl)
         }
@@ -88,6 +131,71 @@ async fn check(path: PathBuf) -> ExitCode {
     }
     println!("ok");
     ExitCode::SUCCESS
+}
+
+fn explain(
+    config_path: &Path,
+    teams: Vec<String>,
+    sub: Option<String>,
+    method: &str,
+    target: &str,
+) -> ExitCode {
+    use polytomic_gateway::policy::{self, Policy};
+    use polytomic_gateway::routes::RouteTable;
+    let config = match config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let built = RouteTable::from_config(&config.routes, &|name| {
+        config.credentials.contains_key(name)
+    })
+    .and_then(|table| Policy::from_config(&config.policy, table.operations()).map(|p| (table, p)));
+    let (table, policy) = match built {
+        Ok(built) => built,
+        Err(problems) => return fail(&config::ConfigErrors::new(config_path, problems)),
+    };
+    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
+        return fail(&format!("{method:?} is not an HTTP method"));
+    };
+    let path = target.split('?').next().unwrap_or_default();
+    let principal = auth::Principal::new(sub.clone().unwrap_or_default(), teams.clone());
+    let explanation = policy::explain(&table, &policy, &principal, &method, path);
+    println!("request:   {method} {target}");
+    println!(
+        "principal: sub={} teams=[{}]",
+        sub.as_deref().unwrap_or("-"),
+        teams.join(", ")
+    );
+    match &explanation.route {
+        Err(refusal) => {
+            println!("route:     none ({}: {refusal})", refusal.key());
+            println!("decision:  deny (status {})", refusal.status().as_u16());
+        }
+        Ok(route) => {
+            println!("route:     {} ({})", route.operation, route.template);
+            if let Some(id) = &route.organization_id {
+                println!("org id:    {id}");
+            }
+            let decision = explanation
+                .decision
+                .as_ref()
+                .expect("a matched route is decided");
+            println!(
+                "decision:  {}",
+                if decision.allowed { "allow" } else { "deny" }
+            );
+            match &decision.rule {
+                Some(rule) => println!("rule:      {rule}"),
+                None => println!("rule:      no rule allows it"),
+            }
+            println!("mode:      {}", decision.mode.as_str());
+        }
+    }
+    if explanation.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_DENY)
+    }
 }
 
 fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {

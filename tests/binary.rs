@@ -376,6 +376,9 @@ async fn the_demo_prints_a_curl_that_succeeds() {
         .unwrap();
     let (parts, body) = send(&client(), req).await;
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    let org = json(&body);
+    assert!(org["data"]["name"].is_string());
+    assert!(org["data"].get("client_secret").is_none());
     // The second printed command, without the token, is refused.
     let bare = demo.wait_for_line("curl -sS http://").await;
     let bare_url = bare.split_whitespace().last().unwrap();
@@ -385,9 +388,24 @@ async fn the_demo_prints_a_curl_that_succeeds() {
     )
     .await;
     assert_eq!(parts.status, 401);
-    let org = json(&body);
-    assert!(org["data"]["name"].is_string());
-    assert!(org["data"].get("client_secret").is_none());
+    // The third, as team support, is refused by the policy.
+    let put = demo.wait_for_line("curl -sS -X PUT").await;
+    let support_token = put
+        .split("Bearer ")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    let put_url = put.split_whitespace().last().unwrap();
+    let req = Request::put(put_url)
+        .header("authorization", format!("Bearer {support_token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"name":"Renamed"}"#)))
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
+    assert_eq!(parts.status, 403, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(json(&body)["key"], "forbidden");
     // The fake API logs what it received: the partner key, masked.
     let logged = demo
         .wait_for_line("[fake polytomic] GET /api/organization")

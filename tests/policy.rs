@@ -1,0 +1,415 @@
+//! Routes and team policy end to end: the decision matrix over real sockets,
+//! the path-bypass corpus sent as raw bytes, `policy explain`, and shadow
+//! mode. The fake upstream confirms that nothing refused ever reaches it.
+
+mod common;
+
+use std::process::Command;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::Full;
+use polytomic_gateway::fake::{FakePolytomic, CURRENT_ORG_ID};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ORG_A: &str = CURRENT_ORG_ID; // the billing team's own organization
+const ORG_B: &str = "0b7f3c1e-5d2a-4c6e-9f8a-1b2c3d4e5f60";
+
+/// The organization routes only (no catch-all) and the example policy.
+fn shipped_routes_and_policy() -> String {
+    let routes = TEST_ROUTES
+        .split("[[routes]]")
+        .filter(|r| !r.contains("api.other"))
+        .collect::<Vec<_>>()
+        .join("[[routes]]");
+    format!(
+        r#"{routes}
+[policy]
+mode = "enforce"
+
+[[policy.rules]]
+name = "platform-admins"
+teams = ["platform"]
+allow = ["organizations.*", "organization.current"]
+
+[[policy.rules]]
+name = "support-read-only"
+teams = ["support"]
+allow = ["organizations.list", "organizations.get", "organization.current"]
+
+[[policy.rules]]
+name = "billing-own-org"
+teams = ["billing"]
+allow = ["organizations.update"]
+organizations = ["{ORG_A}"]
+"#
+    )
+}
+
+fn token_for(team: &str) -> String {
+    let teams: Vec<&str> = if team.is_empty() { vec![] } else { vec![team] };
+    sign(
+        "rsa-a",
+        jsonwebtoken::Algorithm::RS256,
+        &claims(&format!("{team}-user@corp"), &teams),
+    )
+}
+
+fn operations() -> Vec<(&'static str, Method, String)> {
+    vec![
+        (
+            "organization.current",
+            Method::GET,
+            "/api/organization".into(),
+        ),
+        (
+            "organizations.list",
+            Method::GET,
+            "/api/organizations".into(),
+        ),
+        (
+            "organizations.create",
+            Method::POST,
+            "/api/organizations".into(),
+        ),
+        (
+            "organizations.get",
+            Method::GET,
+            format!("/api/organizations/{ORG_A}"),
+        ),
+        (
+            "organizations.get",
+            Method::GET,
+            format!("/api/organizations/{ORG_B}"),
+        ),
+        (
+            "organizations.update",
+            Method::PUT,
+            format!("/api/organizations/{ORG_A}"),
+        ),
+        (
+            "organizations.update",
+            Method::PATCH,
+            format!("/api/organizations/{ORG_A}"),
+        ),
+        (
+            "organizations.update",
+            Method::PUT,
+            format!("/api/organizations/{ORG_B}"),
+        ),
+        (
+            "organizations.update",
+            Method::PATCH,
+            format!("/api/organizations/{}", ORG_B.to_uppercase()),
+        ),
+        (
+            "organizations.delete",
+            Method::DELETE,
+            format!("/api/organizations/{ORG_B}"),
+        ),
+        (
+            "organizations.delete",
+            Method::DELETE,
+            format!("/api/organizations/{ORG_A}"),
+        ),
+    ]
+}
+
+fn expected(team: &str, operation: &str, path: &str) -> bool {
+    match team {
+        "platform" => true,
+        "support" => matches!(
+            operation,
+            "organization.current" | "organizations.list" | "organizations.get"
+        ),
+        "billing" => operation == "organizations.update" && path.to_lowercase().ends_with(ORG_A),
+        _ => false,
+    }
+}
+
+#[tokio::test]
+async fn the_decision_matrix_holds_and_denied_requests_never_reach_the_upstream() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(&format!("http://{addr}"), &shipped_routes_and_policy()).await;
+    let c = client();
+    let mut allowed = Vec::new();
+    // Deletes last, so earlier requests find the organizations.
+    for team in ["support", "billing", "", "finance", "platform"] {
+        let token = token_for(team);
+        for (operation, method, path) in operations() {
+            let body = if matches!(method, Method::POST | Method::PUT | Method::PATCH) {
+                Bytes::from_static(br#"{"name":"Acme"}"#)
+            } else {
+                Bytes::new()
+            };
+            let req = Request::builder()
+                .method(method.clone())
+                .uri(gw.url(&path))
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", "application/json")
+                .body(Full::new(body))
+                .unwrap();
+            let (parts, body) = send(&c, req).await;
+            let case = format!("team {team:?}: {method} {path} ({operation})");
+            if expected(team, operation, &path) {
+                assert_ne!(parts.status, 403, "{case} was denied");
+                assert!(parts.status.as_u16() < 500, "{case}: {}", parts.status);
+                allowed.push((method, path));
+            } else {
+                assert_gateway_error(&parts, &body, 403, "forbidden");
+                assert_eq!(
+                    json(&body)["message"],
+                    format!("team may not perform {operation}"),
+                    "{case}"
+                );
+            }
+        }
+    }
+    let seen = fake.requests();
+    assert_eq!(
+        seen.len(),
+        allowed.len(),
+        "only allowed requests reach the upstream"
+    );
+    for (request, (method, path)) in seen.iter().zip(&allowed) {
+        assert_eq!((&request.method, &request.target), (method, path));
+    }
+}
+
+/// Sends raw bytes, returns the status code of the first response line.
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+fn raw_get(target: &[u8], extra: &str) -> Vec<u8> {
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(
+        format!(
+            " HTTP/1.1\r\nHost: gateway\r\nAuthorization: {}\r\n{extra}Connection: close\r\n\r\n",
+            bearer()
+        )
+        .as_bytes(),
+    );
+    request
+}
+
+#[tokio::test]
+async fn path_bypass_attempts_are_refused_and_never_forwarded() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    // The platform team may do everything: refusals here are routing's alone.
+    let gw = start_gateway(&format!("http://{addr}"), &shipped_routes_and_policy()).await;
+    let id = ORG_A;
+    let long = format!("/api/organizations/{}", "a".repeat(2100));
+    let targets: Vec<Vec<u8>> = [
+        format!("/api/organizations%2F{id}"),
+        format!("/api/organizations%2f{id}"),
+        format!("/api/organizations/{id}%2F..%2F..%2Fadmin"),
+        "/api/%2e%2e/api/organizations".into(),
+        "/api/%2E/organizations".into(),
+        "/api/organizations%5Cadmin".into(),
+        "/api/organizations%5cadmin".into(),
+        "/api/organizations%252Fadmin".into(),
+        "/api/./organizations".into(),
+        "/api/../api/organizations".into(),
+        format!("/api/organizations/{id}/.."),
+        "/api//organizations".into(),
+        "//api/organizations".into(),
+        "/api/organizations/".into(),
+        "/api/organization/".into(),
+        "/api\\organizations".into(),
+        "/api/organizations%00".into(),
+        "/api/organizations%0a".into(),
+        long,
+        "/API/organizations".into(),
+        "/api/Organizations".into(),
+        "/Api/Organization".into(),
+        "/api/organizations;jsessionid=x".into(),
+        format!("/api/organizations/{id};v=1"),
+        "/api/organizations%23fragment".into(),
+        "/api/organizations%3Fid=1".into(),
+        format!("/api/organizations/{id}%3F"),
+        "/api/organizations/not-a-uuid".into(),
+        format!("/api/organizations/{}", &id[..35]),
+        "/api/organizations/%".into(),
+        "/api/organizations/%zz".into(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .chain([
+        b"/api/organizations\x01".to_vec(),
+        b"/api/organiz\xc3\xa4tions".to_vec(),
+        b"/api/organizations\xff".to_vec(),
+    ])
+    .collect();
+    for target in &targets {
+        let status = raw_status(gw.addr, &raw_get(target, "")).await;
+        assert!(
+            matches!(status, 400 | 404),
+            "{:?} got {status}",
+            String::from_utf8_lossy(target)
+        );
+    }
+    // The method checked is the method sent.
+    for header in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ] {
+        let request = raw_get(b"/api/organizations", &format!("{header}: DELETE\r\n"));
+        assert_eq!(raw_status(gw.addr, &request).await, 400, "{header}");
+    }
+    // A known path with another method is 405 with Allow.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(gw.url(&format!("/api/organizations/{id}")))
+        .header("authorization", bearer())
+        .body(Full::default())
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
+    assert_gateway_error(&parts, &body, 405, "method_not_allowed");
+    assert_eq!(parts.headers["allow"], "DELETE, GET, PATCH, PUT");
+    assert!(
+        fake.requests().is_empty(),
+        "a refused path reached the upstream: {:?}",
+        fake.requests()[0].target
+    );
+
+    // hyper's URI parser drops a raw `#fragment` before any layer runs, so it
+    // can be neither refused nor forwarded: the path routed is the path sent.
+    let status = raw_status(
+        gw.addr,
+        &raw_get(b"/api/organization#/../organizations", ""),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(fake.requests()[0].target, "/api/organization");
+
+    // The query never routes, and travels untouched.
+    let target = "/api/organization?/../organizations/%2F..&x=%2e";
+    let status = raw_status(gw.addr, &raw_get(target.as_bytes(), "")).await;
+    assert_eq!(status, 200);
+    assert_eq!(fake.requests()[1].target, target);
+}
+
+#[test]
+fn policy_explain_exits_0_on_allow_and_3_on_deny() {
+    let dir = TestDir::new();
+    let path = dir.config("https://app.polytomic.com", &shipped_routes_and_policy());
+    let explain = |args: &[&str]| {
+        let out = Command::new(binary_path())
+            .args(["policy", "explain", "--config"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = explain(&[
+        "--team",
+        "billing",
+        "--method",
+        "PUT",
+        "--path",
+        &format!("/api/organizations/{ORG_A}"),
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("organizations.update")
+            && out.contains("decision:  allow")
+            && out.contains("rule:      billing-own-org"),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "--team",
+        "billing",
+        "--method",
+        "PUT",
+        "--path",
+        &format!("/api/organizations/{ORG_B}"),
+    ]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("decision:  deny") && out.contains("no rule allows it"),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "--team",
+        "support",
+        "--sub",
+        "sam@corp",
+        "--method",
+        "GET",
+        "--path",
+        "/api/organizations",
+    ]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("support-read-only") && out.contains("sub=sam@corp"),
+        "{out}"
+    );
+    let (code, out) = explain(&[
+        "--team",
+        "platform",
+        "--method",
+        "GET",
+        "--path",
+        "/api/syncs",
+    ]);
+    assert_eq!(code, Some(3), "{out}");
+    assert!(out.contains("no_route"), "{out}");
+    let (code, _) = explain(&[
+        "--team",
+        "platform",
+        "--method",
+        "GET",
+        "--path",
+        "/api/%2e%2e/x",
+    ]);
+    assert_eq!(code, Some(3));
+}
+
+#[tokio::test]
+async fn shadow_mode_forwards_would_be_denials_and_logs_them() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let config = shipped_routes_and_policy().replace("mode = \"enforce\"", "mode = \"shadow\"");
+    let path = dir.config(&format!("http://{addr}"), &config);
+    let mut gw = Binary::serve(&path, &[]).await;
+    let req = Request::put(gw.url(&format!("/api/organizations/{ORG_A}")))
+        .header("authorization", format!("Bearer {}", token_for("support")))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(br#"{"name":"Shadowed"}"#)))
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(fake.requests().len(), 1);
+    let line = gw
+        .wait_for_line("policy would deny this request (shadow mode)")
+        .await;
+    assert!(
+        line.contains("WARN")
+            && line.contains("organizations.update")
+            && line.contains("support-user@corp"),
+        "{line}"
+    );
+    // Shadow mode still refuses what no policy decides: unknown routes.
+    let (parts, _) = send(&client(), get(&gw.url("/api/syncs"))).await;
+    assert_eq!(parts.status, 404);
+    assert_eq!(fake.requests().len(), 1);
+}
