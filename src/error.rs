@@ -83,6 +83,21 @@ pub enum GatewayError {
     /// A method-override header was sent.
     #[error("method-override header {0} is not allowed")]
     MethodOverride(http::HeaderName),
+    /// The write body is not `application/json`.
+    #[error("the body must be application/json (charset utf-8)")]
+    UnsupportedMediaType,
+    /// The write body is not strict, well-formed JSON.
+    #[error("{0}")]
+    InvalidJson(crate::validate::JsonError),
+    /// The write body violates the route's schema.
+    #[error("the body does not match the schema: {} problem(s), see metadata.errors", .0.len())]
+    InvalidBody(Vec<crate::validate::Violation>),
+    /// A body on a method that takes none (GET, DELETE) on a schema route.
+    #[error("{0} requests must not have a body")]
+    BodyNotAllowed(http::Method),
+    /// The request body ended before it was complete.
+    #[error("the request body could not be read completely")]
+    IncompleteBody,
     /// The policy does not allow the caller this operation.
     #[error("team may not perform {operation}")]
     Forbidden {
@@ -111,6 +126,11 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::InvalidJson(_) | Self::BodyNotAllowed(_) | Self::IncompleteBody => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -132,6 +152,11 @@ impl GatewayError {
             Self::InvalidPath(_) | Self::InvalidId => "invalid_path",
             Self::MethodOverride(_) => "method_override",
             Self::Forbidden { .. } => "forbidden",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::InvalidBody(_) => "invalid_body",
+            Self::BodyNotAllowed(_) => "body_not_allowed",
+            Self::IncompleteBody => "incomplete_body",
             Self::Internal => "internal_error",
         }
     }
@@ -140,6 +165,8 @@ impl GatewayError {
     fn metadata(&self) -> serde_json::Value {
         match self {
             Self::PayloadTooLarge { limit } => serde_json::json!({ "limit_bytes": limit }),
+            Self::InvalidJson(e) => serde_json::json!({ "line": e.line, "column": e.column }),
+            Self::InvalidBody(errors) => serde_json::json!({ "errors": errors }),
             _ => serde_json::json!({}),
         }
     }

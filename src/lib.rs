@@ -25,6 +25,8 @@
 //! - [`policy`]: which teams may perform which operation on which
 //!   organization; deny by default.
 //! - [`limit`]: `server.max_body_bytes`, enforced without buffering.
+//! - [`validate`]: strict JSON parsing and JSON Schema validation of write
+//!   bodies on routes that name a schema.
 //! - [`credentials`]: loading (and rotating) the partner key, and
 //!   [`credentials::CredentialSwapLayer`], which swaps it in.
 //! - [`version`]: the `X-Polytomic-Version` header.
@@ -54,6 +56,7 @@ pub mod routes;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod validate;
 pub mod version;
 
 pub use error::GatewayError;

@@ -154,8 +154,13 @@ fn explain(
         Ok(built) => built,
         Err(problems) => return fail(&config::ConfigErrors::new(config_path, problems)),
     };
-    let Ok(method) = http::Method::from_bytes(method.as_bytes()) else {
-        return fail(&format!("{method:?} is not an HTTP method"));
+    let method = match http::Method::from_bytes(method.as_bytes()) {
+        Ok(m) if polytomic_gateway::routes::STANDARD_METHODS.contains(&m) => m,
+        _ => {
+            return fail(&format!(
+                "--method {method:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+            ))
+        }
     };
     let path = target.split('?').next().unwrap_or_default();
     let principal = auth::Principal::new(sub.clone().unwrap_or_default(), teams.clone());

@@ -352,6 +352,7 @@ mod tests {
             template: "/t".into(),
             organization_id: id.map(Into::into),
             credential: None,
+            schema: None,
         }
     }
 

@@ -31,6 +31,18 @@ use crate::config::ConfigProblem;
 use crate::credentials::{CredentialSet, SelectedCredential};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
+use crate::validate::{CompiledSchema, SchemaCache};
+
+/// The methods a route may list (upper case, as HTTP sends them).
+pub const STANDARD_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::OPTIONS,
+];
 
 /// Paths longer than this are refused.
 pub const MAX_PATH_BYTES: usize = 2048;
@@ -55,6 +67,9 @@ pub struct RouteConfig {
     pub path: String,
     /// Which `[credentials.*]` is injected upstream; default: the default one.
     pub credential: Option<String>,
+    /// A JSON Schema file that write bodies must satisfy; relative paths
+    /// resolve against the working directory.
+    pub schema: Option<std::path::PathBuf>,
 }
 
 /// Why a path is refused before routing.
@@ -101,6 +116,9 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
     let bytes = path.as_bytes();
     if bytes.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
+    }
+    if path == "/" {
+        return Ok(()); // the root: unambiguous, and routed like any path
     }
     let mut i = 0;
     while i < bytes.len() {
@@ -157,6 +175,8 @@ pub struct RouteMatch {
     pub organization_id: Option<Arc<str>>,
     /// The credential name injected upstream (`None`: the default one).
     pub credential: Option<Arc<str>>,
+    /// The schema write bodies must satisfy, if the route names one.
+    pub schema: Option<Arc<CompiledSchema>>,
 }
 
 /// One compiled route.
@@ -165,6 +185,7 @@ struct Route {
     operation: Arc<str>,
     template: Arc<str>,
     credential: Option<Arc<str>>,
+    schema: Option<Arc<CompiledSchema>>,
 }
 
 /// All the routes of one template, by method.
@@ -204,6 +225,7 @@ impl RouteTable {
         let mut templates: BTreeMap<String, BTreeMap<Method, Arc<Route>>> = BTreeMap::new();
         let mut operations = Vec::new();
         let mut seen_operations = HashSet::new();
+        let mut schemas = SchemaCache::default();
         for (i, route) in routes.iter().enumerate() {
             let key = format!("routes[{i}]");
             let name = format!("route {:?} (routes[{i}])", route.operation);
@@ -233,6 +255,16 @@ impl RouteTable {
                     );
                 }
             }
+            let schema = match &route.schema {
+                None => None,
+                Some(path) => match schemas.get(path) {
+                    Ok(schema) => Some(schema),
+                    Err(e) => {
+                        fail("schema", e);
+                        None
+                    }
+                },
+            };
             if route.methods.is_empty() {
                 fail("methods", "must list at least one method".into());
             }
@@ -240,11 +272,12 @@ impl RouteTable {
                 operation: route.operation.as_str().into(),
                 template: route.path.as_str().into(),
                 credential: route.credential.as_deref().map(Into::into),
+                schema,
             });
             let entry = templates.entry(route.path.clone()).or_default();
             for method in &route.methods {
                 match Method::from_bytes(method.as_bytes()) {
-                    Ok(m) if method.chars().all(|c| c.is_ascii_uppercase()) => {
+                    Ok(m) if STANDARD_METHODS.contains(&m) => {
                         if let Some(other) = entry.insert(m, compiled.clone()) {
                             fail(
                                 "methods",
@@ -257,7 +290,9 @@ impl RouteTable {
                     }
                     _ => fail(
                         "methods",
-                        format!("{method:?} is not an HTTP method in upper case"),
+                        format!(
+                            "{method:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+                        ),
                     ),
                 }
             }
@@ -328,6 +363,7 @@ impl RouteTable {
             template: route.template.clone(),
             organization_id,
             credential: route.credential.clone(),
+            schema: route.schema.clone(),
         })
     }
 
@@ -487,6 +523,7 @@ mod tests {
             methods: methods.iter().map(|m| m.to_string()).collect(),
             path: path.into(),
             credential: None,
+            schema: None,
         }
     }
 
@@ -656,6 +693,7 @@ mod tests {
             );
         }
         assert!(problems(vec![route("e", &["get"], "/api/x")]).contains("routes[0].methods"));
+        assert!(problems(vec![route("f", &["PTACH"], "/api/x")]).contains("routes[0].methods"));
     }
 
     #[test]

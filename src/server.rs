@@ -101,6 +101,13 @@ impl Gateway {
         ) else {
             return Err(ConfigErrors::new(file, problems));
         };
+        if config.routes.is_empty() {
+            tracing::warn!("no [[routes]] are configured: every request will be refused with 404");
+        } else if config.policy.rules.is_empty() {
+            tracing::warn!(
+                "no [[policy.rules]] are configured: every request will be refused with 403"
+            );
+        }
         let readiness = {
             let credentials = credentials.clone();
             let auth = auth.clone();

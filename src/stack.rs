@@ -18,6 +18,7 @@ use crate::limit::BodyLimitLayer;
 use crate::policy::{Policy, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
 use crate::routes::{RouteLayer, RouteTable};
+use crate::validate::ValidateLayer;
 use crate::version::{PolytomicVersionLayer, VersionPolicy};
 
 /// The built parts a stack is assembled from.
@@ -90,9 +91,12 @@ where
         // Before anything reads the body; also boxes it into the one body
         // type the inner layers share.
         .layer(BodyLimitLayer::new(parts.max_body_bytes))
+        // Inside the body limit, so a body it reads is bounded; after policy,
+        // so only allowed callers make the gateway read and parse a body.
+        .layer(ValidateLayer::new())
         // Strips the caller's credentials (the JWT, already verified above)
-        // and injects the partner key. It sits just above the proxy so no
-        // layer after it sees the secret.
+        // and injects the partner key. Only the version header and the proxy
+        // come after it, so no other layer ever sees the secret.
         .layer(CredentialSwapLayer::new(parts.credentials))
         // Sets X-Polytomic-Version for every forwarded request.
         .layer(PolytomicVersionLayer::new(parts.version))

@@ -18,7 +18,8 @@ const ORG_B: &str = "0b7f3c1e-5d2a-4c6e-9f8a-1b2c3d4e5f60";
 
 /// The organization routes only (no catch-all) and the example policy.
 fn shipped_routes_and_policy() -> String {
-    let routes = TEST_ROUTES
+    let routes = routes_with_schemas(TEST_ROUTES);
+    let routes = routes
         .split("[[routes]]")
         .filter(|r| !r.contains("api.other"))
         .collect::<Vec<_>>()

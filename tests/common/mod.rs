@@ -118,6 +118,7 @@ path = "/api/organizations"
 operation = "organizations.create"
 methods = ["POST"]
 path = "/api/organizations"
+schema = "SCHEMAS/organization-create.json"
 
 [[routes]]
 operation = "organizations.get"
@@ -128,6 +129,7 @@ path = "/api/organizations/{id}"
 operation = "organizations.update"
 methods = ["PATCH", "PUT"]
 path = "/api/organizations/{id}"
+schema = "SCHEMAS/organization-update.json"
 
 [[routes]]
 operation = "organizations.delete"
@@ -139,6 +141,14 @@ operation = "api.other"
 methods = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 path = "/api/{*rest}"
 "#;
+
+/// `routes` with `SCHEMAS` replaced by the repository's schemas/ directory.
+pub fn routes_with_schemas(routes: &str) -> String {
+    routes.replace(
+        "SCHEMAS",
+        &format!("{}/schemas", env!("CARGO_MANIFEST_DIR")),
+    )
+}
 
 /// The platform team may do everything (the default test token is platform's).
 pub const TEST_POLICY: &str = r#"
@@ -190,7 +200,7 @@ impl TestDir {
             text.push_str(&self.auth_section(""));
         }
         if !extra.contains("[[routes]]") {
-            text.push_str(TEST_ROUTES);
+            text.push_str(&routes_with_schemas(TEST_ROUTES));
         }
         if !extra.contains("[policy]") && !extra.contains("[[policy.rules]]") {
             text.push_str(TEST_POLICY);

@@ -1,0 +1,621 @@
+//! Validation of write bodies against JSON Schemas, before anything is sent.
+//!
+//! Polytomic replaces an organization's SSO/OIDC settings in full on every
+//! update, so a malformed or misspelled body can silently wipe a customer's
+//! single sign-on. For `POST`, `PUT` and `PATCH` on a route that names a
+//! schema, [`ValidateLayer`] checks, in order:
+//!
+//! 1. `Content-Type` is `application/json`, optionally `; charset=utf-8`,
+//!    else 415;
+//! 2. the body fits `server.max_body_bytes` (enforced by the body-limit layer
+//!    below the declared length and while reading), else 413;
+//! 3. the body parses strictly ([`parse_strict`]): valid UTF-8, no lone
+//!    surrogates, no trailing data, nesting at most [`MAX_DEPTH`], and **no
+//!    duplicate keys**, even ones equal only after unescaping; else 400
+//!    `invalid_json` with line and column;
+//! 4. it satisfies the schema, else 422 `invalid_body` listing every
+//!    violation with messages written here from the keyword and the schema,
+//!    never containing the submitted value.
+//!
+//! A valid body goes upstream byte for byte with a correct `Content-Length`,
+//! and the parsed document is kept in the request extensions
+//! ([`ParsedBody`]) so the audit layer does not parse it again. Routes
+//! without a schema are not buffered: their bodies stream.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::{BoxFuture, Either};
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
+use http_body_util::BodyExt;
+use pin_project_lite::pin_project;
+use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use tower::{Layer, Service};
+
+use crate::body::{full, BoxError, GatewayBody};
+use crate::error::GatewayError;
+use crate::future::ResponseFuture;
+use crate::routes::RouteMatch;
+
+/// The deepest nesting of arrays and objects a body may have.
+pub const MAX_DEPTH: usize = 64;
+
+/// Why a body is not acceptable JSON; the 400's message and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonError {
+    /// 1-based line of the problem.
+    pub line: usize,
+    /// 1-based column of the problem (0 when the body is empty).
+    pub column: usize,
+    /// What is wrong, never quoting the body.
+    pub reason: String,
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid JSON at line {} column {}: {}",
+            self.line, self.column, self.reason
+        )
+    }
+}
+
+/// Builds a `serde_json::Value`, refusing duplicate keys and deep nesting.
+struct Strict {
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom(format_args!(
+                "nesting deeper than {MAX_DEPTH}"
+            )));
+        }
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Strict { depth })? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(serde::de::Error::custom(format_args!(
+                "nesting deeper than {MAX_DEPTH}"
+            )));
+        }
+        let mut object = Map::new();
+        // Keys arrive unescaped, so "a\u005fb" and "a_b" collide here.
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom("duplicate object key"));
+            }
+            let value = map.next_value_seed(Strict { depth })?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Parses `bytes` as one JSON document, strictly (see the module docs).
+pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = Strict { depth: 0 }
+        .deserialize(&mut deserializer)
+        .and_then(|value| deserializer.end().map(|()| value))
+        .map_err(|e| {
+            let text = e.to_string();
+            let reason = text
+                .rsplit_once(" at line ")
+                .map_or(text.as_str(), |(r, _)| r);
+            JsonError {
+                line: e.line(),
+                column: e.column(),
+                reason: reason.to_owned(),
+            }
+        })?;
+    Ok(value)
+}
+
+/// One schema violation, as listed in a 422's `metadata.errors`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    /// JSON pointer to the offending place in the body (`/issuer`).
+    pub pointer: String,
+    /// The schema keyword that failed (`format`, `required`, …).
+    pub keyword: String,
+    /// What is expected there, written from the schema, never the value.
+    pub message: String,
+}
+
+/// A schema compiled once at startup.
+pub struct CompiledSchema {
+    /// The file it came from, for errors and logs.
+    path: Arc<str>,
+    /// The schema document, to describe violations from it.
+    document: Value,
+    /// The compiled validator (formats asserted).
+    validator: jsonschema::Validator,
+    /// Property paths marked `"writeOnly": true`, for audit redaction.
+    write_only: Vec<Vec<String>>,
+}
+
+impl fmt::Debug for CompiledSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledSchema")
+            .field("path", &self.path)
+            .field("write_only", &self.write_only)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompiledSchema {
+    /// Reads and compiles a draft 2020-12 schema file, asserting formats.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read(path)
+            .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
+        let document: Value = serde_json::from_slice(&text)
+            .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+        Self::compile(&path.display().to_string(), document)
+    }
+
+    /// Compiles a schema document; `name` labels it in errors.
+    pub fn compile(name: &str, document: Value) -> Result<Self, String> {
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .should_validate_formats(true)
+            .build(&document)
+            .map_err(|e| format!("{name} is not a valid JSON Schema: {e}"))?;
+        let mut write_only = Vec::new();
+        collect_write_only(&document, &mut Vec::new(), &mut write_only);
+        Ok(Self {
+            path: name.into(),
+            document,
+            validator,
+            write_only,
+        })
+    }
+
+    /// The file the schema came from.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The property paths marked `"writeOnly": true` (e.g. `["client_secret"]`).
+    pub fn write_only_paths(&self) -> &[Vec<String>] {
+        &self.write_only
+    }
+
+    /// Every violation of the schema by `instance`.
+    pub fn validate(&self, instance: &Value) -> Result<(), Vec<Violation>> {
+        if self.validator.is_valid(instance) {
+            return Ok(());
+        }
+        let mut violations = Vec::new();
+        for error in self.validator.iter_errors(instance) {
+            describe(&self.document, &error, &mut violations);
+        }
+        Err(violations)
+    }
+}
+
+/// Collects the property paths whose subschema is `"writeOnly": true`.
+fn collect_write_only(schema: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, subschema) in properties {
+        prefix.push(name.clone());
+        if subschema.get("writeOnly") == Some(&Value::Bool(true)) {
+            out.push(prefix.clone());
+        }
+        collect_write_only(subschema, prefix, out);
+        prefix.pop();
+    }
+}
+
+/// Appends `segment` to a JSON pointer, escaping `~` and `/`.
+fn pointer_join(pointer: &str, segment: &str) -> String {
+    format!(
+        "{pointer}/{}",
+        segment.replace('~', "~0").replace('/', "~1")
+    )
+}
+
+/// Describes a JSON type list from the schema: `"a string or null"`.
+fn describe_types(types: Option<&Value>) -> String {
+    let name = |t: &str| match t {
+        "string" => "a string",
+        "number" => "a number",
+        "integer" => "an integer",
+        "boolean" => "a boolean",
+        "object" => "an object",
+        "array" => "an array",
+        "null" => "null",
+        _ => "of another type",
+    };
+    match types {
+        Some(Value::String(t)) => name(t).to_owned(),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .map(name)
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => "of another type".to_owned(),
+    }
+}
+
+fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>, out: &mut Vec<Violation>) {
+    use jsonschema::error::ValidationErrorKind as Kind;
+    let pointer = error.instance_path().as_str().to_owned();
+    let schema_path = error.schema_path().as_str();
+    let at_schema = schema.pointer(schema_path);
+    let keyword = schema_path
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let mut push = |pointer: String, keyword: &str, message: String| {
+        out.push(Violation {
+            pointer,
+            keyword: keyword.to_owned(),
+            message,
+        });
+    };
+    match error.kind() {
+        Kind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            push(
+                pointer_join(&pointer, name),
+                "required",
+                "is required".into(),
+            );
+        }
+        Kind::AdditionalProperties { unexpected } => {
+            for name in unexpected {
+                push(
+                    pointer_join(&pointer, name),
+                    "additionalProperties",
+                    "is not a known field".into(),
+                );
+            }
+        }
+        Kind::Type { .. } => push(
+            pointer,
+            "type",
+            format!("must be {}", describe_types(at_schema)),
+        ),
+        Kind::Format { format } => {
+            let what = match format.as_str() {
+                "uri" => "a URI".to_owned(),
+                "uri-reference" => "a URI reference".to_owned(),
+                "hostname" => "a hostname".to_owned(),
+                "email" => "an email address".to_owned(),
+                "date-time" => "an RFC 3339 date-time".to_owned(),
+                "date" => "an RFC 3339 date".to_owned(),
+                "uuid" => "a UUID".to_owned(),
+                other => format!("in {other} format"),
+            };
+            push(pointer, "format", format!("must be {what}"));
+        }
+        Kind::MinLength { limit: 1 } => push(pointer, "minLength", "must not be empty".into()),
+        Kind::MinLength { limit } => push(
+            pointer,
+            "minLength",
+            format!("must be at least {limit} characters"),
+        ),
+        Kind::MaxLength { limit } => push(
+            pointer,
+            "maxLength",
+            format!("must be at most {limit} characters"),
+        ),
+        Kind::Enum { .. } => push(
+            pointer,
+            "enum",
+            "must be one of the values the schema lists".into(),
+        ),
+        Kind::Constant { .. } => push(
+            pointer,
+            "const",
+            "must be the value the schema requires".into(),
+        ),
+        Kind::Pattern { pattern } => push(
+            pointer,
+            "pattern",
+            format!("must match the pattern {pattern}"),
+        ),
+        Kind::Minimum { limit } => push(pointer, "minimum", format!("must be at least {limit}")),
+        Kind::Maximum { limit } => push(pointer, "maximum", format!("must be at most {limit}")),
+        _ => push(
+            pointer,
+            &keyword,
+            format!("does not satisfy the schema's {keyword:?} rule"),
+        ),
+    }
+}
+
+/// The parsed body of a validated request, for the audit layer.
+#[derive(Debug, Clone)]
+pub struct ParsedBody(pub Arc<Value>);
+
+/// Whether `headers` carry exactly one `Content-Type: application/json`
+/// (optionally `; charset=utf-8`).
+pub fn is_json_content_type(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONTENT_TYPE).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let Ok(value) = value.to_str() else {
+        return false;
+    };
+    let mut parts = value.split(';');
+    if !parts
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .eq_ignore_ascii_case("application/json")
+    {
+        return false;
+    }
+    parts.all(|param| match param.trim().split_once('=') {
+        Some((name, v)) => {
+            name.trim().eq_ignore_ascii_case("charset")
+                && v.trim().trim_matches('"').eq_ignore_ascii_case("utf-8")
+        }
+        None => param.trim().is_empty(),
+    })
+}
+
+/// Whether a request carries (or may carry) a body.
+fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(len) => len > 0,
+        None => {
+            req.headers().contains_key(header::TRANSFER_ENCODING) || !req.body().is_end_stream()
+        }
+    }
+}
+
+/// Validates write bodies on routes with a schema; see the module docs.
+#[derive(Debug, Clone, Default)]
+pub struct ValidateLayer;
+
+impl ValidateLayer {
+    /// A layer validating against the schema of each request's route.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl<S> Layer<S> for ValidateLayer {
+    type Service = Validate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Validate { inner }
+    }
+}
+
+/// The service built by [`ValidateLayer`].
+#[derive(Debug, Clone)]
+pub struct Validate<S> {
+    inner: S,
+}
+
+/// Checks a whole body against `schema`; `Ok` holds the parsed document.
+pub fn check_body(schema: &CompiledSchema, bytes: &[u8]) -> Result<Value, GatewayError> {
+    let value = parse_strict(bytes).map_err(GatewayError::InvalidJson)?;
+    schema.validate(&value).map_err(GatewayError::InvalidBody)?;
+    Ok(value)
+}
+
+impl<S> Service<Request<GatewayBody>> for Validate<S>
+where
+    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Either<S::Future, Validating<S, S::Future>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
+        let Some(schema) = req
+            .extensions()
+            .get::<RouteMatch>()
+            .and_then(|r| r.schema.clone())
+        else {
+            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
+        };
+        if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+            if has_body(&req) {
+                return ResponseFuture::early(
+                    GatewayError::BodyNotAllowed(req.method().clone()).to_response(),
+                );
+            }
+            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
+        }
+        if !is_json_content_type(req.headers()) {
+            return ResponseFuture::early(GatewayError::UnsupportedMediaType.to_response());
+        }
+        // The inner service moves into the future: keep the readied one
+        // (https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::inner(Either::Right(Validating {
+            state: State::Reading {
+                read: Box::pin(read_and_check(req, schema)),
+            },
+            inner: Some(inner),
+        }))
+    }
+}
+
+/// Reads the whole body and checks it: the request to forward, or the
+/// refusal to answer with.
+async fn read_and_check(
+    req: Request<GatewayBody>,
+    schema: Arc<CompiledSchema>,
+) -> Result<Request<GatewayBody>, Response<GatewayBody>> {
+    let (mut parts, body) = req.into_parts();
+    let bytes: Bytes = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        // The body limit's own error, or the client went away.
+        Err(error) => return Err(body_read_failure(&error)),
+    };
+    let value = check_body(&schema, &bytes).map_err(|refusal| {
+        tracing::warn!(
+            key = refusal.key(),
+            schema = schema.path(),
+            "request body refused"
+        );
+        refusal.to_response()
+    })?;
+    parts.headers.remove(header::TRANSFER_ENCODING);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    parts.extensions.insert(ParsedBody(Arc::new(value)));
+    Ok(Request::from_parts(parts, full(bytes)))
+}
+
+pin_project! {
+    /// Response future of [`Validate`] for bodies it reads: first the read
+    /// and check, then the inner service's call.
+    pub struct Validating<S, F> {
+        #[pin]
+        state: State<F>,
+        inner: Option<S>,
+    }
+}
+
+type ReadFuture = BoxFuture<'static, Result<Request<GatewayBody>, Response<GatewayBody>>>;
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Reading { read: ReadFuture },
+        Calling { #[pin] call: F },
+    }
+}
+
+impl<S> Future for Validating<S, S::Future>
+where
+    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>>,
+{
+    type Output = Result<Response<GatewayBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Reading { read } => match ready!(read.as_mut().poll(cx)) {
+                    Err(refusal) => return Poll::Ready(Ok(refusal)),
+                    Ok(request) => {
+                        let mut inner = this.inner.take().expect("polled after completion");
+                        let call = inner.call(request);
+                        this.state.set(State::Calling { call });
+                    }
+                },
+                StateProj::Calling { call } => return call.poll(cx),
+            }
+        }
+    }
+}
+
+/// The response for a body that could not be read whole: 413 when the
+/// body limit stopped it, else 400.
+fn body_read_failure(error: &BoxError) -> Response<GatewayBody> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error.as_ref());
+    while let Some(err) = cause {
+        if let Some(refusal @ GatewayError::PayloadTooLarge { .. }) =
+            err.downcast_ref::<GatewayError>()
+        {
+            return refusal.to_response();
+        }
+        cause = err.source();
+    }
+    tracing::debug!(%error, "request body could not be read");
+    GatewayError::IncompleteBody.to_response()
+}
+
+/// Schemas already compiled, by path, so routes sharing one compile it once.
+#[derive(Debug, Default)]
+pub struct SchemaCache {
+    compiled: HashMap<std::path::PathBuf, Arc<CompiledSchema>>,
+}
+
+impl SchemaCache {
+    /// The compiled schema at `path`, compiling it on first use.
+    pub fn get(&mut self, path: &Path) -> Result<Arc<CompiledSchema>, String> {
+        if let Some(schema) = self.compiled.get(path) {
+            return Ok(schema.clone());
+        }
+        let schema = Arc::new(CompiledSchema::load(path)?);
+        self.compiled.insert(path.to_owned(), schema.clone());
+        Ok(schema)
+    }
+}
