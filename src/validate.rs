@@ -619,3 +619,85 @@ impl SchemaCache {
         Ok(schema)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strict_parsing_refuses_what_serde_json_lets_through() {
+        // serde_json keeps the last duplicate silently; the strict parse refuses.
+        assert!(serde_json::from_slice::<Value>(br#"{"a":1,"a":2}"#).is_ok());
+        let e = parse_strict(br#"{"a":1,"a":2}"#).unwrap_err();
+        assert_eq!((e.line, e.reason.as_str()), (1, "duplicate object key"));
+        assert!(parse_strict(br#"{"a_b":1,"a\u005fb":2}"#).is_err());
+        assert!(
+            parse_strict(br#"[{"k":1},{"k":2}]"#).is_ok(),
+            "same key in sibling objects is fine"
+        );
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_strict(nested(MAX_DEPTH).as_bytes()).is_ok());
+        assert_eq!(
+            parse_strict(nested(MAX_DEPTH + 1).as_bytes())
+                .unwrap_err()
+                .reason,
+            "nesting deeper than 64"
+        );
+        assert!(parse_strict(b"{} {}").is_err());
+        assert!(parse_strict(b"").is_err());
+        assert!(parse_strict(br#""\ud800""#).is_err());
+        assert!(parse_strict(b"\"\xc3\x28\"").is_err());
+        let e = parse_strict(b"{\n  \"a\": 1,,\n  \"b\": 2\n}").unwrap_err();
+        assert_eq!(e.line, 2);
+    }
+
+    #[test]
+    fn json_content_types_are_recognised_exactly() {
+        let ct = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::CONTENT_TYPE, v.parse().unwrap());
+            is_json_content_type(&h)
+        };
+        assert!(ct("application/json"));
+        assert!(ct("application/json; charset=utf-8"));
+        assert!(ct("APPLICATION/JSON;charset=\"UTF-8\""));
+        assert!(!ct("application/json; charset=iso-8859-1"));
+        assert!(!ct("application/json; boundary=x"));
+        assert!(!ct("application/json-patch+json"));
+        assert!(!ct("text/json"));
+        assert!(!is_json_content_type(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn violations_describe_the_schema_not_the_value() {
+        let schema = CompiledSchema::compile(
+            "test",
+            serde_json::json!({
+                "type": "object",
+                "properties": {
+                    "secret": {"type": "string", "writeOnly": true},
+                    "nested": {"type": "object", "properties": {"key": {"writeOnly": true, "type": "string"}}},
+                    "url": {"type": "string", "format": "uri"}
+                },
+                "additionalProperties": false
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            schema.write_only_paths(),
+            [
+                vec!["nested".to_owned(), "key".to_owned()],
+                vec!["secret".to_owned()]
+            ]
+        );
+        let violations = schema
+            .validate(&serde_json::json!({"secret": 42, "url": "CANARY value", "a/b~c": "CANARY"}))
+            .unwrap_err();
+        let text = serde_json::to_string(&violations).unwrap();
+        assert!(
+            !text.contains("CANARY value") && !text.contains("\"CANARY\""),
+            "{text}"
+        );
+        assert!(text.contains("/a~1b~0c"), "pointers are escaped: {text}");
+    }
+}

@@ -1,0 +1,417 @@
+//! Body validation end to end: strict JSON, schema violations listed without
+//! echoing values, content type and size limits. The fake upstream confirms
+//! that valid bodies arrive byte for byte and refused ones never arrive.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use polytomic_gateway::fake::{FakePolytomic, CURRENT_ORG_ID};
+use serde_json::{json, Value};
+
+async fn setup(extra: &str) -> (FakePolytomic, InProcess) {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(&format!("http://{addr}"), extra).await;
+    (fake, gw)
+}
+
+fn write(
+    gw: &InProcess,
+    method: Method,
+    path: &str,
+    content_type: Option<&str>,
+    body: impl Into<Bytes>,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(gw.url(path))
+        .header("authorization", bearer());
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    req.body(Full::new(body.into())).unwrap()
+}
+
+fn update_path() -> String {
+    format!("/api/organizations/{CURRENT_ORG_ID}")
+}
+
+async fn put(gw: &InProcess, body: impl Into<Bytes>) -> (http::response::Parts, Bytes) {
+    send(
+        &client(),
+        write(
+            gw,
+            Method::PUT,
+            &update_path(),
+            Some("application/json"),
+            body,
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn valid_bodies_are_forwarded_byte_for_byte() {
+    let (fake, gw) = setup("").await;
+    // Odd spacing, key order and escapes must survive untouched.
+    let update = "{ \"name\" : \"Acme \\u00e9\",\n  \"issuer\":\"https://idp.acme.com/realms/main\", \"client_secret\": \"s3cr3t\",\"sso_domain\":\"acme.example\", \"client_id\":null }";
+    let create = r#"{"name":"Initech","sso_org_id":"org_123"}"#;
+    let cases = [
+        (Method::PUT, update_path(), "application/json", update),
+        (
+            Method::PATCH,
+            update_path(),
+            "application/json; charset=utf-8",
+            update,
+        ),
+        (
+            Method::POST,
+            "/api/organizations".to_owned(),
+            "Application/JSON;charset=\"UTF-8\"",
+            create,
+        ),
+    ];
+    for (method, path, ct, body) in &cases {
+        let (parts, response) = send(
+            &client(),
+            write(&gw, method.clone(), path, Some(ct), body.to_string()),
+        )
+        .await;
+        assert_eq!(
+            parts.status,
+            200,
+            "{method} {}",
+            String::from_utf8_lossy(&response)
+        );
+        assert!(json(&response)["data"].get("client_secret").is_none());
+    }
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 3);
+    for (request, (method, _, _, body)) in seen.iter().zip(&cases) {
+        assert_eq!(&request.method, method);
+        assert_eq!(&request.body[..], body.as_bytes());
+        assert_eq!(
+            request.headers["content-length"],
+            body.len().to_string().as_str()
+        );
+    }
+}
+
+fn errors(body: &[u8]) -> Vec<(String, String, String)> {
+    let value = json(body);
+    value["metadata"]["errors"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no metadata.errors in {value}"))
+        .iter()
+        .map(|e| {
+            (
+                e["pointer"].as_str().unwrap().to_owned(),
+                e["keyword"].as_str().unwrap().to_owned(),
+                e["message"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn schema_violations_are_all_listed_and_never_forwarded() {
+    let (fake, gw) = setup("").await;
+    let e = |p: &str, k: &str, m: &str| (p.to_owned(), k.to_owned(), m.to_owned());
+
+    let (parts, body) = put(&gw, r#"{"issuer":"https://idp.example"}"#).await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    assert_eq!(errors(&body), [e("/name", "required", "is required")]);
+
+    let (parts, body) = put(&gw, r#"{"name":""}"#).await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    assert_eq!(
+        errors(&body),
+        [e("/name", "minLength", "must not be empty")]
+    );
+
+    let wrong_types = json!({"name": 5, "client_id": 1, "client_secret": true, "issuer": [], "sso_domain": {}, "sso_org_id": 1.5});
+    let (parts, body) = put(&gw, wrong_types.to_string()).await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    let mut got = errors(&body);
+    got.sort();
+    let mut want = vec![
+        e("/client_id", "type", "must be a string or null"),
+        e("/client_secret", "type", "must be a string or null"),
+        e("/issuer", "type", "must be a string or null"),
+        e("/name", "type", "must be a string"),
+        e("/sso_domain", "type", "must be a string or null"),
+        e("/sso_org_id", "type", "must be a string or null"),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    let (parts, body) = put(
+        &gw,
+        r#"{"name":"Acme","issuer":"not a uri","sso_domain":"-bad_host-.example"}"#,
+    )
+    .await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    let mut got = errors(&body);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            e("/issuer", "format", "must be a URI"),
+            e("/sso_domain", "format", "must be a hostname")
+        ]
+    );
+
+    let (parts, body) = put(&gw, r#"{"name":"Acme","clinet_secret":"x"}"#).await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    assert_eq!(
+        errors(&body),
+        [e(
+            "/clinet_secret",
+            "additionalProperties",
+            "is not a known field"
+        )]
+    );
+
+    // Not an object at all.
+    let (parts, body) = put(&gw, r#"["name"]"#).await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    assert_eq!(errors(&body), [e("", "type", "must be an object")]);
+
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_with_line_and_column() {
+    let (fake, gw) = setup("").await;
+    let deep = |n: usize| {
+        format!(
+            "{{\"name\":\"a\",\"x\":{}{}}}",
+            "[".repeat(n),
+            "]".repeat(n)
+        )
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("duplicate key", br#"{"name":"a","name":"b"}"#.to_vec()),
+        (
+            "duplicate after unescaping",
+            br#"{"name":"a","client_secret":"x","client\u005fsecret":"y"}"#.to_vec(),
+        ),
+        (
+            "duplicate fully escaped",
+            br#"{"\u006eame":"a","name":"b"}"#.to_vec(),
+        ),
+        (
+            "nested duplicate",
+            br#"{"name":"a","x":{"k":1,"k":2}}"#.to_vec(),
+        ),
+        ("bad UTF-8", b"{\"name\":\"\xff\xfe\"}".to_vec()),
+        ("lone surrogate", br#"{"name":"\ud800"}"#.to_vec()),
+        ("lone trailing surrogate", br#"{"name":"\udc00x"}"#.to_vec()),
+        ("trailing data", br#"{"name":"a"} {"name":"b"}"#.to_vec()),
+        ("trailing garbage", br#"{"name":"a"}x"#.to_vec()),
+        ("nesting deeper than 64", deep(64).into_bytes()),
+        ("empty body", Vec::new()),
+        ("truncated", br#"{"name":"#.to_vec()),
+        ("single quotes", br#"{'name':'a'}"#.to_vec()),
+        ("comment", b"{\"name\":\"a\" /* c */}".to_vec()),
+        ("NaN", br#"{"name":NaN}"#.to_vec()),
+    ];
+    for (name, body) in cases {
+        let (parts, response) = put(&gw, body).await;
+        assert_gateway_error(&parts, &response, 400, "invalid_json");
+        let value = json(&response);
+        assert!(
+            value["metadata"]["line"].as_u64().is_some(),
+            "{name}: {value}"
+        );
+        assert!(
+            value["message"].as_str().unwrap().contains(" at line "),
+            "{name}: {value}"
+        );
+    }
+    // 63 levels inside the object (64 in all) parse; the schema then refuses them.
+    let (parts, body) = put(&gw, deep(63)).await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn content_type_and_size_are_checked_first() {
+    let (fake, gw) = setup("[server]\nmax_body_bytes = 1024").await;
+    let body = r#"{"name":"Acme"}"#;
+    for ct in [
+        None,
+        Some("text/plain"),
+        Some("application/json; charset=latin1"),
+        Some("application/jsonx"),
+        Some("application/x-www-form-urlencoded"),
+    ] {
+        let (parts, response) =
+            send(&client(), write(&gw, Method::PUT, &update_path(), ct, body)).await;
+        assert_gateway_error(&parts, &response, 415, "unsupported_media_type");
+    }
+    // Two Content-Type headers are ambiguous.
+    let mut req = write(
+        &gw,
+        Method::PUT,
+        &update_path(),
+        Some("application/json"),
+        body,
+    );
+    req.headers_mut()
+        .append("content-type", "text/plain".parse().unwrap());
+    let (parts, response) = send(&client(), req).await;
+    assert_gateway_error(&parts, &response, 415, "unsupported_media_type");
+
+    let big = format!(r#"{{"name":"{}"}}"#, "a".repeat(2000));
+    let (parts, response) = put(&gw, big.clone()).await;
+    assert_gateway_error(&parts, &response, 413, "payload_too_large");
+    // Chunked, with no Content-Length: cut off at the limit while reading.
+    let chunked = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Zeros>();
+    let req = Request::put(gw.url(&update_path()))
+        .header("authorization", bearer())
+        .header("content-type", "application/json")
+        .body(Zeros { remaining: 200_000 })
+        .unwrap();
+    let response = chunked.request(req).await.unwrap();
+    let (parts, response) = response.into_parts();
+    let response = response.collect().await.unwrap().to_bytes();
+    assert_gateway_error(&parts, &response, 413, "payload_too_large");
+    assert!(fake.requests().is_empty());
+}
+
+#[tokio::test]
+async fn bodies_are_refused_on_read_methods_of_schema_routes() {
+    let routes = routes_with_schemas(
+        "[[routes]]\noperation = \"custom.read_write\"\nmethods = [\"GET\", \"DELETE\", \"POST\"]\npath = \"/api/custom\"\nschema = \"SCHEMAS/organization-create.json\"\n",
+    );
+    let (fake, gw) = setup(&routes).await;
+    for method in [Method::GET, Method::DELETE] {
+        let (parts, body) = send(
+            &client(),
+            write(
+                &gw,
+                method.clone(),
+                "/api/custom",
+                Some("application/json"),
+                r#"{"name":"a"}"#,
+            ),
+        )
+        .await;
+        assert_gateway_error(&parts, &body, 400, "body_not_allowed");
+    }
+    assert!(fake.requests().is_empty());
+    // Without a body they pass (the fake answers 404 for this path).
+    let (parts, _) = send(&client(), write(&gw, Method::GET, "/api/custom", None, "")).await;
+    assert_eq!(parts.status, 404);
+    assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn routes_without_a_schema_stream_any_body() {
+    let (fake, gw) = setup("").await;
+    // The catch-all test route has no schema: text passes untouched.
+    let (parts, _) = send(
+        &client(),
+        write(
+            &gw,
+            Method::POST,
+            "/api/uploads",
+            Some("text/csv"),
+            "a,b\n1,2\n",
+        ),
+    )
+    .await;
+    assert_eq!(
+        parts.status, 404,
+        "forwarded to the fake, which has no such path"
+    );
+    assert_eq!(&fake.requests()[0].body[..], b"a,b\n1,2\n");
+}
+
+const CANARY: &str = "CANARY-s3cr3t-7a1f";
+
+#[tokio::test]
+async fn a_secret_in_a_wrong_field_is_never_echoed_or_logged() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(&format!("http://{addr}"), "");
+    let mut gw = Binary::serve(&path, &[("RUST_LOG", "debug")]).await;
+    let bodies = [
+        json!({"name": "Acme", "client_id": {"secret": CANARY}}).to_string(),
+        json!({"name": "Acme", "issuer": CANARY}).to_string(),
+        json!({"name": "Acme", "sso_domain": format!("{CANARY} not a host")}).to_string(),
+        json!({"name": "Acme", "client_secret": [CANARY]}).to_string(),
+        json!({"name": {"value": CANARY}}).to_string(),
+        json!({"name": "Acme", "unknown_field": CANARY}).to_string(),
+        format!(r#"{{"name":"Acme","client_secret":"{CANARY}","client\u005fsecret":"{CANARY}"}}"#),
+        format!(r#"{{"name":"{CANARY}"#),
+    ];
+    let c = client();
+    for body in &bodies {
+        let req = Request::put(gw.url(&update_path()))
+            .header("authorization", bearer())
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let (parts, response) = send(&c, req).await;
+        assert!(
+            matches!(parts.status.as_u16(), 400 | 422),
+            "{body}: {}",
+            parts.status
+        );
+        let text = String::from_utf8_lossy(&response);
+        assert!(!text.contains(CANARY), "echoed: {text}");
+        let headers = format!("{:?}", parts.headers);
+        assert!(!headers.contains(CANARY));
+    }
+    assert!(fake.requests().is_empty());
+    gw.signal("TERM");
+    gw.child.wait().await.unwrap();
+    let output = gw.collect_output().await;
+    assert!(
+        output.contains("request body refused"),
+        "the refusals were not logged:\n{output}"
+    );
+    assert!(!output.contains(CANARY), "logged: {output}");
+    assert!(!output.contains(PARTNER_KEY) && !output.contains(token()));
+}
+
+#[test]
+fn a_broken_schema_fails_check_naming_the_file() {
+    let dir = TestDir::new();
+    std::fs::write(
+        dir.path("broken.json"),
+        r#"{"type": "object", "properties": {"a": {"type": "no-such-type"}}}"#,
+    )
+    .unwrap();
+    let routes = format!(
+        "[[routes]]\noperation = \"x\"\nmethods = [\"POST\"]\npath = \"/api/x\"\nschema = {:?}\n\n[[routes]]\noperation = \"y\"\nmethods = [\"POST\"]\npath = \"/api/y\"\nschema = \"/nonexistent/schema.json\"\n",
+        dir.path("broken.json").display().to_string()
+    );
+    let path = dir.config("https://app.polytomic.com", &routes);
+    let out = std::process::Command::new(binary_path())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`routes[0].schema`")
+            && stderr.contains("broken.json")
+            && stderr.contains("not a valid JSON Schema"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("`routes[1].schema`") && stderr.contains("/nonexistent/schema.json"),
+        "{stderr}"
+    );
+    let _: Value = Value::Null;
+}
