@@ -35,6 +35,8 @@ pub const ENV_LIST_KEYS: &[&str] = &[
     "auth.issuers",
     "auth.audiences",
     "auth.algorithms",
+    "audit.sinks",
+    "audit.redact_fields",
 ];
 
 /// The whole configuration file.
@@ -62,6 +64,9 @@ pub struct GatewayConfig {
     /// Who may perform which operation; without rules, every request is denied.
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,
+    /// The audit trail.
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
 }
 
 /// `[auth]`: verifying the caller's internal JWT.

@@ -60,7 +60,7 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
 
     let gateway = Gateway::build(config, config_path)?;
     let shutdown = shutdown_signal()?;
-    let reload = reload_on_sighup(gateway.credentials().clone())?;
+    let reload = reload_on_sighup(gateway.credentials().clone(), gateway.audit().clone())?;
     let listener = tokio::net::TcpListener::bind(gateway.listen_addr())
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -29,6 +29,11 @@ use tower::{Layer, Service};
 
 use crate::body::{full, BoxError, GatewayBody};
 
+/// Marks a response the gateway made itself, with its error `key`, so the
+/// audit and telemetry layers can tell refusals from upstream answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorKey(pub &'static str);
+
 /// A refusal or failure, with the HTTP status and stable `key` it maps to.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -104,6 +109,9 @@ pub enum GatewayError {
         /// The operation that was refused.
         operation: std::sync::Arc<str>,
     },
+    /// The audit record of a write request could not be made durable.
+    #[error("the audit trail cannot record this request; it was not forwarded")]
+    AuditUnavailable,
     /// A bug or an unexpected failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -116,7 +124,7 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) | Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Draining | Self::Overloaded | Self::NotReady(_) => {
+            Self::Draining | Self::Overloaded | Self::NotReady(_) | Self::AuditUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
@@ -157,6 +165,7 @@ impl GatewayError {
             Self::InvalidBody(_) => "invalid_body",
             Self::BodyNotAllowed(_) => "body_not_allowed",
             Self::IncompleteBody => "incomplete_body",
+            Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal_error",
         }
     }
@@ -182,6 +191,7 @@ impl GatewayError {
         });
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = status;
+        response.extensions_mut().insert(ErrorKey(self.key()));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

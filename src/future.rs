@@ -8,8 +8,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use http::Response;
+use futures_util::future::BoxFuture;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
+use tower::Service;
 
 use crate::body::GatewayBody;
 
@@ -59,6 +61,65 @@ where
             ResponseFutureProj::Early { response } => Poll::Ready(Ok(response
                 .take()
                 .expect("ResponseFuture polled after completion"))),
+        }
+    }
+}
+
+/// A step that runs before the inner service: it yields the request to
+/// forward, or the response to answer with instead.
+pub type Prepare = BoxFuture<'static, Result<Request<GatewayBody>, Response<GatewayBody>>>;
+
+pin_project! {
+    /// Runs a [`Prepare`] step (reading a body, waiting for an audit write),
+    /// then calls the inner service with its request.
+    ///
+    /// The inner call is polled here rather than awaited in an `async` block:
+    /// rustc cannot prove such a block `Send` for this body type.
+    pub struct ThenCall<S, F> {
+        #[pin]
+        state: Step<F>,
+        inner: Option<S>,
+    }
+}
+
+pin_project! {
+    #[project = StepProj]
+    enum Step<F> {
+        Preparing { prepare: Prepare },
+        Calling { #[pin] call: F },
+    }
+}
+
+impl<S, F> ThenCall<S, F> {
+    /// Runs `prepare`, then `inner` (already driven to readiness).
+    pub fn new(prepare: Prepare, inner: S) -> Self {
+        Self {
+            state: Step::Preparing { prepare },
+            inner: Some(inner),
+        }
+    }
+}
+
+impl<S> Future for ThenCall<S, S::Future>
+where
+    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>>,
+{
+    type Output = Result<Response<GatewayBody>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StepProj::Preparing { prepare } => match ready!(prepare.as_mut().poll(cx)) {
+                    Err(answer) => return Poll::Ready(Ok(answer)),
+                    Ok(request) => {
+                        let mut inner = this.inner.take().expect("polled after completion");
+                        let call = inner.call(request);
+                        this.state.set(Step::Calling { call });
+                    }
+                },
+                StepProj::Calling { call } => return call.poll(cx),
+            }
         }
     }
 }

@@ -33,6 +33,8 @@
 //! - [`proxy`]: the pooled upstream client and the forwarding service.
 //! - [`stack`]: the one function that assembles the layers, in order.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
+//! - [`audit`]: one redacted, durable record per request.
+//! - [`notes`]: what the layers learn about a request, for audit and telemetry.
 //! - [`fake`]: an in-memory fake Polytomic API for the demo and the tests.
 //! - [`demo`]: `polytomic-gateway demo`.
 //! - [`body`], [`future`]: the shared body type and early-exit future.
@@ -40,6 +42,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod config;
@@ -50,6 +53,7 @@ pub mod fake;
 pub mod future;
 pub mod health;
 pub mod limit;
+pub mod notes;
 pub mod policy;
 pub mod proxy;
 pub mod routes;

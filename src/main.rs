@@ -122,6 +122,14 @@ async fn check(path: PathBuf) -> ExitCode {
         Ok(gateway) => gateway,
         Err(e) => return fail(&e),
     };
+    let config_problems: Vec<_> = config::load(&path)
+        .ok()
+        .and_then(|c| polytomic_gateway::audit::Audit::probe(&c.audit).err())
+        .into_iter()
+        .collect();
+    if !config_problems.is_empty() {
+        return fail(&config::ConfigErrors::new(&path, config_problems));
+    }
     if let Err(error) = gateway.authenticator().keys().refresh().await {
         let problem = config::ConfigProblem::new(
             "auth.jwks_url",
@@ -228,7 +236,7 @@ async fn serve(path: PathBuf) -> ExitCode {
     // Signal handlers first, so a signal at any later point drains cleanly.
     let (shutdown, reload) = match (
         server::shutdown_signal(),
-        server::reload_on_sighup(gateway.credentials().clone()),
+        server::reload_on_sighup(gateway.credentials().clone(), gateway.audit().clone()),
     ) {
         (Ok(shutdown), Ok(reload)) => (shutdown, reload),
         (Err(e), _) | (_, Err(e)) => return fail(&format!("cannot install signal handlers: {e}")),

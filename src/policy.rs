@@ -270,6 +270,7 @@ where
         };
         let principal = req.extensions().get::<Principal>();
         let decision = self.policy.decide(principal, route);
+        crate::notes::record(req.extensions(), |n| n.decision = Some(decision.clone()));
         if !decision.allowed {
             let operation = route.operation.clone();
             let sub = principal.map(|p| p.sub().to_owned()).unwrap_or_default();

@@ -309,6 +309,7 @@ impl Service<Request<GatewayBody>> for Proxy {
             headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
             // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
             parts.version = http::Version::HTTP_11;
+            let extensions = parts.extensions.clone();
             let req = Request::from_parts(parts, body);
             let sent = upstream.client.request(req);
             let response = match tokio::time::timeout(upstream.timeout, sent).await {
@@ -320,6 +321,9 @@ impl Service<Request<GatewayBody>> for Proxy {
                 }
             };
             let (mut parts, body) = response.into_parts();
+            crate::notes::record(&extensions, |n| {
+                n.upstream_status = Some(parts.status.as_u16())
+            });
             remove_hop_by_hop(&mut parts.headers);
             // The caller's request id is returned on the response; the
             // upstream's own is kept under another name for support cases.

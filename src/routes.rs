@@ -506,6 +506,7 @@ where
                         None => return ResponseFuture::early(GatewayError::Internal.to_response()),
                     }
                 }
+                crate::notes::record(req.extensions(), |n| n.route = Some(matched.clone()));
                 req.extensions_mut().insert(matched);
                 ResponseFuture::inner(self.inner.call(req))
             }

@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
 
+use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::body::GatewayBody;
 use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
@@ -90,15 +91,34 @@ impl Gateway {
                 .map_err(|p| problems.extend(p)),
             Err(()) => Err(()),
         };
-        let (Ok(credentials), Ok(version), Ok(upstream), Ok(auth), Ok(routes), Ok(policy), true) = (
+        if problems.is_empty() {
+            // The audit file is tried now so `check` reports it; `serve`
+            // starts anyway and applies `audit.on_failure` per request.
+            if let Err(problem) = Audit::probe(&config.audit) {
+                tracing::error!(problem = %problem.message, "the audit file is not writable");
+            }
+        }
+        let audit = Audit::from_config(&config.audit).map_err(|p| problems.extend(p));
+        let (
+            Ok(credentials),
+            Ok(version),
+            Ok(upstream),
+            Ok(auth),
+            Ok(routes),
+            Ok(policy),
+            Ok(audit),
+            true,
+        ) = (
             credentials,
             version,
             upstream,
             auth,
             routes,
             policy,
+            audit,
             problems.is_empty(),
-        ) else {
+        )
+        else {
             return Err(ConfigErrors::new(file, problems));
         };
         if config.routes.is_empty() {
@@ -133,6 +153,7 @@ impl Gateway {
                 max_body_bytes: config.server.max_body_bytes,
                 request_timeout: config.server.request_timeout,
                 readiness,
+                audit,
                 auth,
                 routes,
                 policy,
@@ -159,6 +180,11 @@ impl Gateway {
         &self.parts.auth
     }
 
+    /// The audit trail (e.g. to reopen its file on SIGHUP).
+    pub fn audit(&self) -> &Audit {
+        &self.parts.audit
+    }
+
     /// The loaded credentials (e.g. to refresh them on SIGHUP).
     pub fn credentials(&self) -> &CredentialSet {
         &self.parts.credentials
@@ -172,6 +198,7 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let Gateway { server, parts } = self;
         let readiness = parts.readiness.clone();
+        let audit = parts.audit.clone();
         let watcher = parts.credentials.watch();
         let jwks_refresh = tokio::spawn(parts.auth.keys().clone().refresh_forever());
         let stack = stack::build::<Incoming>(parts);
@@ -242,6 +269,8 @@ impl Gateway {
             watcher.abort();
         }
         jwks_refresh.abort();
+        // Every record of the drained requests is written before exiting.
+        audit.close().await;
         Ok(())
     }
 }
@@ -299,18 +328,23 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// A future re-reading file credentials on every SIGHUP, for as long as it
-/// runs. The handler is installed now (SIGHUP's default action is to exit).
-pub fn reload_on_sighup(credentials: CredentialSet) -> std::io::Result<impl Future<Output = ()>> {
+/// A future that, on every SIGHUP, re-reads file credentials and reopens the
+/// audit file (for logrotate). The handler is installed now (SIGHUP's default
+/// action is to exit).
+pub fn reload_on_sighup(
+    credentials: CredentialSet,
+    audit: Audit,
+) -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     Ok(async move {
         while hup.recv().await.is_some() {
+            audit.reopen();
             let set = credentials.clone();
             let changed = tokio::task::spawn_blocking(move || set.refresh())
                 .await
                 .unwrap_or(0);
-            tracing::info!(changed, "SIGHUP: credentials re-read");
+            tracing::info!(changed, "SIGHUP: credentials re-read, audit file reopened");
         }
     })
 }

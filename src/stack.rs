@@ -9,6 +9,7 @@ use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::audit::{Audit, AuditLayer, AuditRequestLayer};
 use crate::auth::{Authenticator, JwtAuthLayer};
 use crate::body::{BoxError, GatewayBody};
 use crate::credentials::{CredentialSet, CredentialSwapLayer};
@@ -30,6 +31,8 @@ pub struct StackParts {
     pub request_timeout: std::time::Duration,
     /// What `/readyz` reports; also refuses work while draining.
     pub readiness: Readiness,
+    /// The audit trail.
+    pub audit: Audit,
     /// Verifies callers' JWTs.
     pub auth: std::sync::Arc<Authenticator>,
     /// The operations the gateway forwards.
@@ -66,6 +69,9 @@ where
         // Copies the id onto every response. It wraps Rescue so that the JSON
         // errors Rescue makes get the header as well.
         .layer(PropagateRequestIdLayer::x_request_id())
+        // Sees every request with its id and every final response, refusals
+        // included (Rescue is inside it), so each gets one `response` record.
+        .layer(AuditLayer::new(parts.audit.clone()))
         // Turns every `Err` below into a JSON error response: from here up
         // the stack is infallible, as hyper requires.
         .layer(RescueLayer::new(parts.request_timeout))
@@ -94,6 +100,10 @@ where
         // Inside the body limit, so a body it reads is bounded; after policy,
         // so only allowed callers make the gateway read and parse a body.
         .layer(ValidateLayer::new())
+        // Last before anything is sent: the `request` record of a write is
+        // durable before the credential swap and the upstream call, and it
+        // holds the validated body.
+        .layer(AuditRequestLayer::new(parts.audit))
         // Strips the caller's credentials (the JWT, already verified above)
         // and injects the partner key. Only the version header and the proxy
         // come after it, so no other layer ever sees the secret.

@@ -24,17 +24,14 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::Future;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::Either;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
-use pin_project_lite::pin_project;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -42,7 +39,8 @@ use tower::{Layer, Service};
 
 use crate::body::{full, BoxError, GatewayBody};
 use crate::error::GatewayError;
-use crate::future::ResponseFuture;
+use crate::future::{ResponseFuture, ThenCall};
+use crate::notes::BodyNote;
 use crate::routes::RouteMatch;
 
 /// The deepest nesting of arrays and objects a body may have.
@@ -476,7 +474,7 @@ where
 {
     type Response = Response<GatewayBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<Either<S::Future, Validating<S, S::Future>>>;
+    type Future = ResponseFuture<Either<S::Future, ThenCall<S, S::Future>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -505,12 +503,10 @@ where
         // (https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services).
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::inner(Either::Right(Validating {
-            state: State::Reading {
-                read: Box::pin(read_and_check(req, schema)),
-            },
-            inner: Some(inner),
-        }))
+        ResponseFuture::inner(Either::Right(ThenCall::new(
+            Box::pin(read_and_check(req, schema)),
+            inner,
+        )))
     }
 }
 
@@ -532,58 +528,28 @@ async fn read_and_check(
             schema = schema.path(),
             "request body refused"
         );
+        crate::notes::record(&parts.extensions, |n| {
+            n.body = Some(match &refusal {
+                // Valid JSON that breaks the schema is still recorded, redacted.
+                GatewayError::InvalidBody(_) => match parse_strict(&bytes) {
+                    Ok(value) => BodyNote::Json(Arc::new(value)),
+                    Err(_) => BodyNote::opaque(&bytes),
+                },
+                _ => BodyNote::opaque(&bytes),
+            })
+        });
         refusal.to_response()
     })?;
+    let value = Arc::new(value);
+    crate::notes::record(&parts.extensions, |n| {
+        n.body = Some(BodyNote::Json(value.clone()))
+    });
     parts.headers.remove(header::TRANSFER_ENCODING);
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    parts.extensions.insert(ParsedBody(Arc::new(value)));
+    parts.extensions.insert(ParsedBody(value));
     Ok(Request::from_parts(parts, full(bytes)))
-}
-
-pin_project! {
-    /// Response future of [`Validate`] for bodies it reads: first the read
-    /// and check, then the inner service's call.
-    pub struct Validating<S, F> {
-        #[pin]
-        state: State<F>,
-        inner: Option<S>,
-    }
-}
-
-type ReadFuture = BoxFuture<'static, Result<Request<GatewayBody>, Response<GatewayBody>>>;
-
-pin_project! {
-    #[project = StateProj]
-    enum State<F> {
-        Reading { read: ReadFuture },
-        Calling { #[pin] call: F },
-    }
-}
-
-impl<S> Future for Validating<S, S::Future>
-where
-    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>>,
-{
-    type Output = Result<Response<GatewayBody>, S::Error>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Reading { read } => match ready!(read.as_mut().poll(cx)) {
-                    Err(refusal) => return Poll::Ready(Ok(refusal)),
-                    Ok(request) => {
-                        let mut inner = this.inner.take().expect("polled after completion");
-                        let call = inner.call(request);
-                        this.state.set(State::Calling { call });
-                    }
-                },
-                StateProj::Calling { call } => return call.poll(cx),
-            }
-        }
-    }
 }
 
 /// The response for a body that could not be read whole: 413 when the

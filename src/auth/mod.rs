@@ -331,6 +331,7 @@ where
         }
         match self.auth.authenticate(req.headers()) {
             Ok(principal) => {
+                crate::notes::record(req.extensions(), |n| n.principal = Some(principal.clone()));
                 req.extensions_mut().insert(principal);
                 ResponseFuture::inner(Either::Left(self.inner.call(req)))
             }
@@ -348,6 +349,9 @@ where
                     auth.keys.refetch_for_unknown_kid().await;
                     match auth.authenticate(req.headers()) {
                         Ok(principal) => {
+                            crate::notes::record(req.extensions(), |n| {
+                                n.principal = Some(principal.clone())
+                            });
                             req.extensions_mut().insert(principal);
                             inner.call(req).await
                         }

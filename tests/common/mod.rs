@@ -205,6 +205,12 @@ impl TestDir {
         if !extra.contains("[policy]") && !extra.contains("[[policy.rules]]") {
             text.push_str(TEST_POLICY);
         }
+        if !extra.contains("[audit]") {
+            text.push_str(&format!(
+                "\n[audit]\nsinks = [\"file\"]\npath = {:?}\ndurability = \"fsync\"\n",
+                self.path("audit.jsonl").display().to_string()
+            ));
+        }
         let text = if extra.contains("[upstream]") {
             text.replace("[upstream]", &format!("[upstream]\nurl = {upstream_url:?}"))
         } else {

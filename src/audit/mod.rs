@@ -1,0 +1,559 @@
+//! The audit trail: one redacted record for every request, durable.
+//!
+//! [`AuditLayer`] sits near the edge. It gives each request a
+//! [`RequestNotes`] slot that the inner layers fill in (principal, route,
+//! decision, body, upstream status), and when the response is ready it
+//! writes a `response` record, for allowed and refused requests alike.
+//!
+//! [`AuditRequestLayer`] sits just before the credential swap. For write
+//! requests (`POST`, `PUT`, `PATCH`, `DELETE`) it writes a `request` record
+//! and, unless `durability = "none"`, waits until the writer reports it
+//! durable before forwarding: no organization changes without a trace. If the
+//! record cannot be made durable and `on_failure = "reject"`, the request is
+//! answered 503 `audit_unavailable` and not forwarded.
+//!
+//! Records go to a writer thread ([`writer`]) that group-commits; no request
+//! waits for a `response` record. Secrets are redacted ([`redact`]); headers
+//! other than `User-Agent` and `Idempotency-Key` are never recorded.
+
+pub mod record;
+pub mod redact;
+mod writer;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use futures_util::future::Either;
+use http::{header, Method, Request, Response};
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use tokio::sync::oneshot;
+use tower::{Layer, Service};
+
+use crate::body::GatewayBody;
+use crate::config::{ConfigProblem, SecretSourceConfig};
+use crate::credentials::{read_secret, CredentialSource};
+use crate::error::{ErrorKey, GatewayError};
+use crate::future::{ResponseFuture, ThenCall};
+use crate::notes::RequestNotes;
+use crate::server::ClientAddr;
+use record::{RequestInfo, SharedInfo};
+use redact::{Redactor, DEFAULT_REDACT_FIELDS};
+pub use writer::WriterStats;
+
+/// Records waiting for the writer beyond this are refused (and counted).
+const QUEUE_CAPACITY: usize = 65_536;
+
+/// Where records go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// One JSON line per record on standard output.
+    Stdout,
+    /// Appended to `audit.path`.
+    File,
+    /// Shipped to an OpenTelemetry Collector (not yet available).
+    Otlp,
+}
+
+/// How hard a record is pushed to disk before it counts as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Written when convenient; nothing waits.
+    None,
+    /// Handed to the OS (`write`) before a write request is forwarded.
+    Flush,
+    /// On disk (`fdatasync`) before a write request is forwarded.
+    #[default]
+    Fsync,
+}
+
+/// What happens when a record cannot be made durable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFailure {
+    /// Write requests get 503 `audit_unavailable` and are not forwarded.
+    #[default]
+    Reject,
+    /// Forward anyway; the failure is counted and logged.
+    Continue,
+}
+
+/// `[audit]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Any of `stdout`, `file`, `otlp`.
+    #[serde(default = "default_sinks")]
+    pub sinks: Vec<SinkKind>,
+    /// The audit file, for the `file` sink.
+    pub path: Option<PathBuf>,
+    /// `none`, `flush` or `fsync`.
+    #[serde(default)]
+    pub durability: Durability,
+    /// `reject` or `continue`.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// Keys whose values are redacted anywhere in a body or query.
+    #[serde(default = "default_redact_fields")]
+    pub redact_fields: Vec<String>,
+    /// A secret for fingerprinting redacted values (HMAC-SHA256).
+    pub fingerprint_key: Option<SecretSourceConfig>,
+    /// OTLP/HTTP logs endpoint, for the `otlp` sink.
+    pub otlp_endpoint: Option<String>,
+    /// The most un-shipped audit data kept on disk for `otlp`.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            sinks: default_sinks(),
+            path: None,
+            durability: Durability::default(),
+            on_failure: OnFailure::default(),
+            redact_fields: default_redact_fields(),
+            fingerprint_key: None,
+            otlp_endpoint: None,
+            spool_max_bytes: default_spool_max_bytes(),
+        }
+    }
+}
+
+fn default_sinks() -> Vec<SinkKind> {
+    vec![SinkKind::Stdout]
+}
+fn default_redact_fields() -> Vec<String> {
+    DEFAULT_REDACT_FIELDS
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
+fn default_spool_max_bytes() -> u64 {
+    1 << 30
+}
+
+/// The audit trail: redaction settings and the writer. Cheap to clone.
+#[derive(Clone)]
+pub struct Audit {
+    inner: Arc<AuditInner>,
+}
+
+struct AuditInner {
+    tx: SyncSender<writer::Entry>,
+    durability: Durability,
+    on_failure: OnFailure,
+    redactor: Redactor,
+    reopen: Arc<AtomicBool>,
+    stats: Arc<WriterStats>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Audit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Audit")
+            .field("durability", &self.inner.durability)
+            .field("on_failure", &self.inner.on_failure)
+            .field("redactor", &self.inner.redactor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Audit {
+    /// Validates `[audit]` and starts the writer thread.
+    pub fn from_config(config: &AuditConfig) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let file_sink = config.sinks.contains(&SinkKind::File);
+        if config.sinks.contains(&SinkKind::Otlp) {
+            problems.push(ConfigProblem::new(
+                "audit.sinks",
+                "\"otlp\" is not available in this version; use \"file\" and ship the file",
+            ));
+        }
+        if file_sink && config.path.is_none() {
+            problems.push(ConfigProblem::new(
+                "audit.path",
+                "is required for the \"file\" sink",
+            ));
+        }
+        if config.sinks.is_empty() {
+            problems.push(ConfigProblem::new(
+                "audit.sinks",
+                "must list at least one sink",
+            ));
+        }
+        let fingerprint = match &config.fingerprint_key {
+            None => None,
+            Some(source) => {
+                match CredentialSource::from_parts(
+                    "audit.fingerprint_key",
+                    source.env.as_ref(),
+                    source.file.as_ref(),
+                )
+                .and_then(|s| {
+                    let key = s.key_under("audit.fingerprint_key");
+                    read_secret(&s).map_err(|e| ConfigProblem::new(key, e))
+                }) {
+                    Ok(secret) => Some(secret.into_bytes()),
+                    Err(problem) => {
+                        problems.push(problem);
+                        None
+                    }
+                }
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let reopen = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let writer = writer::Writer {
+            file: config.path.clone().filter(|_| file_sink),
+            stdout: config.sinks.contains(&SinkKind::Stdout),
+            durability: config.durability,
+            reopen: reopen.clone(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| {
+                vec![ConfigProblem::new(
+                    "audit",
+                    format!("cannot start the writer: {e}"),
+                )]
+            })?;
+        Ok(Self {
+            inner: Arc::new(AuditInner {
+                tx,
+                durability: config.durability,
+                on_failure: config.on_failure,
+                redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
+                reopen,
+                stats,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// Checks that the audit file can be opened for appending (for `check`).
+    pub fn probe(config: &AuditConfig) -> Result<(), ConfigProblem> {
+        match (&config.path, config.sinks.contains(&SinkKind::File)) {
+            (Some(path), true) => writer::open_append(path).map(drop).map_err(|e| {
+                ConfigProblem::new(
+                    "audit.path",
+                    format!("cannot append to {}: {e}", path.display()),
+                )
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The redaction settings.
+    pub fn redactor(&self) -> &Redactor {
+        &self.inner.redactor
+    }
+
+    /// Counters of written, failed and dropped records.
+    pub fn stats(&self) -> &WriterStats {
+        &self.inner.stats
+    }
+
+    /// Reopens the audit file before the next write (on SIGHUP).
+    pub fn reopen(&self) {
+        self.inner.reopen.store(true, Ordering::Release);
+    }
+
+    /// Queues a record; with `wait`, returns a receiver told whether it was
+    /// made durable. `None` means it could not even be queued.
+    fn submit(&self, line: Vec<u8>, wait: bool) -> Result<Option<oneshot::Receiver<bool>>, ()> {
+        let (ack, done) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        match self.inner.tx.try_send(writer::Entry::Record { line, ack }) {
+            Ok(()) => Ok(done),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("audit queue full or closed: a record was not written");
+                Err(())
+            }
+        }
+    }
+
+    /// Writes every queued record and stops the writer (at shutdown).
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        // A blocking send is fine here: shutdown, and the writer is draining.
+        let sender = self.inner.tx.clone();
+        let sent =
+            tokio::task::spawn_blocking(move || sender.send(writer::Entry::Shutdown(tx)).is_ok())
+                .await
+                .unwrap_or(false);
+        if sent {
+            let _ = rx.await;
+        }
+        let thread = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    fn redacted_body(&self, notes: &crate::notes::Notes) -> Option<serde_json::Value> {
+        let write_only: &[Vec<String>] = notes
+            .route
+            .as_ref()
+            .and_then(|r| r.schema.as_ref())
+            .map_or(&[], |s| s.write_only_paths());
+        record::body_value(notes.body.as_ref(), |v| {
+            self.inner.redactor.redact_json(v, write_only)
+        })
+    }
+}
+
+/// Paths the gateway answers itself; they are not Polytomic requests and are
+/// not audited (load balancers probe them constantly).
+const UNAUDITED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+/// Writes the `response` record of every request; see the module docs.
+#[derive(Debug, Clone)]
+pub struct AuditLayer {
+    audit: Audit,
+}
+
+impl AuditLayer {
+    /// A layer writing to `audit`.
+    pub fn new(audit: Audit) -> Self {
+        Self { audit }
+    }
+}
+
+impl<S> Layer<S> for AuditLayer {
+    type Service = AuditService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditService {
+            inner,
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The service built by [`AuditLayer`].
+#[derive(Debug, Clone)]
+pub struct AuditService<S> {
+    inner: S,
+    audit: Audit,
+}
+
+fn header_string(req: &http::HeaderMap, name: &str) -> Option<String> {
+    req.get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+impl<S, B> Service<Request<B>> for AuditService<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = AuditFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if UNAUDITED_PATHS.contains(&req.uri().path()) {
+            return AuditFuture {
+                future: self.inner.call(req),
+                pending: None,
+            };
+        }
+        let headers = req.headers();
+        let info = Arc::new(RequestInfo {
+            request_id: header_string(headers, "x-request-id").unwrap_or_default(),
+            trace_id: String::new(),
+            method: req.method().to_string(),
+            path: req.uri().path().to_owned(),
+            query: req
+                .uri()
+                .query()
+                .map(|q| self.audit.redactor().redact_query(q)),
+            client_ip: req
+                .extensions()
+                .get::<ClientAddr>()
+                .map(|a| a.0.ip().to_string()),
+            user_agent: header_string(headers, header::USER_AGENT.as_str()),
+            idempotency_key: header_string(headers, "idempotency-key"),
+            started: Instant::now(),
+        });
+        let notes = RequestNotes::default();
+        req.extensions_mut().insert(notes.clone());
+        req.extensions_mut().insert(info.clone());
+        AuditFuture {
+            future: self.inner.call(req),
+            pending: Some(Pending {
+                audit: self.audit.clone(),
+                info,
+                notes,
+            }),
+        }
+    }
+}
+
+/// What the response record needs once the response is ready.
+#[derive(Debug)]
+struct Pending {
+    audit: Audit,
+    info: SharedInfo,
+    notes: RequestNotes,
+}
+
+pin_project! {
+    /// Response future of [`AuditService`].
+    pub struct AuditFuture<F> {
+        #[pin]
+        future: F,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, E> Future for AuditFuture<F>
+where
+    F: Future<Output = Result<Response<GatewayBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
+            let notes = pending.notes.snapshot();
+            let error_key = response.extensions().get::<ErrorKey>().map(|k| k.0);
+            let body = pending.audit.redacted_body(&notes);
+            let line = record::line(
+                "response",
+                &pending.info,
+                &notes,
+                Some(response.status().as_u16()),
+                error_key,
+                body,
+                Some(pending.info.started.elapsed()),
+            );
+            let _ = pending.audit.submit(line, false);
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Writes the durable `request` record of write requests before forwarding.
+#[derive(Debug, Clone)]
+pub struct AuditRequestLayer {
+    audit: Audit,
+}
+
+impl AuditRequestLayer {
+    /// A layer writing to `audit`.
+    pub fn new(audit: Audit) -> Self {
+        Self { audit }
+    }
+}
+
+impl<S> Layer<S> for AuditRequestLayer {
+    type Service = AuditRequest<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditRequest {
+            inner,
+            audit: self.audit.clone(),
+        }
+    }
+}
+
+/// The service built by [`AuditRequestLayer`].
+#[derive(Debug, Clone)]
+pub struct AuditRequest<S> {
+    inner: S,
+    audit: Audit,
+}
+
+impl<S> Service<Request<GatewayBody>> for AuditRequest<S>
+where
+    S: Service<Request<GatewayBody>, Response = Response<GatewayBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<Either<S::Future, ThenCall<S, S::Future>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
+        let is_write = matches!(
+            *req.method(),
+            Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+        );
+        let (Some(info), Some(notes), true) = (
+            req.extensions().get::<SharedInfo>().cloned(),
+            req.extensions().get::<RequestNotes>().cloned(),
+            is_write,
+        ) else {
+            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
+        };
+        let snapshot = notes.snapshot();
+        let body = self.audit.redacted_body(&snapshot);
+        let line = record::line("request", &info, &snapshot, None, None, body, None);
+        let wait = self.audit.inner.durability != Durability::None;
+        let reject = self.audit.inner.on_failure == OnFailure::Reject;
+        let done = match self.audit.submit(line, wait) {
+            Ok(done) => done,
+            Err(()) if reject => {
+                return ResponseFuture::early(GatewayError::AuditUnavailable.to_response());
+            }
+            Err(()) => None,
+        };
+        let Some(done) = done else {
+            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
+        };
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let prepare = Box::pin(async move {
+            let durable = done.await.unwrap_or(false);
+            if durable || !reject {
+                if !durable {
+                    tracing::error!(
+                        "audit record not durable; forwarding (on_failure = \"continue\")"
+                    );
+                }
+                Ok(req)
+            } else {
+                tracing::error!(
+                    "audit record not durable; request refused (on_failure = \"reject\")"
+                );
+                Err(GatewayError::AuditUnavailable.to_response())
+            }
+        });
+        ResponseFuture::inner(Either::Right(ThenCall::new(prepare, inner)))
+    }
+}

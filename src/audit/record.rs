@@ -1,0 +1,156 @@
+//! The audit record: one JSON object per request and stage, one per line.
+//! Field names are a public contract.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::notes::{BodyNote, Notes};
+use crate::policy::PolicyDecision;
+
+/// What the outer layer captured when the request arrived.
+#[derive(Debug, Clone)]
+pub struct RequestInfo {
+    /// The `x-request-id` (the client's or a generated one).
+    pub request_id: String,
+    /// The trace id, once tracing is on; empty until then.
+    pub trace_id: String,
+    /// The method.
+    pub method: String,
+    /// The raw path (never normalized).
+    pub path: String,
+    /// The query, redacted.
+    pub query: Option<String>,
+    /// The peer address's IP.
+    pub client_ip: Option<String>,
+    /// The `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// The `Idempotency-Key` header.
+    pub idempotency_key: Option<String>,
+    /// When the request arrived, for `duration_ms`.
+    pub started: std::time::Instant,
+}
+
+/// The caller, as recorded.
+#[derive(Debug, Serialize)]
+pub struct PrincipalRecord<'a> {
+    /// The JWT subject.
+    pub sub: &'a str,
+    /// The JWT teams.
+    pub teams: &'a [String],
+}
+
+/// One audit record (see the README for every field).
+#[allow(missing_docs)] // the fields are the documented record format
+#[derive(Debug, Serialize)]
+pub struct AuditRecord<'a> {
+    pub time: String,
+    pub stage: &'static str,
+    pub request_id: &'a str,
+    pub trace_id: &'a str,
+    pub outcome: &'static str,
+    pub operation: Option<&'a str>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub organization_id: Option<&'a str>,
+    pub principal: Option<PrincipalRecord<'a>>,
+    pub rule: Option<&'a str>,
+    pub policy_mode: Option<&'static str>,
+    pub status: Option<u16>,
+    pub upstream_status: Option<u16>,
+    pub duration_ms: Option<f64>,
+    pub client_ip: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub request_body: Option<Value>,
+    pub error_key: Option<&'static str>,
+}
+
+/// The `outcome` of a request from the gateway's error key (if it refused
+/// the request itself) and the policy decision.
+pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'static str {
+    match error_key {
+        None if decision.is_some_and(|d| !d.allowed) => "shadow_denied",
+        None => "allowed",
+        Some("unauthenticated") => "unauthenticated",
+        Some("forbidden") => "denied",
+        Some("no_route" | "method_not_allowed") => "no_route",
+        Some(
+            "invalid_path"
+            | "method_override"
+            | "invalid_json"
+            | "invalid_body"
+            | "unsupported_media_type"
+            | "body_not_allowed"
+            | "payload_too_large"
+            | "incomplete_body",
+        ) => "invalid",
+        Some(
+            "upstream_unreachable" | "upstream_failed" | "upstream_timeout" | "request_timeout",
+        ) => "upstream_error",
+        // draining, overloaded, not_ready, audit_unavailable, internal_error
+        Some(_) => "unavailable",
+    }
+}
+
+/// The record body: redacted JSON, or size and digest.
+pub fn body_value(body: Option<&BodyNote>, redact: impl Fn(&Value) -> Value) -> Option<Value> {
+    match body? {
+        BodyNote::Json(value) => Some(redact(value)),
+        BodyNote::Opaque { bytes, sha256 } => {
+            Some(serde_json::json!({"bytes": bytes, "sha256": sha256}))
+        }
+    }
+}
+
+/// Builds one record line (with its trailing newline).
+#[allow(clippy::too_many_arguments)]
+pub fn line(
+    stage: &'static str,
+    info: &RequestInfo,
+    notes: &Notes,
+    status: Option<u16>,
+    error_key: Option<&'static str>,
+    request_body: Option<Value>,
+    duration: Option<std::time::Duration>,
+) -> Vec<u8> {
+    let route = notes.route.as_ref();
+    let principal = notes.principal.as_ref();
+    let record = AuditRecord {
+        time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        stage,
+        request_id: &info.request_id,
+        trace_id: &info.trace_id,
+        outcome: outcome(error_key, notes.decision.as_ref()),
+        operation: route.map(|r| &*r.operation),
+        method: &info.method,
+        path: &info.path,
+        query: info.query.as_deref(),
+        organization_id: route.and_then(|r| r.organization_id.as_deref()),
+        principal: principal.map(|p| PrincipalRecord {
+            sub: p.sub(),
+            teams: p.teams(),
+        }),
+        rule: notes.decision.as_ref().and_then(|d| d.rule.as_deref()),
+        policy_mode: notes.decision.as_ref().map(|d| d.mode.as_str()),
+        status,
+        upstream_status: notes.upstream_status,
+        duration_ms: duration.map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0),
+        client_ip: info.client_ip.as_deref(),
+        user_agent: info.user_agent.as_deref(),
+        idempotency_key: info.idempotency_key.as_deref(),
+        request_body,
+        error_key,
+    };
+    let mut line = serde_json::to_vec(&record).unwrap_or_else(|e| {
+        // Serializing these types cannot fail; keep a trace of the request anyway.
+        format!("{{\"stage\":\"{stage}\",\"error\":\"record not serializable: {e}\"}}").into_bytes()
+    });
+    line.push(b'\n');
+    line
+}
+
+/// A shared [`RequestInfo`], kept in the notes' extensions slot.
+pub type SharedInfo = Arc<RequestInfo>;
