@@ -354,6 +354,7 @@ mod tests {
             organization_id: id.map(Into::into),
             credential: None,
             schema: None,
+            path_has_schema: false,
         }
     }
 

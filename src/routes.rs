@@ -177,6 +177,9 @@ pub struct RouteMatch {
     pub credential: Option<Arc<str>>,
     /// The schema write bodies must satisfy, if the route names one.
     pub schema: Option<Arc<CompiledSchema>>,
+    /// Whether any route on this path template has a schema: bodies on other
+    /// methods here are refused rather than forwarded unvalidated.
+    pub path_has_schema: bool,
 }
 
 /// One compiled route.
@@ -196,6 +199,8 @@ struct TemplateRoutes {
     allow: http::HeaderValue,
     /// Whether the template has an `{id}` parameter (a UUID).
     has_id: bool,
+    /// Whether any route on the template has a schema.
+    has_schema: bool,
 }
 
 /// The compiled route table.
@@ -307,6 +312,7 @@ impl RouteTable {
                 .join(", ");
             let allow = http::HeaderValue::from_str(&allow).expect("method names are header-safe");
             let has_id = template.split('/').any(|s| s == "{id}");
+            let has_schema = by_method.values().any(|r| r.schema.is_some());
             let operations: Vec<String> = by_method
                 .values()
                 .map(|r| r.operation.to_string())
@@ -317,6 +323,7 @@ impl RouteTable {
                     by_method,
                     allow,
                     has_id,
+                    has_schema,
                 },
             ) {
                 problems.push(ConfigProblem::new(
@@ -364,6 +371,7 @@ impl RouteTable {
             organization_id,
             credential: route.credential.clone(),
             schema: route.schema.clone(),
+            path_has_schema: routes.has_schema,
         })
     }
 

@@ -3,24 +3,27 @@
 //! Polytomic replaces an organization's SSO/OIDC settings in full on every
 //! update, so a malformed or misspelled body can silently wipe a customer's
 //! single sign-on. For `POST`, `PUT` and `PATCH` on a route that names a
-//! schema, [`ValidateLayer`] checks, in order:
+//! schema, the checks run in this order:
 //!
-//! 1. `Content-Type` is `application/json`, optionally `; charset=utf-8`,
-//!    else 415;
-//! 2. the body fits `server.max_body_bytes` (enforced by the body-limit layer
-//!    below the declared length and while reading), else 413;
-//! 3. the body parses strictly ([`parse_strict`]): valid UTF-8, no lone
+//! 1. a declared `Content-Length` over `server.max_body_bytes` is 413 (the
+//!    body-limit layer, before this one);
+//! 2. `Content-Type` must be `application/json`, optionally
+//!    `; charset=utf-8`, else 415;
+//! 3. the body is read up to the limit, and 413 past it;
+//! 4. the body parses strictly ([`parse_strict`]): valid UTF-8, no lone
 //!    surrogates, no trailing data, nesting at most [`MAX_DEPTH`], and **no
 //!    duplicate keys**, even ones equal only after unescaping; else 400
 //!    `invalid_json` with line and column;
-//! 4. it satisfies the schema, else 422 `invalid_body` listing every
+//! 5. it satisfies the schema, else 422 `invalid_body` listing every
 //!    violation with messages written here from the keyword and the schema,
 //!    never containing the submitted value.
 //!
 //! A valid body goes upstream byte for byte with a correct `Content-Length`,
 //! and the parsed document is kept in the request extensions
 //! ([`ParsedBody`]) so the audit layer does not parse it again. Routes
-//! without a schema are not buffered: their bodies stream.
+//! without a schema are not buffered: their bodies stream. A `GET`, `HEAD`,
+//! `DELETE` or `OPTIONS` with a body is refused (400) on any path that has a
+//! schema route, so a body never reaches the upstream unvalidated there.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -139,11 +142,13 @@ impl<'de> Visitor<'de> for Strict {
         let mut object = Map::new();
         // Keys arrive unescaped, so "a\u005fb" and "a_b" collide here.
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                return Err(serde::de::Error::custom("duplicate object key"));
-            }
-            let value = map.next_value_seed(Strict { depth })?;
-            object.insert(key, value);
+            let slot = match object.entry(key) {
+                serde_json::map::Entry::Vacant(slot) => slot,
+                serde_json::map::Entry::Occupied(_) => {
+                    return Err(serde::de::Error::custom("duplicate object key"));
+                }
+            };
+            slot.insert(map.next_value_seed(Strict { depth })?);
         }
         Ok(Value::Object(object))
     }
@@ -216,6 +221,7 @@ impl CompiledSchema {
         let validator = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
+            .should_ignore_unknown_formats(false)
             .build(&document)
             .map_err(|e| format!("{name} is not a valid JSON Schema: {e}"))?;
         let mut write_only = Vec::new();
@@ -481,11 +487,21 @@ where
     }
 
     fn call(&mut self, req: Request<GatewayBody>) -> Self::Future {
-        let Some(schema) = req
-            .extensions()
-            .get::<RouteMatch>()
-            .and_then(|r| r.schema.clone())
-        else {
+        let Some(route) = req.extensions().get::<RouteMatch>() else {
+            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
+        };
+        if route.path_has_schema
+            && !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
+            && has_body(&req)
+        {
+            return ResponseFuture::early(
+                GatewayError::BodyNotAllowed(req.method().clone()).to_response(),
+            );
+        }
+        let Some(schema) = route.schema.clone() else {
+            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
+        };
+        if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         };
         if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
@@ -528,15 +544,10 @@ async fn read_and_check(
             schema = schema.path(),
             "request body refused"
         );
+        // A refused body may hold a secret in a field no redaction rule
+        // names (a wrongly typed field), so only its size and digest are kept.
         crate::notes::record(&parts.extensions, |n| {
-            n.body = Some(match &refusal {
-                // Valid JSON that breaks the schema is still recorded, redacted.
-                GatewayError::InvalidBody(_) => match parse_strict(&bytes) {
-                    Ok(value) => BodyNote::Json(Arc::new(value)),
-                    Err(_) => BodyNote::opaque(&bytes),
-                },
-                _ => BodyNote::opaque(&bytes),
-            })
+            n.body = Some(BodyNote::opaque(&bytes))
         });
         refusal.to_response()
     })?;

@@ -160,7 +160,8 @@ async fn schema_violations_are_all_listed_and_never_forwarded() {
         got,
         [
             e("/issuer", "format", "must be a URI"),
-            e("/sso_domain", "format", "must be a hostname")
+            e("/issuer", "pattern", "must match the pattern ^https://"),
+            e("/sso_domain", "format", "must be a hostname"),
         ]
     );
 
@@ -414,4 +415,37 @@ fn a_broken_schema_fails_check_naming_the_file() {
         "{stderr}"
     );
     let _: Value = Value::Null;
+}
+
+#[tokio::test]
+async fn bodies_on_get_and_delete_of_the_organization_path_are_refused() {
+    let (fake, gw) = setup("").await;
+    for method in [Method::DELETE, Method::GET] {
+        let (parts, body) = send(
+            &client(),
+            write(
+                &gw,
+                method,
+                &update_path(),
+                Some("application/json"),
+                r#"{"name":"a"}"#,
+            ),
+        )
+        .await;
+        assert_gateway_error(&parts, &body, 400, "body_not_allowed");
+    }
+    assert!(
+        fake.requests().is_empty(),
+        "a DELETE body must not reach the upstream unvalidated"
+    );
+    let (parts, body) = put(&gw, r#"{"name":"Acme","issuer":"http://idp.acme.com"}"#).await;
+    assert_gateway_error(&parts, &body, 422, "invalid_body");
+    assert_eq!(
+        errors(&body),
+        [(
+            "/issuer".to_owned(),
+            "pattern".to_owned(),
+            "must match the pattern ^https://".to_owned()
+        )]
+    );
 }

@@ -232,7 +232,7 @@ pub struct InProcess {
     pub addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _dir: TestDir,
+    dir: Option<TestDir>,
 }
 
 impl InProcess {
@@ -240,10 +240,12 @@ impl InProcess {
         format!("http://{}{path}", self.addr)
     }
 
-    /// Starts draining and waits for `serve` to return.
-    pub async fn shutdown(mut self) {
+    /// Starts draining and waits for `serve` to return (which writes every
+    /// audit record); returns the temp dir, which holds the audit file.
+    pub async fn shutdown(mut self) -> TestDir {
         let _ = self.shutdown.take().map(|tx| tx.send(()));
         self.task.take().unwrap().await.unwrap().unwrap();
+        self.dir.take().expect("the dir is kept until shutdown")
     }
 }
 
@@ -273,7 +275,7 @@ pub async fn start_gateway_from(dir: TestDir, path: &Path) -> InProcess {
         addr,
         shutdown: Some(tx),
         task: Some(task),
-        _dir: dir,
+        dir: Some(dir),
     }
 }
 

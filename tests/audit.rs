@@ -1,0 +1,615 @@
+//! The audit trail end to end: the exact record of every outcome, secrets
+//! never recorded, no record lost under load or when the gateway is killed,
+//! refusal when the trail cannot be written, and reopening on SIGHUP.
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http::{Method, Request};
+use http_body_util::Full;
+use polytomic_gateway::fake::{FakePolytomic, CURRENT_ORG_ID};
+use serde_json::{json, Value};
+
+const ORG: &str = CURRENT_ORG_ID;
+
+/// Every record in an audit file; every line must be whole JSON.
+fn read_audit(path: &std::path::Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("torn or bad record ({e}): {l}"))
+        })
+        .collect()
+}
+
+/// A record without its time and duration, which vary; asserts their shape.
+fn stable(mut record: Value) -> Value {
+    let object = record.as_object_mut().unwrap();
+    let time = object.remove("time").unwrap();
+    assert!(
+        time.as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.len() == 24),
+        "{time}"
+    );
+    let duration = object.remove("duration_ms").unwrap();
+    assert!(duration.is_null() || duration.as_f64().is_some_and(|d| d >= 0.0));
+    record
+}
+
+fn request(
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    id: &str,
+    body: &str,
+) -> Request<Full<Bytes>> {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("x-request-id", id)
+        .header("user-agent", "polytomic/25.9.2")
+        .header("content-type", "application/json");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    req.body(Full::new(Bytes::from(body.to_owned()))).unwrap()
+}
+
+fn team_token(sub: &str, team: &str) -> String {
+    sign(
+        "rsa-a",
+        jsonwebtoken::Algorithm::RS256,
+        &claims(sub, &[team]),
+    )
+}
+
+fn base(id: &str, outcome: &str, method: &str, path: &str) -> serde_json::Map<String, Value> {
+    json!({
+        "stage": "response", "request_id": id, "trace_id": "", "outcome": outcome,
+        "operation": null, "method": method, "path": path, "query": null, "organization_id": null,
+        "principal": null, "rule": null, "policy_mode": null, "status": null, "upstream_status": null,
+        "client_ip": "127.0.0.1", "user_agent": "polytomic/25.9.2", "idempotency_key": null,
+        "request_body": null, "error_key": null
+    })
+    .as_object()
+    .unwrap()
+    .clone()
+}
+
+fn with(mut map: serde_json::Map<String, Value>, fields: Value) -> Value {
+    map.extend(fields.as_object().unwrap().clone());
+    Value::Object(map)
+}
+
+#[tokio::test]
+async fn every_outcome_gets_its_exact_record() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let policy = "[[policy.rules]]\nname = \"platform-all\"\nteams = [\"platform\"]\nallow = [\"*\"]\n\n[[policy.rules]]\nname = \"support-read\"\nteams = [\"support\"]\nallow = [\"organizations.get\"]\n";
+    let path = dir.config(&format!("http://{addr}"), policy);
+    let gw = start_gateway_from(dir, &path).await;
+    let c = client();
+    let update = format!("/api/organizations/{ORG}");
+    let alice = team_token("alice@corp", "platform");
+    let sam = team_token("sam@corp", "support");
+
+    let mut req = request(
+        Method::PUT,
+        &gw.url(&update),
+        Some(&alice),
+        "r-allowed",
+        r#"{"name":"Acme","client_secret":"s3cr3t-value","issuer":"https://idp.acme.com"}"#,
+    );
+    req.headers_mut()
+        .insert("idempotency-key", "idem-1".parse().unwrap());
+    assert_eq!(send(&c, req).await.0.status, 200);
+    assert_eq!(
+        send(
+            &c,
+            request(
+                Method::PUT,
+                &gw.url(&update),
+                Some(&sam),
+                "r-denied",
+                r#"{"name":"X"}"#
+            )
+        )
+        .await
+        .0
+        .status,
+        403
+    );
+    assert_eq!(
+        send(
+            &c,
+            request(
+                Method::GET,
+                &gw.url("/api/organization"),
+                None,
+                "r-unauth",
+                ""
+            )
+        )
+        .await
+        .0
+        .status,
+        401
+    );
+    assert_eq!(
+        send(
+            &c,
+            request(
+                Method::PUT,
+                &gw.url(&update),
+                Some(&alice),
+                "r-invalid",
+                r#"{"name":"A","issuer":"nope"}"#
+            )
+        )
+        .await
+        .0
+        .status,
+        422
+    );
+    assert_eq!(
+        send(
+            &c,
+            request(
+                Method::GET,
+                &gw.url("/nothing-here?token=t0k3n&x=1"),
+                Some(&alice),
+                "r-noroute",
+                ""
+            )
+        )
+        .await
+        .0
+        .status,
+        404
+    );
+    let _dir = gw.shutdown().await;
+
+    let records: Vec<Value> = read_audit(&audit_path);
+    let by_id = |id: &str, stage: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == id && r["stage"] == stage)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {stage} record for {id} in {records:#?}"))
+    };
+    let alice_principal = json!({"sub": "alice@corp", "teams": ["platform"]});
+    let redacted_body =
+        json!({"name": "Acme", "client_secret": "[REDACTED]", "issuer": "https://idp.acme.com"});
+    let allowed = json!({
+        "outcome": "allowed", "operation": "organizations.update", "organization_id": ORG,
+        "principal": alice_principal, "rule": "platform-all", "policy_mode": "enforce",
+        "idempotency_key": "idem-1", "request_body": redacted_body,
+    });
+    assert_eq!(
+        stable(by_id("r-allowed", "request")),
+        with(
+            base("r-allowed", "allowed", "PUT", &update),
+            with(
+                json!({"stage": "request"}).as_object().unwrap().clone(),
+                allowed.clone()
+            )
+        )
+    );
+    assert_eq!(
+        stable(by_id("r-allowed", "response")),
+        with(
+            base("r-allowed", "allowed", "PUT", &update),
+            with(
+                allowed.as_object().unwrap().clone(),
+                json!({"status": 200, "upstream_status": 200})
+            )
+        )
+    );
+    assert_eq!(
+        stable(by_id("r-denied", "response")),
+        with(
+            base("r-denied", "denied", "PUT", &update),
+            json!({
+                "operation": "organizations.update", "organization_id": ORG,
+                "principal": {"sub": "sam@corp", "teams": ["support"]}, "policy_mode": "enforce",
+                "status": 403, "error_key": "forbidden",
+            })
+        )
+    );
+    assert_eq!(
+        stable(by_id("r-unauth", "response")),
+        with(
+            base("r-unauth", "unauthenticated", "GET", "/api/organization"),
+            json!({"status": 401, "error_key": "unauthenticated"})
+        )
+    );
+    let invalid = stable(by_id("r-invalid", "response"));
+    let body = r#"{"name":"A","issuer":"nope"}"#;
+    let sha = polytomic_gateway::notes::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes()).as_ref(),
+    );
+    assert_eq!(
+        invalid,
+        with(
+            base("r-invalid", "invalid", "PUT", &update),
+            json!({
+                "operation": "organizations.update", "organization_id": ORG, "principal": alice_principal,
+                "rule": "platform-all", "policy_mode": "enforce", "status": 422, "error_key": "invalid_body",
+                "request_body": {"bytes": body.len(), "sha256": sha},
+            })
+        )
+    );
+    assert_eq!(
+        stable(by_id("r-noroute", "response")),
+        with(
+            base("r-noroute", "no_route", "GET", "/nothing-here"),
+            json!({
+                "principal": alice_principal, "status": 404, "error_key": "no_route",
+                "query": "token=%5BREDACTED%5D&x=1",
+            })
+        )
+    );
+    // Refused writes were never forwarded, so they have no request record.
+    assert!(!records
+        .iter()
+        .any(|r| r["stage"] == "request" && r["request_id"] != "r-allowed"));
+    assert_eq!(records.len(), 6);
+}
+
+#[tokio::test]
+async fn upstream_errors_and_shadow_denials_are_recorded() {
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let path = dir.config(&format!("http://127.0.0.1:{}", closed_port().await), "");
+    let gw = start_gateway_from(dir, &path).await;
+    let (parts, _) = send(
+        &client(),
+        request(
+            Method::GET,
+            &gw.url("/api/organization"),
+            Some(token()),
+            "r-502",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(parts.status, 502);
+    let _dir = gw.shutdown().await;
+    let record = stable(read_audit(&audit_path).pop().unwrap());
+    assert_eq!(record["outcome"], "upstream_error");
+    assert_eq!(record["error_key"], "upstream_unreachable");
+    assert_eq!(record["status"], 502);
+    assert_eq!(record["upstream_status"], Value::Null);
+
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let shadow = "[policy]\nmode = \"shadow\"\n[[policy.rules]]\nname = \"only-ops\"\nteams = [\"ops\"]\nallow = [\"*\"]\n";
+    let path = dir.config(&format!("http://{addr}"), shadow);
+    let gw = start_gateway_from(dir, &path).await;
+    let (parts, _) = send(
+        &client(),
+        request(
+            Method::GET,
+            &gw.url("/api/organization"),
+            Some(token()),
+            "r-shadow",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let _dir = gw.shutdown().await;
+    let record = stable(read_audit(&audit_path).pop().unwrap());
+    assert_eq!(record["outcome"], "shadow_denied");
+    assert_eq!(record["policy_mode"], "shadow");
+    assert_eq!(record["rule"], Value::Null);
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["upstream_status"], 200);
+    assert_eq!(fake.requests().len(), 1);
+}
+
+const CANARY: &str = "CANARY-7f0c-audit-s3cr3t";
+
+#[tokio::test]
+async fn a_canary_secret_appears_in_no_output() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let audit = format!(
+        "[audit]\nsinks = [\"file\", \"stdout\"]\npath = {:?}\ndurability = \"fsync\"\n",
+        audit_path.display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let mut gw = Binary::serve(&path, &[("RUST_LOG", "debug")]).await;
+    let c = client();
+    let update = gw.url(&format!("/api/organizations/{ORG}"));
+    let bodies = [
+        // Accepted: escaped key spelling of a redacted field.
+        format!(r#"{{"name":"Acme","client\u005fsecret":"{CANARY}"}}"#),
+        format!(r#"{{"name":"Acme","client_secret":"{CANARY}"}}"#),
+        // Refused: nested under an unknown field, wrongly typed, not JSON.
+        json!({"name": "Acme", "extra": {"password": CANARY}}).to_string(),
+        json!({"name": "Acme", "client_id": {"value": CANARY}}).to_string(),
+        json!({"name": "Acme", "sso_org_id": [CANARY]}).to_string(),
+        format!(r#"{{"name":"{CANARY}"#),
+    ];
+    let mut responses = String::new();
+    for (i, body) in bodies.iter().enumerate() {
+        let mut req = request(Method::PUT, &update, Some(token()), &format!("c-{i}"), body);
+        req.headers_mut()
+            .insert("x-api-key", CANARY.parse().unwrap());
+        req.headers_mut()
+            .insert("cookie", format!("session={CANARY}").parse().unwrap());
+        let (parts, body) = send(&c, req).await;
+        responses.push_str(&format!(
+            "{:?}{}",
+            parts.headers,
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    for query in [
+        format!("token={CANARY}"),
+        format!("api_key={CANARY}&password={CANARY}"),
+    ] {
+        let req = request(
+            Method::GET,
+            &gw.url(&format!("/api/organizations?{query}")),
+            Some(token()),
+            "c-q",
+            "",
+        );
+        let (parts, body) = send(&c, req).await;
+        responses.push_str(&format!(
+            "{:?}{}",
+            parts.headers,
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    gw.signal("TERM");
+    assert!(gw.child.wait().await.unwrap().success());
+    let output = gw.collect_output().await;
+    let trail = std::fs::read_to_string(&audit_path).unwrap();
+    assert_eq!(
+        trail
+            .lines()
+            .filter(|l| l.contains("\"stage\":\"response\""))
+            .count(),
+        8,
+        "{trail}"
+    );
+    for (name, text) in [
+        ("responses", &responses),
+        ("stdout and stderr", &output),
+        ("audit file", &trail),
+    ] {
+        for secret in [CANARY, PARTNER_KEY, token()] {
+            assert!(
+                !text.contains(secret),
+                "{name} contains a secret ({}…):\n{text}",
+                &secret[..12]
+            );
+        }
+    }
+    assert!(
+        trail.contains("[REDACTED]"),
+        "the accepted bodies are recorded, redacted"
+    );
+    // The query values were forwarded as sent (only the record is redacted).
+    assert!(fake.requests().iter().any(|r| r.target.contains(CANARY)));
+}
+
+#[tokio::test]
+async fn two_thousand_requests_at_concurrency_64_give_2000_whole_records() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let path = dir.config(&format!("http://{addr}"), "");
+    let gw = Arc::new(start_gateway_from(dir, &path).await);
+    let permits = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut tasks = Vec::new();
+    for i in 0..2000 {
+        let (gw, permits) = (gw.clone(), permits.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permits.acquire().await.unwrap();
+            let req = if i % 4 == 0 {
+                request(
+                    Method::PATCH,
+                    &gw.url(&format!("/api/organizations/{ORG}")),
+                    Some(token()),
+                    &format!("load-{i}"),
+                    r#"{"name":"Acme"}"#,
+                )
+            } else {
+                request(
+                    Method::GET,
+                    &gw.url("/api/organizations"),
+                    Some(token()),
+                    &format!("load-{i}"),
+                    "",
+                )
+            };
+            send(&client(), req).await.0.status.as_u16()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
+    let _dir = Arc::into_inner(gw)
+        .expect("all requests done")
+        .shutdown()
+        .await;
+    let records = read_audit(&audit_path);
+    let responses: HashSet<_> = records
+        .iter()
+        .filter(|r| r["stage"] == "response")
+        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(responses.len(), 2000);
+    assert_eq!(
+        records.iter().filter(|r| r["stage"] == "response").count(),
+        2000
+    );
+    assert_eq!(
+        records.iter().filter(|r| r["stage"] == "request").count(),
+        500
+    );
+}
+
+#[tokio::test]
+async fn sigkill_mid_load_loses_no_acknowledged_write() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let path = dir.config(&format!("http://{addr}"), "");
+    let mut gw = Binary::serve(&path, &[]).await;
+    let url = gw.url(&format!("/api/organizations/{ORG}"));
+    let answered = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (enough_tx, mut enough_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let (url, answered, enough) = (url.clone(), answered.clone(), enough_tx.clone());
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            for i in 0.. {
+                let id = format!("kill-{w}-{i}");
+                let req = request(Method::PUT, &url, Some(token()), &id, r#"{"name":"Acme"}"#);
+                match c.request(req).await {
+                    Ok(response) if response.status() == 200 => {
+                        let mut done = answered.lock().unwrap();
+                        done.push(id);
+                        if done.len() == 300 {
+                            let _ = enough.try_send(());
+                        }
+                    }
+                    _ => return, // the gateway is gone
+                }
+            }
+        }));
+    }
+    enough_rx.recv().await;
+    gw.child.start_kill().unwrap();
+    gw.child.wait().await.unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let text = std::fs::read_to_string(&audit_path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut recorded = HashSet::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<Value>(line) {
+            Ok(record) if record["stage"] == "request" => {
+                recorded.insert(record["request_id"].as_str().unwrap().to_owned());
+            }
+            Ok(_) => {}
+            Err(e) => assert_eq!(
+                i + 1,
+                lines.len(),
+                "line {i} of {} is torn ({e})",
+                lines.len()
+            ),
+        }
+    }
+    let answered = answered.lock().unwrap();
+    assert!(answered.len() >= 300);
+    for id in answered.iter() {
+        assert!(
+            recorded.contains(id),
+            "{id} was answered but has no durable request record"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_unwritable_trail_refuses_writes_in_reject_mode_only() {
+    for (mode, expect_write) in [("reject", 503), ("continue", 200)] {
+        let fake = FakePolytomic::new(PARTNER_KEY);
+        let addr = fake.spawn().await.unwrap();
+        let dir = TestDir::new();
+        let audit = format!("[audit]\nsinks = [\"file\"]\npath = \"/nonexistent-dir/audit.jsonl\"\non_failure = {mode:?}\n");
+        let path = dir.config(&format!("http://{addr}"), &audit);
+        let gw = start_gateway_from(dir, &path).await;
+        let (parts, body) = send(
+            &client(),
+            request(
+                Method::PUT,
+                &gw.url(&format!("/api/organizations/{ORG}")),
+                Some(token()),
+                "w",
+                r#"{"name":"A"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(parts.status, expect_write, "{mode}");
+        if expect_write == 503 {
+            assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+            assert!(
+                fake.requests().is_empty(),
+                "nothing is forwarded without a durable record"
+            );
+        } else {
+            assert_eq!(fake.requests().len(), 1);
+        }
+        // Reads carry no request record and are served either way.
+        let (parts, _) = send(&client(), get(&gw.url("/api/organization"))).await;
+        assert_eq!(parts.status, 200, "{mode}");
+        let _dir = gw.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn sighup_reopens_the_audit_file_for_logrotate() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let path = dir.config(&format!("http://{addr}"), "");
+    let mut gw = Binary::serve(&path, &[]).await;
+    let c = client();
+    send(
+        &c,
+        request(
+            Method::PUT,
+            &gw.url(&format!("/api/organizations/{ORG}")),
+            Some(token()),
+            "before",
+            r#"{"name":"A"}"#,
+        ),
+    )
+    .await;
+    let rotated = dir.path("audit.jsonl.1");
+    std::fs::rename(&audit_path, &rotated).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_line("audit file reopened").await;
+    send(
+        &c,
+        request(
+            Method::PUT,
+            &gw.url(&format!("/api/organizations/{ORG}")),
+            Some(token()),
+            "after",
+            r#"{"name":"B"}"#,
+        ),
+    )
+    .await;
+    gw.signal("TERM");
+    assert!(gw.child.wait().await.unwrap().success());
+    let ids = |p: &std::path::Path| -> HashSet<String> {
+        read_audit(p)
+            .iter()
+            .map(|r| r["request_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(ids(&rotated).contains("before") && !ids(&rotated).contains("after"));
+    assert_eq!(ids(&audit_path), HashSet::from(["after".to_owned()]));
+}
