@@ -98,7 +98,8 @@ impl Gateway {
                 tracing::error!(problem = %problem.message, "the audit file is not writable");
             }
         }
-        let audit = Audit::from_config(&config.audit).map_err(|p| problems.extend(p));
+        let connector = upstream.as_ref().ok().map(Upstream::https_connector);
+        let audit = Audit::from_config(&config.audit, connector).map_err(|p| problems.extend(p));
         let (
             Ok(credentials),
             Ok(version),
@@ -201,6 +202,7 @@ impl Gateway {
         let audit = parts.audit.clone();
         let watcher = parts.credentials.watch();
         let jwks_refresh = tokio::spawn(parts.auth.keys().clone().refresh_forever());
+        let shipping = parts.audit.start_shipping();
         let stack = stack::build::<Incoming>(parts);
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -269,6 +271,10 @@ impl Gateway {
             watcher.abort();
         }
         jwks_refresh.abort();
+        if let Some(shipping) = shipping {
+            // Unshipped records stay in the spool and go out after a restart.
+            shipping.abort();
+        }
         // Every record of the drained requests is written before exiting.
         audit.close().await;
         Ok(())

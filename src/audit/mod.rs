@@ -18,6 +18,7 @@
 
 pub mod record;
 pub mod redact;
+pub mod ship;
 mod writer;
 
 use std::future::Future;
@@ -58,7 +59,7 @@ pub enum SinkKind {
     Stdout,
     /// Appended to `audit.path`.
     File,
-    /// Shipped to an OpenTelemetry Collector (not yet available).
+    /// Spooled to `audit.path`, then shipped to an OpenTelemetry Collector.
     Otlp,
 }
 
@@ -154,6 +155,10 @@ struct AuditInner {
     redactor: Redactor,
     reopen: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
+    /// Spool size and shipping counters (all zero without `otlp`).
+    ship_state: Arc<ship::ShipState>,
+    /// The shipper, until `start_shipping` takes it.
+    shipper: Mutex<Option<ship::Shipper>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -169,19 +174,42 @@ impl std::fmt::Debug for Audit {
 
 impl Audit {
     /// Validates `[audit]` and starts the writer thread.
-    pub fn from_config(config: &AuditConfig) -> Result<Self, Vec<ConfigProblem>> {
+    /// `connector` (the upstream's TLS settings) is used to reach the OTLP
+    /// collector.
+    pub fn from_config(
+        config: &AuditConfig,
+        connector: Option<crate::auth::JwksConnector>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
-        let file_sink = config.sinks.contains(&SinkKind::File);
-        if config.sinks.contains(&SinkKind::Otlp) {
-            problems.push(ConfigProblem::new(
-                "audit.sinks",
-                "\"otlp\" is not available in this version; use \"file\" and ship the file",
-            ));
-        }
+        let otlp = config.sinks.contains(&SinkKind::Otlp);
+        let file_sink = config.sinks.contains(&SinkKind::File) || otlp;
         if file_sink && config.path.is_none() {
             problems.push(ConfigProblem::new(
                 "audit.path",
-                "is required for the \"file\" sink",
+                "is required for the \"file\" and \"otlp\" sinks (for otlp it is the spool)",
+            ));
+        }
+        let endpoint = match (otlp, &config.otlp_endpoint) {
+            (false, _) => None,
+            (true, None) => {
+                problems.push(ConfigProblem::new(
+                    "audit.otlp_endpoint",
+                    "is required for the \"otlp\" sink",
+                ));
+                None
+            }
+            (true, Some(raw)) => match ship::logs_endpoint(raw) {
+                Ok(uri) => Some(uri),
+                Err(e) => {
+                    problems.push(ConfigProblem::new("audit.otlp_endpoint", e));
+                    None
+                }
+            },
+        };
+        if otlp && connector.is_none() {
+            problems.push(ConfigProblem::new(
+                "audit.otlp_endpoint",
+                "cannot be reached: fix [upstream] first",
             ));
         }
         if config.sinks.is_empty() {
@@ -215,6 +243,17 @@ impl Audit {
         }
         let reopen = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WriterStats::default());
+        let ship_state = Arc::new(ship::ShipState::default());
+        let shipper = match (endpoint, connector, &config.path) {
+            (Some(endpoint), Some(connector), Some(spool)) => Some(ship::Shipper::new(
+                spool.clone(),
+                endpoint,
+                connector,
+                config.spool_max_bytes,
+                ship_state.clone(),
+            )),
+            _ => None,
+        };
         let (tx, rx) = sync_channel(QUEUE_CAPACITY);
         let writer = writer::Writer {
             file: config.path.clone().filter(|_| file_sink),
@@ -222,6 +261,7 @@ impl Audit {
             durability: config.durability,
             reopen: reopen.clone(),
             stats: stats.clone(),
+            appended: shipper.as_ref().map(|_| ship_state.clone()),
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -240,6 +280,8 @@ impl Audit {
                 redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
                 reopen,
                 stats,
+                ship_state,
+                shipper: Mutex::new(shipper),
                 thread: Mutex::new(Some(thread)),
             }),
         })
@@ -247,7 +289,9 @@ impl Audit {
 
     /// Checks that the audit file can be opened for appending (for `check`).
     pub fn probe(config: &AuditConfig) -> Result<(), ConfigProblem> {
-        match (&config.path, config.sinks.contains(&SinkKind::File)) {
+        let spooled =
+            config.sinks.contains(&SinkKind::File) || config.sinks.contains(&SinkKind::Otlp);
+        match (&config.path, spooled) {
             (Some(path), true) => writer::open_append(path).map(drop).map_err(|e| {
                 ConfigProblem::new(
                     "audit.path",
@@ -266,6 +310,23 @@ impl Audit {
     /// Counters of written, failed and dropped records.
     pub fn stats(&self) -> &WriterStats {
         &self.inner.stats
+    }
+
+    /// Starts shipping to the OTLP collector, if configured; runs until the
+    /// returned task is aborted. Needs a Tokio runtime.
+    pub fn start_shipping(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let shipper = self
+            .inner
+            .shipper
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()?;
+        Some(tokio::spawn(shipper.run()))
+    }
+
+    /// Spool size and shipping counters.
+    pub fn ship_state(&self) -> &ship::ShipState {
+        &self.inner.ship_state
     }
 
     /// Reopens the audit file before the next write (on SIGHUP).
@@ -526,6 +587,10 @@ where
         let line = record::line("request", &info, &snapshot, None, None, body, None);
         let wait = self.audit.inner.durability != Durability::None;
         let reject = self.audit.inner.on_failure == OnFailure::Reject;
+        if reject && self.audit.inner.ship_state.full.load(Ordering::Relaxed) {
+            tracing::error!("audit spool over audit.spool_max_bytes; write request refused");
+            return ResponseFuture::early(GatewayError::AuditUnavailable.to_response());
+        }
         let done = match self.audit.submit(line, wait) {
             Ok(done) => done,
             Err(()) if reject => {

@@ -54,6 +54,8 @@ pub(crate) struct Writer {
     pub durability: Durability,
     pub reopen: Arc<AtomicBool>,
     pub stats: Arc<WriterStats>,
+    /// Told after each batch when a shipper tails the file.
+    pub appended: Option<Arc<super::ship::ShipState>>,
 }
 
 /// Opens the audit file for appending, creating it if needed.
@@ -114,6 +116,18 @@ impl Writer {
                 }
             }
             healthy = ok;
+            if let Some(state) = &self.appended {
+                // The spool's size is known here first; a full spool must
+                // refuse writes even while the shipper backs off.
+                if let Some(len) = file
+                    .as_ref()
+                    .and_then(|f| f.metadata().ok())
+                    .map(|m| m.len())
+                {
+                    state.note_length(len);
+                }
+                state.appended.notify_one();
+            }
             for ack in acks.drain(..) {
                 let _ = ack.send(ok);
             }

@@ -1,0 +1,379 @@
+//! Shipping the audit trail to a central OpenTelemetry Collector.
+//!
+//! With the `otlp` sink, the audit file doubles as a spool: records are
+//! appended to it first (durably, per `audit.durability`), and this shipper
+//! sends them on in batches as OTLP/HTTP log records (the body is the JSON
+//! record; attributes carry `operation`, `outcome` and `principal.sub`).
+//!
+//! - Delivery is at-least-once: the shipped offset is persisted (with the
+//!   file's inode) only after the collector acknowledged a batch, so after a
+//!   crash or restart shipping resumes where it left off. Within one run a
+//!   record is never sent twice: a failed batch is retried, an acknowledged
+//!   one never.
+//! - While the collector is down, records wait in the spool; past
+//!   `audit.spool_max_bytes` of unshipped data, `audit.on_failure` applies.
+//! - When the file is rotated (a new inode at the path), the old file is
+//!   shipped to its end first.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use tokio::sync::Notify;
+
+use crate::auth::JwksConnector;
+
+/// The most spool data sent in one export request.
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// Longest wait between retries while the collector is down.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long one export may take.
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared state between the shipper, the writer and the request path.
+#[derive(Debug, Default)]
+pub struct ShipState {
+    /// Bytes appended to the spool but not yet acknowledged.
+    pub unshipped: AtomicU64,
+    /// Whether `unshipped` exceeds `spool_max_bytes`.
+    pub full: AtomicBool,
+    /// Export attempts that failed.
+    pub failures: AtomicU64,
+    /// Records acknowledged by the collector.
+    pub shipped_records: AtomicU64,
+    /// Woken when the writer appended records.
+    pub appended: Notify,
+    /// The acknowledged offset in the current spool file.
+    pub acked: AtomicU64,
+    /// `audit.spool_max_bytes`.
+    pub spool_max_bytes: AtomicU64,
+}
+
+impl ShipState {
+    /// Records the spool's length (after a write, or a shipped batch) and
+    /// whether the unshipped part is over `spool_max_bytes`.
+    pub fn note_length(&self, len: u64) {
+        let unshipped = len.saturating_sub(self.acked.load(Ordering::Acquire));
+        self.unshipped.store(unshipped, Ordering::Relaxed);
+        let full = unshipped > self.spool_max_bytes.load(Ordering::Relaxed);
+        if self.full.swap(full, Ordering::AcqRel) != full {
+            if full {
+                tracing::error!(unshipped, "audit spool is over audit.spool_max_bytes");
+            } else {
+                tracing::info!(
+                    unshipped,
+                    "audit spool is below audit.spool_max_bytes again"
+                );
+            }
+        }
+    }
+}
+
+/// Where shipping stands: the file (by inode) and the acknowledged offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    inode: u64,
+    offset: u64,
+}
+
+/// The offset file kept next to the spool.
+pub fn offset_path(spool: &Path) -> PathBuf {
+    let mut name = spool.as_os_str().to_owned();
+    name.push(".shipped");
+    PathBuf::from(name)
+}
+
+fn load_position(path: &Path) -> Option<Position> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (inode, offset) = text.trim().split_once(' ')?;
+    Some(Position {
+        inode: inode.parse().ok()?,
+        offset: offset.parse().ok()?,
+    })
+}
+
+fn save_position(path: &Path, position: Position) -> std::io::Result<()> {
+    let temp = path.with_extension("shipped.tmp");
+    std::fs::write(&temp, format!("{} {}\n", position.inode, position.offset))?;
+    std::fs::rename(&temp, path)
+}
+
+/// Ships one spool file to one collector endpoint.
+pub struct Shipper {
+    spool: PathBuf,
+    offsets: PathBuf,
+    endpoint: Uri,
+    client: Client<JwksConnector, Full<Bytes>>,
+    state: Arc<ShipState>,
+    service_name: String,
+}
+
+impl std::fmt::Debug for Shipper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shipper")
+            .field("spool", &self.spool)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks `audit.otlp_endpoint` and derives the logs URL (`…/v1/logs`).
+pub fn logs_endpoint(raw: &str) -> Result<Uri, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not supported; use http or https",
+            url.scheme()
+        ));
+    }
+    let base = raw.trim_end_matches('/');
+    let full = if base.ends_with("/v1/logs") {
+        base.to_owned()
+    } else {
+        format!("{base}/v1/logs")
+    };
+    full.parse()
+        .map_err(|e| format!("{full:?} is not a valid URI: {e}"))
+}
+
+impl Shipper {
+    /// A shipper for `spool` to `endpoint` over `connector`.
+    pub fn new(
+        spool: PathBuf,
+        endpoint: Uri,
+        connector: JwksConnector,
+        spool_max_bytes: u64,
+        state: Arc<ShipState>,
+    ) -> Self {
+        state
+            .spool_max_bytes
+            .store(spool_max_bytes, Ordering::Relaxed);
+        Self {
+            offsets: offset_path(&spool),
+            spool,
+            endpoint,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            state,
+            service_name: "polytomic-gateway".into(),
+        }
+    }
+
+    /// Ships forever (until aborted).
+    pub async fn run(self) {
+        let mut position = load_position(&self.offsets);
+        // A file kept open across rotations, so its tail is shipped too.
+        let mut open: Option<(File, u64)> = None;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let batch = self.next_batch(&mut open, &mut position);
+            match batch {
+                Ok(Some((lines, end))) => {
+                    let count = lines.len() as u64;
+                    match self.export(&lines).await {
+                        Ok(()) => {
+                            backoff = Duration::from_millis(100);
+                            self.state
+                                .shipped_records
+                                .fetch_add(count, Ordering::Relaxed);
+                            let inode = open.as_ref().map_or(0, |(_, ino)| *ino);
+                            let now = Position { inode, offset: end };
+                            position = Some(now);
+                            self.state.acked.store(end, Ordering::Release);
+                            if let Err(error) = save_position(&self.offsets, now) {
+                                tracing::error!(%error, "cannot persist the audit shipping offset");
+                            }
+                            self.update_unshipped(&open, end);
+                            continue;
+                        }
+                        Err(error) => {
+                            self.state.failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%error, retry_in = ?backoff, "audit records not shipped; they wait in the spool");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            // Re-read the same batch: nothing was acknowledged.
+                            continue;
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(%error, "cannot read the audit spool"),
+            }
+            // Caught up: wait for the writer, or check for rotation now and then.
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.state.appended.notified()).await;
+        }
+    }
+
+    /// Reads the next batch of whole lines after the acknowledged offset;
+    /// switches to a rotated file once the old one is shipped to its end.
+    fn next_batch(
+        &self,
+        open: &mut Option<(File, u64)>,
+        position: &mut Option<Position>,
+    ) -> std::io::Result<Option<(Vec<Bytes>, u64)>> {
+        let at_path = std::fs::metadata(&self.spool).ok().map(|m| m.ino());
+        if open.is_none() {
+            let Ok(file) = File::open(&self.spool) else {
+                return Ok(None);
+            };
+            let inode = file.metadata()?.ino();
+            if position.is_some_and(|p| p.inode != inode) {
+                *position = None; // the saved offset was for an older file
+            }
+            *open = Some((file, inode));
+        }
+        let (file, inode) = open.as_mut().expect("opened above");
+        let offset = position.map_or(0, |p| p.offset);
+        let len = file.metadata()?.len();
+        if len <= offset {
+            if at_path.is_some_and(|ino| ino != *inode) {
+                // Rotated, and the old file is fully shipped: follow the path.
+                *open = None;
+                *position = None;
+            }
+            self.update_unshipped_len(len, offset);
+            return Ok(None);
+        }
+        self.update_unshipped_len(len, offset);
+        let want = ((len - offset) as usize).min(MAX_BATCH_BYTES);
+        let mut buffer = vec![0u8; want];
+        file.seek(SeekFrom::Start(offset))?;
+        file.read_exact(&mut buffer)?;
+        // Only whole lines; a line longer than a batch is sent alone.
+        let end = match buffer.iter().rposition(|b| *b == b'\n') {
+            Some(i) => i + 1,
+            None if want == MAX_BATCH_BYTES => want,
+            None => return Ok(None), // a line still being written
+        };
+        buffer.truncate(end);
+        let buffer = Bytes::from(buffer);
+        let lines = buffer
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| buffer.slice_ref(l))
+            .collect();
+        Ok(Some((lines, offset + end as u64)))
+    }
+
+    fn update_unshipped(&self, open: &Option<(File, u64)>, offset: u64) {
+        if let Some(len) = open
+            .as_ref()
+            .and_then(|(f, _)| f.metadata().ok())
+            .map(|m| m.len())
+        {
+            self.update_unshipped_len(len, offset);
+        }
+    }
+
+    fn update_unshipped_len(&self, len: u64, offset: u64) {
+        self.state.acked.store(offset, Ordering::Release);
+        self.state.note_length(len);
+    }
+
+    /// Sends one batch; `Ok` only when the collector acknowledged it.
+    async fn export(&self, lines: &[Bytes]) -> Result<(), String> {
+        let request = export_request(&self.service_name, lines);
+        let body = Bytes::from(request.encode_to_vec());
+        let req = Request::post(self.endpoint.clone())
+            .header(header::CONTENT_TYPE, "application/x-protobuf")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(EXPORT_TIMEOUT, self.client.request(req))
+            .await
+            .map_err(|_| "the collector did not answer in time".to_owned())?
+            .map_err(|e| crate::proxy::error_chain(&e))?;
+        let status = response.status();
+        // Drain the body so the connection can be reused.
+        let _ = response.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("the collector answered {status}"))
+        }
+    }
+}
+
+fn string_value(s: &str) -> Option<AnyValue> {
+    Some(AnyValue {
+        value: Some(any_value::Value::StringValue(s.to_owned())),
+    })
+}
+
+/// The OTLP export request for some record lines.
+pub fn export_request(service_name: &str, lines: &[Bytes]) -> ExportLogsServiceRequest {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let log_records = lines
+        .iter()
+        .map(|line| {
+            let text = String::from_utf8_lossy(line).into_owned();
+            let record: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            let attribute = |key: &str, value: Option<&str>| {
+                value.map(|v| KeyValue {
+                    key: key.to_owned(),
+                    value: string_value(v),
+                    ..Default::default()
+                })
+            };
+            let attributes = [
+                attribute("operation", record["operation"].as_str()),
+                attribute("outcome", record["outcome"].as_str()),
+                attribute("principal.sub", record["principal"]["sub"].as_str()),
+                attribute("stage", record["stage"].as_str()),
+                attribute("request_id", record["request_id"].as_str()),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            LogRecord {
+                time_unix_nano: record["time"]
+                    .as_str()
+                    .and_then(|t| humantime::parse_rfc3339(t).ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(now, |d| d.as_nanos() as u64),
+                observed_time_unix_nano: now,
+                severity_number: 9, // INFO
+                severity_text: "INFO".into(),
+                body: string_value(&text),
+                attributes,
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: Some(Resource {
+                attributes: vec![KeyValue {
+                    key: "service.name".into(),
+                    value: string_value(service_name),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            scope_logs: vec![ScopeLogs {
+                scope: Some(InstrumentationScope {
+                    name: "polytomic-gateway.audit".into(),
+                    ..Default::default()
+                }),
+                log_records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}

@@ -1,0 +1,333 @@
+//! Shipping the audit trail to an OpenTelemetry Collector: a real OTLP/HTTP
+//! receiver in the test decodes the protobuf. Records wait in the spool while
+//! it is down, arrive once it is up (also after a gateway restart), and
+//! none arrives twice within a run.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use polytomic_gateway::fake::{FakePolytomic, CURRENT_ORG_ID};
+use prost::Message;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+/// One received log record: its JSON body and its string attributes.
+type Received = (Value, HashMap<String, String>);
+
+/// A test OTLP/HTTP logs receiver that can be taken down and brought back.
+#[derive(Clone)]
+struct Collector {
+    addr: std::net::SocketAddr,
+    down: Arc<AtomicBool>,
+    attempts: Arc<AtomicUsize>,
+    /// Every log record body received, as JSON.
+    records: Arc<Mutex<Vec<Received>>>,
+    changed: Arc<Notify>,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let down = Arc::new(AtomicBool::new(false));
+        let attempts = Arc::new(AtomicUsize::new(0));
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let changed = Arc::new(Notify::new());
+        let (d, a, r, n) = (
+            down.clone(),
+            attempts.clone(),
+            records.clone(),
+            changed.clone(),
+        );
+        let addr = spawn_upstream(move |req: Request<hyper::body::Incoming>| {
+            let (d, a, r, n) = (d.clone(), a.clone(), r.clone(), n.clone());
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(req.uri().path(), "/v1/logs");
+                assert_eq!(req.headers()["content-type"], "application/x-protobuf");
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let status = if d.load(Ordering::SeqCst) {
+                    503
+                } else {
+                    let export =
+                        ExportLogsServiceRequest::decode(body).expect("valid OTLP protobuf");
+                    let mut received = r.lock().unwrap();
+                    for resource in export.resource_logs {
+                        for scope in resource.scope_logs {
+                            for log in scope.log_records {
+                                let Some(AnyValue::StringValue(text)) =
+                                    log.body.and_then(|b| b.value)
+                                else {
+                                    panic!("log body is not a string");
+                                };
+                                let attributes = log
+                                    .attributes
+                                    .into_iter()
+                                    .filter_map(|kv| match kv.value.and_then(|v| v.value) {
+                                        Some(AnyValue::StringValue(s)) => Some((kv.key, s)),
+                                        _ => None,
+                                    })
+                                    .collect();
+                                received.push((serde_json::from_str(&text).unwrap(), attributes));
+                            }
+                        }
+                    }
+                    200
+                };
+                n.notify_waiters();
+                http::Response::builder()
+                    .status(status)
+                    .body(upstream_body(""))
+                    .unwrap()
+            }
+        })
+        .await;
+        Self {
+            addr,
+            down,
+            attempts,
+            records,
+            changed,
+        }
+    }
+
+    async fn wait_until(&self, what: &str, done: impl Fn(&Self) -> bool) {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let changed = self.changed.notified();
+                if done(self) {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+    }
+
+    fn response_ids(&self) -> Vec<String> {
+        self.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r["stage"] == "response")
+            .map(|(r, _)| r["request_id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn audit_section(&self, dir: &TestDir, extra: &str) -> String {
+        format!(
+            "[audit]\nsinks = [\"otlp\"]\npath = {:?}\notlp_endpoint = \"http://{}\"\ndurability = \"fsync\"\n{extra}\n",
+            dir.path("spool.jsonl").display().to_string(),
+            self.addr
+        )
+    }
+}
+
+fn tagged(method: Method, url: &str, id: &str) -> Request<Full<bytes::Bytes>> {
+    Request::builder()
+        .method(method.clone())
+        .uri(url)
+        .header("authorization", bearer())
+        .header("x-request-id", id)
+        .header("content-type", "application/json")
+        .body(Full::new(if method == Method::PUT {
+            r#"{"name":"Acme"}"#.into()
+        } else {
+            bytes::Bytes::new()
+        }))
+        .unwrap()
+}
+
+fn assert_once_each(ids: &[String], expected: usize) {
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for id in ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_eq!(counts.len(), expected, "distinct records");
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a record arrived twice: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn records_wait_while_the_collector_is_down_and_arrive_once() {
+    let collector = Collector::start().await;
+    collector.down.store(true, Ordering::SeqCst);
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{addr}"),
+        &collector.audit_section(&dir, ""),
+    );
+    let gw = start_gateway_from(dir, &path).await;
+    let c = client();
+    let update = gw.url(&format!("/api/organizations/{CURRENT_ORG_ID}"));
+    for i in 0..30 {
+        let req = if i % 3 == 0 {
+            tagged(Method::PUT, &update, &format!("o-{i}"))
+        } else {
+            tagged(
+                Method::GET,
+                &gw.url("/api/organizations"),
+                &format!("o-{i}"),
+            )
+        };
+        assert_eq!(send(&c, req).await.0.status, 200);
+    }
+    collector
+        .wait_until("an export was refused", |c| {
+            c.attempts.load(Ordering::SeqCst) >= 2
+        })
+        .await;
+    assert!(collector.records.lock().unwrap().is_empty());
+
+    collector.down.store(false, Ordering::SeqCst);
+    collector
+        .wait_until("all 30 response records arrived", |c| {
+            c.response_ids().len() >= 30
+        })
+        .await;
+    assert_once_each(&collector.response_ids(), 30);
+    let records = collector.records.lock().unwrap();
+    assert_eq!(
+        records
+            .iter()
+            .filter(|(r, _)| r["stage"] == "request")
+            .count(),
+        10
+    );
+    let (record, attributes) = records
+        .iter()
+        .find(|(r, _)| r["request_id"] == "o-0" && r["stage"] == "response")
+        .unwrap();
+    assert_eq!(attributes["operation"], "organizations.update");
+    assert_eq!(attributes["outcome"], "allowed");
+    assert_eq!(attributes["principal.sub"], "alice@corp");
+    assert_eq!(record["status"], 200);
+}
+
+#[tokio::test]
+async fn unshipped_records_survive_a_gateway_restart() {
+    let collector = Collector::start().await;
+    collector.down.store(true, Ordering::SeqCst);
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{addr}"),
+        &collector.audit_section(&dir, ""),
+    );
+    let mut gw = Binary::serve(&path, &[]).await;
+    let c = client();
+    for i in 0..20 {
+        assert_eq!(
+            send(
+                &c,
+                tagged(
+                    Method::GET,
+                    &gw.url("/api/organizations"),
+                    &format!("r-{i}")
+                )
+            )
+            .await
+            .0
+            .status,
+            200
+        );
+    }
+    gw.signal("TERM");
+    assert!(gw.child.wait().await.unwrap().success());
+    assert!(collector.records.lock().unwrap().is_empty());
+
+    collector.down.store(false, Ordering::SeqCst);
+    let mut gw = Binary::serve(&path, &[]).await;
+    collector
+        .wait_until("the first run's records arrived", |c| {
+            c.response_ids().len() >= 20
+        })
+        .await;
+    send(
+        &c,
+        tagged(Method::GET, &gw.url("/api/organizations"), "r-after"),
+    )
+    .await;
+    collector
+        .wait_until("the new record arrived", |c| c.response_ids().len() >= 21)
+        .await;
+    gw.signal("TERM");
+    assert!(gw.child.wait().await.unwrap().success());
+    let mut ids = collector.response_ids();
+    assert_once_each(&ids, 21);
+    ids.sort();
+    assert!(ids.contains(&"r-0".to_owned()) && ids.contains(&"r-after".to_owned()));
+    let offset = std::fs::read_to_string(dir.path("spool.jsonl.shipped")).unwrap();
+    let spool_len = std::fs::metadata(dir.path("spool.jsonl")).unwrap().len();
+    assert_eq!(
+        offset
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap(),
+        spool_len
+    );
+}
+
+#[tokio::test]
+async fn a_full_spool_refuses_writes_in_reject_mode() {
+    let collector = Collector::start().await;
+    collector.down.store(true, Ordering::SeqCst);
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{addr}"),
+        &collector.audit_section(&dir, "spool_max_bytes = 2000"),
+    );
+    let gw = start_gateway_from(dir, &path).await;
+    let c = client();
+    let update = gw.url(&format!("/api/organizations/{CURRENT_ORG_ID}"));
+    for i in 0..10 {
+        send(
+            &c,
+            tagged(
+                Method::GET,
+                &gw.url("/api/organizations"),
+                &format!("fill-{i}"),
+            ),
+        )
+        .await;
+    }
+    // The shipper notices the spool size after each write; reads go on.
+    let mut refused = None;
+    for i in 0..200 {
+        let (parts, body) = send(&c, tagged(Method::PUT, &update, &format!("w-{i}"))).await;
+        if parts.status == 503 {
+            refused = Some((parts, body));
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let (parts, body) = refused.expect("writes are refused once the spool is over its limit");
+    assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+    assert_eq!(
+        send(
+            &c,
+            tagged(Method::GET, &gw.url("/api/organizations"), "read")
+        )
+        .await
+        .0
+        .status,
+        200
+    );
+}
