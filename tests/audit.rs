@@ -324,8 +324,24 @@ async fn a_canary_secret_appears_in_no_output() {
     let addr = fake.spawn().await.unwrap();
     let dir = TestDir::new();
     let audit_path = dir.path("audit.jsonl");
+    // An OTLP receiver that keeps every export's raw bytes: protobuf stores
+    // strings as plain UTF-8, so a byte search covers the whole payload.
+    let shipped = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (sink, wake) = (shipped.clone(), arrived.clone());
+    let collector = spawn_upstream(move |req: Request<hyper::body::Incoming>| {
+        let (sink, wake) = (sink.clone(), wake.clone());
+        async move {
+            use http_body_util::BodyExt;
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            sink.lock().unwrap().extend_from_slice(&body);
+            wake.notify_waiters();
+            http::Response::new(upstream_body(""))
+        }
+    })
+    .await;
     let audit = format!(
-        "[audit]\nsinks = [\"file\", \"stdout\"]\npath = {:?}\ndurability = \"fsync\"\n",
+        "[audit]\nsinks = [\"file\", \"stdout\", \"otlp\"]\npath = {:?}\notlp_endpoint = \"http://{collector}\"\ndurability = \"fsync\"\n",
         audit_path.display().to_string()
     );
     let path = dir.config(&format!("http://{addr}"), &audit);
@@ -374,10 +390,27 @@ async fn a_canary_secret_appears_in_no_output() {
             String::from_utf8_lossy(&body)
         ));
     }
+    let shipped_responses = |bytes: &[u8]| {
+        String::from_utf8_lossy(bytes)
+            .matches("\"stage\":\"response\"")
+            .count()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let notified = arrived.notified();
+            if shipped_responses(&shipped.lock().unwrap()) >= 8 {
+                return;
+            }
+            notified.await;
+        }
+    })
+    .await
+    .expect("all 8 response records were shipped");
     gw.signal("TERM");
     assert!(gw.child.wait().await.unwrap().success());
     let output = gw.collect_output().await;
     let trail = std::fs::read_to_string(&audit_path).unwrap();
+    let otlp = String::from_utf8_lossy(&shipped.lock().unwrap()).into_owned();
     assert_eq!(
         trail
             .lines()
@@ -390,6 +423,7 @@ async fn a_canary_secret_appears_in_no_output() {
         ("responses", &responses),
         ("stdout and stderr", &output),
         ("audit file", &trail),
+        ("OTLP export", &otlp),
     ] {
         for secret in [CANARY, PARTNER_KEY, token()] {
             assert!(
