@@ -65,6 +65,15 @@ where
     }
 }
 
+/// Takes the inner service that was driven to readiness, leaving a clone in
+/// its place, for a future that calls it later. Calling the clone instead
+/// would skip its readiness (see tower's note on cloning inner services:
+/// <https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services>).
+pub fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
 /// A step that runs before the inner service: it yields the request to
 /// forward, or the response to answer with instead.
 pub type Prepare = BoxFuture<'static, Result<Request<GatewayBody>, Response<GatewayBody>>>;

@@ -42,7 +42,7 @@ use tower::{Layer, Service};
 
 use crate::body::{full, BoxError, GatewayBody};
 use crate::error::GatewayError;
-use crate::future::{ResponseFuture, ThenCall};
+use crate::future::{take_ready, ResponseFuture, ThenCall};
 use crate::notes::BodyNote;
 use crate::routes::RouteMatch;
 
@@ -515,10 +515,7 @@ where
         if !is_json_content_type(req.headers()) {
             return ResponseFuture::early(GatewayError::UnsupportedMediaType.to_response());
         }
-        // The inner service moves into the future: keep the readied one
-        // (https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services).
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         ResponseFuture::inner(Either::Right(ThenCall::new(
             Box::pin(read_and_check(req, schema)),
             inner,

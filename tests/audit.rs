@@ -610,7 +610,7 @@ async fn sighup_reopens_the_audit_file_for_logrotate() {
     let path = dir.config(&format!("http://{addr}"), "");
     let mut gw = Binary::serve(&path, &[]).await;
     let c = client();
-    send(
+    let (parts, _) = send(
         &c,
         request(
             Method::PUT,
@@ -621,11 +621,12 @@ async fn sighup_reopens_the_audit_file_for_logrotate() {
         ),
     )
     .await;
+    assert_eq!(parts.status, 200);
     let rotated = dir.path("audit.jsonl.1");
     std::fs::rename(&audit_path, &rotated).unwrap();
     gw.signal("HUP");
     gw.wait_for_line("audit file reopened").await;
-    send(
+    let (after, _) = send(
         &c,
         request(
             Method::PUT,
@@ -636,6 +637,7 @@ async fn sighup_reopens_the_audit_file_for_logrotate() {
         ),
     )
     .await;
+    assert_eq!(after.status, 200);
     gw.signal("TERM");
     assert!(gw.child.wait().await.unwrap().success());
     let ids = |p: &std::path::Path| -> HashSet<String> {
@@ -644,6 +646,17 @@ async fn sighup_reopens_the_audit_file_for_logrotate() {
             .map(|r| r["request_id"].as_str().unwrap().to_owned())
             .collect()
     };
-    assert!(ids(&rotated).contains("before") && !ids(&rotated).contains("after"));
-    assert_eq!(ids(&audit_path), HashSet::from(["after".to_owned()]));
+    let (old_file, new_file) = (ids(&rotated), ids(&audit_path));
+    assert!(
+        old_file.contains("before"),
+        "rotated: {old_file:?}, new: {new_file:?}"
+    );
+    assert!(
+        !old_file.contains("after"),
+        "rotated: {old_file:?}, new: {new_file:?}"
+    );
+    assert!(
+        new_file.contains("after"),
+        "rotated: {old_file:?}, new: {new_file:?}"
+    );
 }

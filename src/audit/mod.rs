@@ -41,7 +41,7 @@ use crate::body::GatewayBody;
 use crate::config::{ConfigProblem, SecretSourceConfig};
 use crate::credentials::{read_secret, CredentialSource};
 use crate::error::{ErrorKey, GatewayError};
-use crate::future::{ResponseFuture, ThenCall};
+use crate::future::{take_ready, ResponseFuture, ThenCall};
 use crate::notes::RequestNotes;
 use crate::server::ClientAddr;
 use record::{RequestInfo, SharedInfo};
@@ -601,8 +601,7 @@ where
         let Some(done) = done else {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         };
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         let prepare = Box::pin(async move {
             let durable = done.await.unwrap_or(false);
             if durable || !reject {

@@ -339,11 +339,7 @@ where
                 ResponseFuture::early(refusal(VerifyError::Refused(reason)))
             }
             Err(VerifyError::UnknownKid) => {
-                // The inner service must move into the future; take the one
-                // that was driven to readiness and leave a clone behind (see
-                // https://docs.rs/tower/latest/tower/trait.Service.html#be-careful-when-cloning-inner-services).
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let mut inner = crate::future::take_ready(&mut self.inner);
                 let auth = self.auth.clone();
                 ResponseFuture::inner(Either::Right(Box::pin(async move {
                     auth.keys.refetch_for_unknown_kid().await;
