@@ -159,6 +159,15 @@ impl Credential {
     }
 }
 
+/// Whether `name` is a plausible environment variable name.
+fn is_env_var_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Reads a secret from `source`, trimmed of surrounding whitespace.
 ///
 /// Errors name the source, never the value.
@@ -191,7 +200,12 @@ impl CredentialSource {
         file: Option<&PathBuf>,
     ) -> Result<Self, ConfigProblem> {
         match (env, file) {
-            (Some(var), None) if !var.is_empty() => Ok(Self::Env(var.clone())),
+            // Not echoed: a pasted secret must not end up in an error.
+            (Some(var), None) if !is_env_var_name(var) => Err(ConfigProblem::new(
+                format!("{key}.env"),
+                "must be the name of an environment variable ([A-Za-z_][A-Za-z0-9_]*), not the secret itself",
+            )),
+            (Some(var), None) => Ok(Self::Env(var.clone())),
             (None, Some(path)) => Ok(Self::File(path.clone())),
             (Some(_), Some(_)) => Err(ConfigProblem::new(
                 key,

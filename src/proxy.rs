@@ -180,12 +180,26 @@ fn connector(
         .wrap_connector(http)
 }
 
+/// Whether a URL's host is a loopback IP literal.
+pub fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        _ => false,
+    }
+}
+
 /// Parses and checks `upstream.url` into scheme, authority and base path.
 fn parse_url(raw: &str) -> Result<(Scheme, Authority, String), String> {
     let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
     let scheme = match url.scheme() {
         "https" => Scheme::HTTPS,
-        "http" => Scheme::HTTP,
+        "http" => {
+            if !is_loopback_host(&url) {
+                tracing::warn!(url = raw, "upstream.url is plain http to a non-loopback host: the partner key travels unencrypted");
+            }
+            Scheme::HTTP
+        }
         other => {
             return Err(format!(
                 "scheme {other:?} is not supported; use https or http"

@@ -90,6 +90,10 @@ pub enum PathError {
     /// `%2F`, `%5C`, `%2E`, `%25`, `%3F`, `%23`, `%3B` or an encoded control byte.
     #[error("ambiguous percent-encoding in path")]
     EncodedDelimiter,
+    /// A percent-encoded letter, digit, `-`, `_` or `~`, which would route
+    /// differently from the plain character it means.
+    #[error("percent-encoded unreserved character in path")]
+    EncodedUnreserved,
     /// `%` not followed by two hex digits.
     #[error("malformed percent-encoding in path")]
     BadPercent,
@@ -136,6 +140,12 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
                     || decoded.is_ascii_control()
                 {
                     return Err(PathError::EncodedDelimiter);
+                }
+                // An encoded letter, digit, '-', '_' or '~' means the same as
+                // the plain one to the upstream (RFC 3986 §2.3) but would not
+                // match the same route here.
+                if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'_' | b'~') {
+                    return Err(PathError::EncodedUnreserved);
                 }
                 i += 2;
             }
@@ -720,6 +730,8 @@ mod tests {
             ("/api/organizations%00", PathError::EncodedDelimiter),
             ("/api/organizations%zz", PathError::BadPercent),
             ("/api/organizations%2", PathError::BadPercent),
+            ("/api/org%61nizations", PathError::EncodedUnreserved),
+            ("/api/organizations%2D1", PathError::EncodedUnreserved),
             ("/api/./organizations", PathError::DotSegment),
             ("/api/../api/organizations", PathError::DotSegment),
             ("/api//organizations", PathError::EmptySegment),
@@ -738,6 +750,6 @@ mod tests {
             check_path(&format!("/{}", "a".repeat(2048))),
             Err(PathError::TooLong)
         );
-        assert_eq!(check_path("/api/organizations/a%20b~c.d"), Ok(()));
+        assert_eq!(check_path("/api/organizations/a%20b~c.d%C3%A9"), Ok(()));
     }
 }

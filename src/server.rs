@@ -214,6 +214,7 @@ impl Gateway {
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
         let permits = Arc::new(Semaphore::new(server.max_connections));
+        let shed_permits = Arc::new(Semaphore::new(MAX_SHED_CONNECTIONS));
 
         tracing::info!(listen = %listener.local_addr()?, "gateway listening");
         tokio::pin!(shutdown);
@@ -231,11 +232,20 @@ impl Gateway {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let io = TokioIo::new(stream);
             let builder = builder.clone();
+            let header_timeout = server.header_timeout;
             let Ok(permit) = permits.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, "connection limit reached; shedding");
-                tokio::spawn(shed(io, builder));
+                // Shedding is bounded too: past its own cap, close at once.
+                match shed_permits.clone().try_acquire_owned() {
+                    Ok(shed_permit) => {
+                        tracing::warn!(%peer, "connection limit reached; shedding");
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(header_timeout, shed(stream)).await;
+                            drop(shed_permit);
+                        });
+                    }
+                    Err(_) => tracing::warn!(%peer, "connection limit reached; closing"),
+                }
                 continue;
             };
             let svc = ServiceBuilder::new()
@@ -246,7 +256,18 @@ impl Gateway {
                 .service(stack.clone());
             let watch = graceful.watcher();
             tokio::spawn(async move {
-                let conn = builder.serve_connection(io, TowerToHyperService::new(svc));
+                // A connection that sends nothing must not hold a permit:
+                // HTTP version detection itself has no timeout.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        tracing::debug!(%peer, "connection sent nothing within server.header_timeout");
+                        return;
+                    }
+                }
+                let conn =
+                    builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
                 if let Err(error) = watch.watch(conn).await {
                     tracing::debug!(%peer, %error, "connection ended with an error");
                 }
@@ -282,7 +303,9 @@ impl Gateway {
 }
 
 /// Answers one request on an over-limit connection with 503, then closes it.
-async fn shed(io: TokioIo<tokio::net::TcpStream>, builder: Arc<auto::Builder<TokioExecutor>>) {
+/// Answers one request on an over-limit connection with 503, then closes it
+/// (HTTP/1 only, so `Connection: close` holds; bounded by the caller).
+async fn shed(stream: tokio::net::TcpStream) {
     let svc = hyper::service::service_fn(|_req: Request<Incoming>| async {
         let mut response: Response<GatewayBody> = GatewayError::Overloaded.to_response();
         response.headers_mut().insert(
@@ -291,8 +314,14 @@ async fn shed(io: TokioIo<tokio::net::TcpStream>, builder: Arc<auto::Builder<Tok
         );
         Ok::<_, std::convert::Infallible>(response)
     });
-    let _ = builder.serve_connection(io, svc).await;
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
+
+/// The most over-limit connections being answered 503 at once.
+const MAX_SHED_CONNECTIONS: usize = 1024;
 
 /// The most connections `server.max_connections` may allow.
 const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;

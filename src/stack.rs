@@ -63,7 +63,15 @@ where
     B::Error: Into<BoxError>,
 {
     ServiceBuilder::new()
-        // Outermost: every request gets an id (the client's `x-request-id`, or
+        // First of all, before any layer reads or sets a header: hop-by-hop
+        // headers, and every header the client names in `Connection`, go.
+        // Done later, a client could name a header the gateway injects
+        // (`Connection: authorization`) and have it stripped after injection.
+        .map_request(|mut req: Request<B>| {
+            crate::proxy::remove_hop_by_hop(req.headers_mut());
+            req
+        })
+        // Every request gets an id (the client's `x-request-id`, or
         // a new UUID) before anything can refuse it, so refusals carry one too.
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         // Copies the id onto every response. It wraps Rescue so that the JSON

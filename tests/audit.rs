@@ -660,3 +660,51 @@ async fn sighup_reopens_the_audit_file_for_logrotate() {
         "rotated: {old_file:?}, new: {new_file:?}"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_disconnects_mid_request_still_leaves_a_response_record() {
+    use tokio::io::AsyncWriteExt;
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (a, r) = (arrived.clone(), release.clone());
+    let upstream = spawn_upstream(move |_req| {
+        let (a, r) = (a.clone(), r.clone());
+        async move {
+            a.notify_one();
+            r.notified().await;
+            http::Response::new(upstream_body(r#"{"data":{}}"#))
+        }
+    })
+    .await;
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let path = dir.config(&format!("http://{upstream}"), "");
+    let gw = start_gateway_from(dir, &path).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let body = r#"{"name":"ab"}"#;
+    let request = format!(
+        "PUT /api/organizations/{ORG} HTTP/1.1\r\nHost: g\r\nAuthorization: {}\r\nX-Request-Id: gone\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        bearer(),
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    arrived.notified().await;
+    drop(stream); // the client goes away while the upstream works
+    release.notify_one();
+    let _dir = gw.shutdown().await;
+    let records = read_audit(&audit_path);
+    let stages: Vec<_> = records
+        .iter()
+        .filter(|r| r["request_id"] == "gone")
+        .map(|r| r["stage"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stages, ["request", "response"], "{records:#?}");
+    let response = records
+        .iter()
+        .find(|r| r["request_id"] == "gone" && r["stage"] == "response")
+        .unwrap();
+    assert!(
+        response["outcome"] == "cancelled" || response["status"] == 200,
+        "{response}"
+    );
+}

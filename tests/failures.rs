@@ -207,3 +207,25 @@ async fn connections_past_max_connections_get_503_overloaded() {
     assert_eq!(parts.status, 200);
     assert_eq!(fake.requests().len(), 2);
 }
+
+#[tokio::test]
+async fn a_silent_connection_is_cut_and_releases_its_slot() {
+    use tokio::io::AsyncReadExt;
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(
+        &format!("http://{addr}"),
+        "[server]\nmax_connections = 1\nheader_timeout = \"300ms\"",
+    )
+    .await;
+    let mut silent = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // The gateway closes it after header_timeout: reading sees EOF.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), silent.read(&mut buf))
+        .await
+        .expect("the silent connection was never closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    let (parts, _) = send(&client(), get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.status, 200, "the slot was released");
+}

@@ -331,3 +331,34 @@ async fn the_callers_request_id_wins_over_the_upstreams() {
     assert_eq!(parts.headers["x-request-id"], "caller-req-7");
     assert_eq!(parts.headers["x-upstream-request-id"], "polytomic-side-id");
 }
+
+#[tokio::test]
+async fn a_client_cannot_name_injected_headers_as_hop_by_hop() {
+    let (fake, gw) = fake_and_gateway("").await;
+    // Naming the version header hop-by-hop removes the client's copy only;
+    // the gateway's own is set afterwards.
+    let req = Request::get(gw.url("/api/organization"))
+        .header("authorization", bearer())
+        .header("connection", "x-polytomic-version, content-type")
+        .header("x-polytomic-version", "2024-02-08")
+        .body(Full::default())
+        .unwrap();
+    let (parts, _) = send(&client(), req).await;
+    assert_eq!(parts.status, 200);
+    let seen = &fake.requests()[0];
+    assert_eq!(
+        seen.headers["authorization"],
+        format!("Bearer {PARTNER_KEY}")
+    );
+    assert_eq!(seen.headers["x-polytomic-version"], "2025-09-18");
+    // Naming Authorization drops the caller's own token: nothing to
+    // authenticate, so the request is refused, never sent without a check.
+    let req = Request::get(gw.url("/api/organization"))
+        .header("authorization", bearer())
+        .header("connection", "authorization")
+        .body(Full::default())
+        .unwrap();
+    let (parts, body) = send(&client(), req).await;
+    assert_gateway_error(&parts, &body, 401, "unauthenticated");
+    assert_eq!(fake.requests().len(), 1);
+}

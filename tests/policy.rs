@@ -245,6 +245,8 @@ async fn path_bypass_attempts_are_refused_and_never_forwarded() {
         format!("/api/organizations/{}", &id[..35]),
         "/api/organizations/%".into(),
         "/api/organizations/%zz".into(),
+        "/api/org%61nizations".into(),
+        format!("/api/organizations/{}%2D{}", &id[..8], &id[9..]),
     ]
     .into_iter()
     .map(String::into_bytes)

@@ -488,6 +488,24 @@ struct Pending {
     notes: RequestNotes,
 }
 
+impl Pending {
+    /// Queues the `response` record (never waited for).
+    fn write(self, status: Option<u16>, error_key: Option<&'static str>) {
+        let notes = self.notes.snapshot();
+        let body = self.audit.redacted_body(&notes);
+        let line = record::line(
+            "response",
+            &self.info,
+            &notes,
+            status,
+            error_key,
+            body,
+            Some(self.info.started.elapsed()),
+        );
+        let _ = self.audit.submit(line, false);
+    }
+}
+
 pin_project! {
     /// Response future of [`AuditService`].
     pub struct AuditFuture<F> {
@@ -495,7 +513,21 @@ pin_project! {
         future: F,
         pending: Option<Pending>,
     }
+
+    impl<F> PinnedDrop for AuditFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before a response: the client went away (or the
+            // connection was cut). The request may have been forwarded, so
+            // it still gets its `response` record.
+            if let Some(pending) = this.project().pending.take() {
+                pending.write(None, Some(CLIENT_DISCONNECTED));
+            }
+        }
+    }
 }
+
+/// The `error_key` of a request whose client went away before the response.
+pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
 
 impl<F, E> Future for AuditFuture<F>
 where
@@ -507,19 +539,8 @@ where
         let this = self.project();
         let result = ready!(this.future.poll(cx));
         if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
-            let notes = pending.notes.snapshot();
             let error_key = response.extensions().get::<ErrorKey>().map(|k| k.0);
-            let body = pending.audit.redacted_body(&notes);
-            let line = record::line(
-                "response",
-                &pending.info,
-                &notes,
-                Some(response.status().as_u16()),
-                error_key,
-                body,
-                Some(pending.info.started.elapsed()),
-            );
-            let _ = pending.audit.submit(line, false);
+            pending.write(Some(response.status().as_u16()), error_key);
         }
         Poll::Ready(result)
     }

@@ -75,6 +75,7 @@ pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'
         None if decision.is_some_and(|d| !d.allowed) => "shadow_denied",
         None => "allowed",
         Some("unauthenticated") => "unauthenticated",
+        Some("client_disconnected") => "cancelled",
         Some("forbidden") => "denied",
         Some("no_route" | "method_not_allowed") => "no_route",
         Some(

@@ -39,6 +39,8 @@ use crate::auth::JwksConnector;
 
 /// The most spool data sent in one export request.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
+/// The longest record shipped whole.
+const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 /// Longest wait between retries while the collector is down.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long one export may take.
@@ -139,6 +141,12 @@ pub fn logs_endpoint(raw: &str) -> Result<Uri, String> {
             "scheme {:?} is not supported; use http or https",
             url.scheme()
         ));
+    }
+    if url.scheme() == "http" && !crate::proxy::is_loopback_host(&url) {
+        tracing::warn!(
+            endpoint = raw,
+            "audit.otlp_endpoint is plain http to a non-loopback host: records travel unencrypted"
+        );
     }
     let base = raw.trim_end_matches('/');
     let full = if base.ends_with("/v1/logs") {
@@ -249,14 +257,26 @@ impl Shipper {
             return Ok(None);
         }
         self.update_unshipped_len(len, offset);
-        let want = ((len - offset) as usize).min(MAX_BATCH_BYTES);
+        let available = (len - offset) as usize;
+        let mut want = available.min(MAX_BATCH_BYTES);
         let mut buffer = vec![0u8; want];
         file.seek(SeekFrom::Start(offset))?;
         file.read_exact(&mut buffer)?;
-        // Only whole lines; a line longer than a batch is sent alone.
+        if !buffer.contains(&b'\n') && available > want {
+            // One record longer than a batch: read on to its end, so it is
+            // shipped whole (records are bounded by the body limit).
+            want = available.min(MAX_RECORD_BYTES);
+            buffer.resize(want, 0);
+            file.seek(SeekFrom::Start(offset))?;
+            file.read_exact(&mut buffer)?;
+        }
+        // Only whole lines.
         let end = match buffer.iter().rposition(|b| *b == b'\n') {
             Some(i) => i + 1,
-            None if want == MAX_BATCH_BYTES => want,
+            None if want == MAX_RECORD_BYTES => {
+                tracing::error!("an audit record over 16 MiB is shipped in pieces");
+                want
+            }
             None => return Ok(None), // a line still being written
         };
         buffer.truncate(end);

@@ -148,7 +148,18 @@ impl Writer {
             }
             if file.is_none() {
                 match open_append(path) {
-                    Ok(opened) => *file = Some(opened),
+                    Ok(opened) => {
+                        if self.durability == Durability::Fsync {
+                            // A new file's directory entry must be durable too.
+                            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+                            if let Some(Err(error)) =
+                                dir.map(|d| File::open(d).and_then(|d| d.sync_all()))
+                            {
+                                tracing::warn!(%error, "cannot fsync the audit file's directory");
+                            }
+                        }
+                        *file = Some(opened);
+                    }
                     Err(error) => {
                         tracing::error!(path = %path.display(), %error, "cannot open the audit file");
                         ok = false;
@@ -156,12 +167,18 @@ impl Writer {
                 }
             }
             if let Some(f) = file.as_mut() {
+                let before = f.metadata().map(|m| m.len());
                 let written = f.write_all(batch).and_then(|()| match self.durability {
                     Durability::Fsync => f.sync_data(),
                     Durability::Flush | Durability::None => Ok(()),
                 });
                 if let Err(error) = written {
                     tracing::error!(path = %path.display(), %error, "cannot write the audit file");
+                    // Cut a partial batch off, so the next one starts on a
+                    // fresh line and every acknowledged record parses.
+                    if let Ok(len) = before {
+                        let _ = f.set_len(len);
+                    }
                     // Reopen next time: the file may have been replaced or fixed.
                     *file = None;
                     ok = false;

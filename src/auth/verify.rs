@@ -19,6 +19,11 @@ use super::keys::{KeyChoiceError, KeySet};
 use super::Principal;
 use crate::config::{AuthConfig, ConfigProblem};
 
+/// The largest `auth.max_token_bytes`.
+pub const MAX_TOKEN_BYTES_LIMIT: usize = 1024 * 1024;
+/// The largest `auth.leeway`.
+pub const MAX_LEEWAY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// The algorithms `auth.algorithms` may list.
 pub const SUPPORTED_ALGORITHMS: [&str; 10] = [
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
@@ -215,10 +220,16 @@ impl Verifier {
                 problems.push(ConfigProblem::new(key, "must not be empty"));
             }
         }
-        if config.max_token_bytes == 0 {
+        if config.max_token_bytes == 0 || config.max_token_bytes > MAX_TOKEN_BYTES_LIMIT {
             problems.push(ConfigProblem::new(
                 "auth.max_token_bytes",
-                "must be greater than zero",
+                format!("must be from 1 to {MAX_TOKEN_BYTES_LIMIT}"),
+            ));
+        }
+        if config.leeway > MAX_LEEWAY {
+            problems.push(ConfigProblem::new(
+                "auth.leeway",
+                "must be at most 5m: a larger skew accepts expired tokens for that long",
             ));
         }
         if !problems.is_empty() {
