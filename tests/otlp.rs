@@ -331,3 +331,63 @@ async fn a_full_spool_refuses_writes_in_reject_mode() {
         200
     );
 }
+
+#[tokio::test]
+async fn a_full_spool_stays_full_across_rotation() {
+    let collector = Collector::start().await;
+    collector.down.store(true, Ordering::SeqCst);
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{addr}"),
+        &collector.audit_section(&dir, "spool_max_bytes = 2000"),
+    );
+    let mut gw = Binary::serve(&path, &[]).await;
+    let c = client();
+    let update = gw.url(&format!("/api/organizations/{CURRENT_ORG_ID}"));
+    // A write waits for its request record, which is counted as it is
+    // written, so writes fill the spool deterministically until one is refused.
+    let mut accepted = 0;
+    loop {
+        let (parts, body) = send(
+            &c,
+            tagged(Method::PUT, &update, &format!("fill-{accepted}")),
+        )
+        .await;
+        if parts.status == 503 {
+            assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+            break;
+        }
+        assert_eq!(parts.status, 200);
+        accepted += 1;
+        assert!(accepted < 20, "the spool limit never applied");
+    }
+    let forwarded = fake.requests().len();
+    assert_eq!(forwarded, accepted);
+    // Rotating the file does not ship anything: the unshipped data is still
+    // there, in the old file, so writes stay refused.
+    std::fs::rename(dir.path("spool.jsonl"), dir.path("spool.jsonl.1")).unwrap();
+    gw.signal("HUP");
+    gw.wait_for_line("audit file reopened").await;
+    send(
+        &c,
+        tagged(
+            Method::GET,
+            &gw.url("/api/organizations"),
+            "after-rotation-read",
+        ),
+    )
+    .await;
+    let (parts, body) = send(&c, tagged(Method::PUT, &update, "after-rotation")).await;
+    assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+    assert_eq!(
+        fake.requests()
+            .iter()
+            .filter(|r| r.method == Method::PUT)
+            .count(),
+        forwarded
+    );
+    gw.signal("TERM");
+    assert!(gw.child.wait().await.unwrap().success());
+}

@@ -59,17 +59,22 @@ pub struct ShipState {
     pub shipped_records: AtomicU64,
     /// Woken when the writer appended records.
     pub appended: Notify,
-    /// The acknowledged offset in the current spool file.
-    pub acked: AtomicU64,
+    /// Bytes that entered the spool: the backlog found at startup plus every
+    /// batch written since. Running totals, unlike file lengths and offsets,
+    /// stay comparable across rotations.
+    pub appended_bytes: AtomicU64,
+    /// Bytes the collector acknowledged since startup.
+    pub acked_bytes: AtomicU64,
     /// `audit.spool_max_bytes`.
     pub spool_max_bytes: AtomicU64,
 }
 
 impl ShipState {
-    /// Records the spool's length (after a write, or a shipped batch) and
-    /// whether the unshipped part is over `spool_max_bytes`.
-    pub fn note_length(&self, len: u64) {
-        let unshipped = len.saturating_sub(self.acked.load(Ordering::Acquire));
+    /// Recomputes the unshipped size and whether it is over
+    /// `spool_max_bytes`; called after every write and every acknowledgement.
+    pub fn recompute(&self) {
+        let appended = self.appended_bytes.load(Ordering::Acquire);
+        let unshipped = appended.saturating_sub(self.acked_bytes.load(Ordering::Acquire));
         self.unshipped.store(unshipped, Ordering::Relaxed);
         let full = unshipped > self.spool_max_bytes.load(Ordering::Relaxed);
         if self.full.swap(full, Ordering::AcqRel) != full {
@@ -189,7 +194,7 @@ impl Shipper {
         loop {
             let batch = self.next_batch(&mut open, &mut position);
             match batch {
-                Ok(Some((lines, end))) => {
+                Ok(Some((lines, start, end))) => {
                     let count = lines.len() as u64;
                     match self.export(&lines).await {
                         Ok(()) => {
@@ -200,11 +205,13 @@ impl Shipper {
                             let inode = open.as_ref().map_or(0, |(_, ino)| *ino);
                             let now = Position { inode, offset: end };
                             position = Some(now);
-                            self.state.acked.store(end, Ordering::Release);
+                            self.state
+                                .acked_bytes
+                                .fetch_add(end - start, Ordering::AcqRel);
+                            self.state.recompute();
                             if let Err(error) = save_position(&self.offsets, now) {
                                 tracing::error!(%error, "cannot persist the audit shipping offset");
                             }
-                            self.update_unshipped(&open, end);
                             continue;
                         }
                         Err(error) => {
@@ -226,13 +233,14 @@ impl Shipper {
         }
     }
 
-    /// Reads the next batch of whole lines after the acknowledged offset;
-    /// switches to a rotated file once the old one is shipped to its end.
+    /// Reads the next batch of whole lines after the acknowledged offset, as
+    /// (lines, start offset, end offset); switches to a rotated file once the
+    /// old one is shipped to its end.
     fn next_batch(
         &self,
         open: &mut Option<(File, u64)>,
         position: &mut Option<Position>,
-    ) -> std::io::Result<Option<(Vec<Bytes>, u64)>> {
+    ) -> std::io::Result<Option<(Vec<Bytes>, u64, u64)>> {
         let at_path = std::fs::metadata(&self.spool).ok().map(|m| m.ino());
         if open.is_none() {
             let Ok(file) = File::open(&self.spool) else {
@@ -253,10 +261,8 @@ impl Shipper {
                 *open = None;
                 *position = None;
             }
-            self.update_unshipped_len(len, offset);
             return Ok(None);
         }
-        self.update_unshipped_len(len, offset);
         let available = (len - offset) as usize;
         let mut want = available.min(MAX_BATCH_BYTES);
         let mut buffer = vec![0u8; want];
@@ -286,22 +292,7 @@ impl Shipper {
             .filter(|l| !l.is_empty())
             .map(|l| buffer.slice_ref(l))
             .collect();
-        Ok(Some((lines, offset + end as u64)))
-    }
-
-    fn update_unshipped(&self, open: &Option<(File, u64)>, offset: u64) {
-        if let Some(len) = open
-            .as_ref()
-            .and_then(|(f, _)| f.metadata().ok())
-            .map(|m| m.len())
-        {
-            self.update_unshipped_len(len, offset);
-        }
-    }
-
-    fn update_unshipped_len(&self, len: u64, offset: u64) {
-        self.state.acked.store(offset, Ordering::Release);
-        self.state.note_length(len);
+        Ok(Some((lines, offset, offset + end as u64)))
     }
 
     /// Sends one batch; `Ok` only when the collector acknowledged it.

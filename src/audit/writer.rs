@@ -117,14 +117,13 @@ impl Writer {
             }
             healthy = ok;
             if let Some(state) = &self.appended {
-                // The spool's size is known here first; a full spool must
+                // The spool's growth is known here first: a full spool must
                 // refuse writes even while the shipper backs off.
-                if let Some(len) = file
-                    .as_ref()
-                    .and_then(|f| f.metadata().ok())
-                    .map(|m| m.len())
-                {
-                    state.note_length(len);
+                if ok {
+                    state
+                        .appended_bytes
+                        .fetch_add(buffer.len() as u64, Ordering::AcqRel);
+                    state.recompute();
                 }
                 state.appended.notify_one();
             }
