@@ -37,6 +37,7 @@
 //! - [`notes`]: what the layers learn about a request, for audit and telemetry.
 //! - [`fake`]: an in-memory fake Polytomic API for the demo and the tests.
 //! - [`demo`]: `polytomic-gateway demo`.
+//! - [`telemetry`]: logging setup.
 //! - [`body`], [`future`]: the shared body type and early-exit future.
 
 #![forbid(unsafe_code)]

@@ -315,6 +315,8 @@ impl Service<Request<GatewayBody>> for Proxy {
                 GatewayError::Internal
             })?;
             let headers = &mut parts.headers;
+            // The gateway's stack already stripped these first thing; this
+            // keeps `Proxy` safe when a library user runs it on its own.
             remove_hop_by_hop(headers);
             headers.remove(header::HOST);
             if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {

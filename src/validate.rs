@@ -19,8 +19,9 @@
 //!    never containing the submitted value.
 //!
 //! A valid body goes upstream byte for byte with a correct `Content-Length`,
-//! and the parsed document is kept in the request extensions
-//! ([`ParsedBody`]) so the audit layer does not parse it again. Routes
+//! and the parsed document is shared, never parsed again: as [`ParsedBody`]
+//! in the request extensions for later layers, and in the request notes for
+//! the audit layer. Routes
 //! without a schema are not buffered: their bodies stream. A `GET`, `HEAD`,
 //! `DELETE` or `OPTIONS` with a body is refused (400) on any path that has a
 //! schema route, so a body never reaches the upstream unvalidated there.
