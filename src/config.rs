@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "GATEWAY_CONFIG";
@@ -40,7 +40,7 @@ pub const ENV_LIST_KEYS: &[&str] = &[
 ];
 
 /// The whole configuration file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     /// The listener and per-request limits.
@@ -67,10 +67,67 @@ pub struct GatewayConfig {
     /// The audit trail.
     #[serde(default)]
     pub audit: crate::audit::AuditConfig,
+    /// Logs, traces and their export.
+    #[serde(default)]
+    pub telemetry: crate::telemetry::TelemetryConfig,
+}
+
+impl GatewayConfig {
+    /// The configuration in force, defaults included, for the startup log.
+    /// Anything that could be a secret is `***`: the credentials and query
+    /// of a URL, and strings under a key naming a secret, password or token.
+    /// (Secrets themselves are never in the file: only where to read them.)
+    pub fn effective(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        mask_secrets(&mut value, None);
+        value
+    }
+}
+
+/// Replaces possibly secret strings in `value` (found under `key`) by `***`.
+fn mask_secrets(value: &mut serde_json::Value, key: Option<&str>) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                mask_secrets(v, Some(k));
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| mask_secrets(v, key)),
+        Value::String(s) => {
+            let secret_key = key.is_some_and(|k| {
+                let k = k.to_ascii_lowercase();
+                ["secret", "password", "token", "authorization"]
+                    .iter()
+                    .any(|word| k.contains(word))
+            });
+            if secret_key {
+                *s = "***".into();
+            } else if let Ok(mut url) = url::Url::parse(s) {
+                let masked = url.has_host()
+                    && (!url.username().is_empty()
+                        || url.password().is_some()
+                        || url.query().is_some());
+                if masked {
+                    if !url.username().is_empty() {
+                        let _ = url.set_username("***");
+                    }
+                    if url.password().is_some() {
+                        let _ = url.set_password(Some("***"));
+                    }
+                    if url.query().is_some() {
+                        url.set_query(Some("***"));
+                    }
+                    *s = url.to_string();
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// `[auth]`: verifying the caller's internal JWT.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// `iss` must be one of these.
@@ -137,7 +194,7 @@ fn default_token_cache_size() -> usize {
 
 /// Where a secret that is not a credential comes from: `{ env = "VAR" }` or
 /// `{ file = "path" }`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecretSourceConfig {
     /// An environment variable holding the secret.
@@ -147,7 +204,7 @@ pub struct SecretSourceConfig {
 }
 
 /// `[server]`: the listener.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Main listener; it also serves `/healthz` and `/readyz`.
@@ -181,7 +238,7 @@ impl Default for ServerConfig {
 }
 
 /// `[upstream]`: the Polytomic API.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// Scheme, host, optional port and optional base path.
@@ -208,7 +265,7 @@ impl Default for UpstreamConfig {
 }
 
 /// `[polytomic]`: the `X-Polytomic-Version` header sent upstream.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolytomicConfig {
     /// The version sent upstream (a date, `YYYY-MM-DD`).
@@ -230,7 +287,7 @@ impl Default for PolytomicConfig {
 }
 
 /// How the gateway treats a client's `X-Polytomic-Version` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionMode {
     /// Always replace the client's value with `version`.
@@ -240,7 +297,7 @@ pub enum VersionMode {
 }
 
 /// `[credentials.NAME]`: where a secret injected upstream comes from.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     /// Read the secret from this environment variable, once at startup.
@@ -253,7 +310,7 @@ pub struct CredentialConfig {
 }
 
 /// The `Authorization` scheme a credential is sent with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CredentialScheme {
     /// `Authorization: Bearer <secret>` (Polytomic partner and API keys).

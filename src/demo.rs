@@ -58,7 +58,11 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
 
+    let telemetry = crate::telemetry::start(&config)
+        .map_err(|problems| config::ConfigErrors::new(config_path, problems))?;
+    let grace = config.server.shutdown_grace;
     let gateway = Gateway::build(config, config_path)?;
+    gateway.metrics().watch_spans(telemetry.span_stats());
     let shutdown = shutdown_signal()?;
     let reload = reload_on_sighup(gateway.credentials().clone(), gateway.audit().clone())?;
     let listener = tokio::net::TcpListener::bind(gateway.listen_addr())
@@ -99,6 +103,10 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
     drop(out);
 
     tokio::spawn(reload);
-    gateway.serve(listener, shutdown).await?;
-    Ok(())
+    let (shutdown, signaled) = crate::server::timed(shutdown);
+    let served = gateway.serve(listener, shutdown).await;
+    telemetry
+        .shutdown(crate::server::remaining(grace, &signaled))
+        .await;
+    Ok(served?)
 }

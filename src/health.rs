@@ -1,8 +1,11 @@
-//! `/healthz` and `/readyz`, answered by the gateway itself, never forwarded.
+//! `/healthz`, `/readyz` and `/metrics`, answered by the gateway itself,
+//! never forwarded.
 //!
 //! - `GET /healthz` is 200 while the process runs (liveness).
 //! - `GET /readyz` is 200 once everything the gateway needs is loaded and
 //!   readable, and 503 while any [`Readiness`] check fails or while draining.
+//! - `GET /metrics` is the Prometheus text format, when the layer was given
+//!   [`Metrics`] (see [`HealthLayer::with_metrics`]).
 //!
 //! While draining, every other request is refused with 503 `draining` and
 //! `Connection: close`, so clients move to another instance.
@@ -17,6 +20,7 @@ use tower::{Layer, Service};
 use crate::body::{full, GatewayBody};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
+use crate::metrics::{Metrics, METRICS_PATH};
 
 /// The liveness path.
 pub const HEALTHZ: &str = "/healthz";
@@ -75,12 +79,22 @@ impl Readiness {
 #[derive(Debug, Clone)]
 pub struct HealthLayer {
     readiness: Readiness,
+    metrics: Option<Metrics>,
 }
 
 impl HealthLayer {
     /// A layer reporting `readiness`.
     pub fn new(readiness: Readiness) -> Self {
-        Self { readiness }
+        Self {
+            readiness,
+            metrics: None,
+        }
+    }
+
+    /// Also serves `metrics` on `GET /metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 }
 
@@ -91,6 +105,7 @@ impl<S> Layer<S> for HealthLayer {
         Health {
             inner,
             readiness: self.readiness.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -100,6 +115,7 @@ impl<S> Layer<S> for HealthLayer {
 pub struct Health<S> {
     inner: S,
     readiness: Readiness,
+    metrics: Option<Metrics>,
 }
 
 fn status_response(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
@@ -126,13 +142,22 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let path = req.uri().path();
-        if path == HEALTHZ || path == READYZ {
+        let metrics = self.metrics.as_ref().filter(|_| path == METRICS_PATH);
+        if path == HEALTHZ || path == READYZ || metrics.is_some() {
             if req.method() != Method::GET && req.method() != Method::HEAD {
                 let refusal = GatewayError::MethodNotAllowed {
                     method: req.method().clone(),
                     allow: HeaderValue::from_static("GET, HEAD"),
                 };
                 return ResponseFuture::early(refusal.to_response());
+            }
+            if let Some(metrics) = metrics {
+                let mut response = Response::new(full(metrics.encode()));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                );
+                return ResponseFuture::early(response);
             }
             if path == HEALTHZ {
                 return ResponseFuture::early(status_response(

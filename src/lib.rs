@@ -37,7 +37,9 @@
 //! - [`notes`]: what the layers learn about a request, for audit and telemetry.
 //! - [`fake`]: an in-memory fake Polytomic API for the demo and the tests.
 //! - [`demo`]: `polytomic-gateway demo`.
-//! - [`telemetry`]: logging setup.
+//! - [`telemetry`]: logs, traces (OpenTelemetry, OTLP export) and
+//!   [`telemetry::TelemetryLayer`], the server span of every request.
+//! - [`metrics`]: the Prometheus metrics served on `/metrics`.
 //! - [`body`], [`future`]: the shared body type and early-exit future.
 
 #![forbid(unsafe_code)]
@@ -54,6 +56,7 @@ pub mod fake;
 pub mod future;
 pub mod health;
 pub mod limit;
+pub mod metrics;
 pub mod notes;
 pub mod policy;
 pub mod proxy;

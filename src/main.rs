@@ -81,7 +81,13 @@ const EXIT_DENY: u8 = 3;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging();
+    // `serve` and `demo` log as `[telemetry]` says, once the config is read.
+    if !matches!(
+        cli.command,
+        None | Some(Command::Serve | Command::Demo { .. })
+    ) {
+        telemetry::init_logging();
+    }
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config::resolve_path(cli.config)).await,
         Command::Check => check(config::resolve_path(cli.config)).await,
@@ -229,10 +235,20 @@ fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
 }
 
 async fn serve(path: PathBuf) -> ExitCode {
-    let gateway = match build(&path) {
+    let config = match config::load(&path) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let telemetry = match telemetry::start(&config) {
+        Ok(telemetry) => telemetry,
+        Err(problems) => return fail(&config::ConfigErrors::new(&path, problems)),
+    };
+    let grace = config.server.shutdown_grace;
+    let gateway = match Gateway::build(config, &path) {
         Ok(gateway) => gateway,
         Err(e) => return fail(&e),
     };
+    gateway.metrics().watch_spans(telemetry.span_stats());
     // Signal handlers first, so a signal at any later point drains cleanly.
     let (shutdown, reload) = match (
         server::shutdown_signal(),
@@ -246,7 +262,13 @@ async fn serve(path: PathBuf) -> ExitCode {
         Err(e) => return fail(&format!("cannot listen on {}: {e}", gateway.listen_addr())),
     };
     tokio::spawn(reload);
-    match gateway.serve(listener, shutdown).await {
+    let (shutdown, signaled) = server::timed(shutdown);
+    let served = gateway.serve(listener, shutdown).await;
+    // Spans get what is left of the grace period after the drain.
+    telemetry
+        .shutdown(server::remaining(grace, &signaled))
+        .await;
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

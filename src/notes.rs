@@ -1,12 +1,12 @@
 //! What the stack learns about a request, for audit records and telemetry.
 //!
-//! The outermost observing layer (audit) puts a [`RequestNotes`] in the
-//! request extensions. Each layer that learns something records it there: the
+//! The outermost observing layer (telemetry, else audit) puts a
+//! [`RequestNotes`] in the request extensions. Each layer that learns something records it there: the
 //! principal (auth), the route (routing), the decision (policy), the body
 //! (validation), the upstream status (proxy). The notes outlive the request,
 //! so they are complete even when a layer refuses it and nothing further
-//! runs. Without notes in the extensions (a stack without audit) recording is
-//! a no-op.
+//! runs. Without notes in the extensions (a stack without telemetry or audit)
+//! recording is a no-op.
 
 use std::sync::{Arc, Mutex};
 
@@ -60,6 +60,8 @@ pub struct Notes {
     pub body: Option<BodyNote>,
     /// The status Polytomic answered with.
     pub upstream_status: Option<u16>,
+    /// How long Polytomic took to answer (to its response headers).
+    pub upstream_duration: Option<std::time::Duration>,
 }
 
 /// A shared, cheap-to-clone slot for [`Notes`].

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
 use crate::auth::Principal;
@@ -26,7 +26,7 @@ use crate::future::ResponseFuture;
 use crate::routes::{is_uuid, RouteMatch};
 
 /// `[policy]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
     /// `enforce`, or `shadow` (decide and log, but forward anyway).
@@ -38,7 +38,7 @@ pub struct PolicyConfig {
 }
 
 /// Whether denials are enforced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PolicyMode {
     /// Denied requests get 403.
@@ -59,7 +59,7 @@ impl PolicyMode {
 }
 
 /// `[[policy.rules]]`: one grant.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Names the rule in audit records and `policy explain`.
@@ -269,7 +269,20 @@ where
             return ResponseFuture::early(GatewayError::NoRoute.to_response());
         };
         let principal = req.extensions().get::<Principal>();
+        let span = tracing::info_span!(
+            "policy",
+            "gateway.decision" = tracing::field::Empty,
+            "gateway.rule" = tracing::field::Empty,
+        );
+        let _entered = span.enter();
         let decision = self.policy.decide(principal, route);
+        span.record(
+            "gateway.decision",
+            if decision.allowed { "allow" } else { "deny" },
+        );
+        if let Some(rule) = &decision.rule {
+            span.record("gateway.rule", &**rule);
+        }
         crate::notes::record(req.extensions(), |n| n.decision = Some(decision.clone()));
         if !decision.allowed {
             let operation = route.operation.clone();
@@ -287,6 +300,7 @@ where
             }
         }
         req.extensions_mut().insert(decision);
+        drop(_entered);
         ResponseFuture::inner(self.inner.call(req))
     }
 }

@@ -25,8 +25,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry_http::HeaderInjector;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tower::Service;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::body::{boxed, BoxError, GatewayBody};
 use crate::config::{ConfigProblem, UpstreamConfig};
@@ -138,6 +143,17 @@ impl Upstream {
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
         })
+    }
+
+    /// The upstream's port, explicit or implied by the scheme.
+    fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.scheme == Scheme::HTTPS {
+                443
+            } else {
+                80
+            })
     }
 
     /// A new connector with the upstream's trust roots and connect timeout,
@@ -309,45 +325,67 @@ impl Service<Request<GatewayBody>> for Proxy {
         let upstream = self.upstream.clone();
         let (mut parts, body) = req.into_parts();
         let uri = upstream.uri_for(parts.uri.path_and_query());
-        Box::pin(async move {
-            parts.uri = uri.map_err(|e| {
-                tracing::error!(error = %e, "cannot build the upstream URI");
-                GatewayError::Internal
-            })?;
-            let headers = &mut parts.headers;
-            // The gateway's stack already stripped these first thing; this
-            // keeps `Proxy` safe when a library user runs it on its own.
-            remove_hop_by_hop(headers);
-            headers.remove(header::HOST);
-            if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
-                append_forwarded_for(headers, peer.ip());
-            }
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-            // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
-            parts.version = http::Version::HTTP_11;
-            let extensions = parts.extensions.clone();
-            let req = Request::from_parts(parts, body);
-            let sent = upstream.client.request(req);
-            let response = match tokio::time::timeout(upstream.timeout, sent).await {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => return Err(classify(error).into()),
-                Err(_) => {
-                    tracing::warn!(timeout = ?upstream.timeout, "upstream timed out");
-                    return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
+        let span = tracing::info_span!(
+            "upstream",
+            otel.kind = "client",
+            "http.request.method" = crate::metrics::method_label(&parts.method),
+            "server.address" = upstream.authority.host(),
+            "server.port" = upstream.port(),
+            "http.response.status_code" = tracing::field::Empty,
+        );
+        // Polytomic (or any upstream) sees our client span as the parent. The
+        // caller's own `traceparent` was continued by the server span, so
+        // replacing it keeps the trace whole. Without an OpenTelemetry layer
+        // the context is empty, nothing is injected, and the caller's header
+        // passes through.
+        TraceContextPropagator::new()
+            .inject_context(&span.context(), &mut HeaderInjector(&mut parts.headers));
+        let record_span = span.clone();
+        Box::pin(
+            async move {
+                parts.uri = uri.map_err(|e| {
+                    tracing::error!(error = %e, "cannot build the upstream URI");
+                    GatewayError::Internal
+                })?;
+                let headers = &mut parts.headers;
+                // The gateway's stack already stripped these first thing; this
+                // keeps `Proxy` safe when a library user runs it on its own.
+                remove_hop_by_hop(headers);
+                headers.remove(header::HOST);
+                if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
+                    append_forwarded_for(headers, peer.ip());
                 }
-            };
-            let (mut parts, body) = response.into_parts();
-            crate::notes::record(&extensions, |n| {
-                n.upstream_status = Some(parts.status.as_u16())
-            });
-            remove_hop_by_hop(&mut parts.headers);
-            // The caller's request id is returned on the response; the
-            // upstream's own is kept under another name for support cases.
-            if let Some(theirs) = parts.headers.remove(X_REQUEST_ID) {
-                parts.headers.insert(X_UPSTREAM_REQUEST_ID, theirs);
+                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
+                parts.version = http::Version::HTTP_11;
+                let extensions = parts.extensions.clone();
+                let req = Request::from_parts(parts, body);
+                let sent = upstream.client.request(req);
+                let started = std::time::Instant::now();
+                let response = match tokio::time::timeout(upstream.timeout, sent).await {
+                    Ok(Ok(response)) => response,
+                    Ok(Err(error)) => return Err(classify(error).into()),
+                    Err(_) => {
+                        tracing::warn!(timeout = ?upstream.timeout, "upstream timed out");
+                        return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
+                    }
+                };
+                let (mut parts, body) = response.into_parts();
+                record_span.record("http.response.status_code", parts.status.as_u16());
+                crate::notes::record(&extensions, |n| {
+                    n.upstream_status = Some(parts.status.as_u16());
+                    n.upstream_duration = Some(started.elapsed());
+                });
+                remove_hop_by_hop(&mut parts.headers);
+                // The caller's request id is returned on the response; the
+                // upstream's own is kept under another name for support cases.
+                if let Some(theirs) = parts.headers.remove(X_REQUEST_ID) {
+                    parts.headers.insert(X_UPSTREAM_REQUEST_ID, theirs);
+                }
+                Ok(Response::from_parts(parts, boxed(body)))
             }
-            Ok(Response::from_parts(parts, boxed(body)))
-        })
+            .instrument(span),
+        )
     }
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{HeaderName, Method, Request, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
 use crate::body::GatewayBody;
@@ -55,7 +55,7 @@ pub const METHOD_OVERRIDE_HEADERS: [HeaderName; 3] = [
 ];
 
 /// `[[routes]]`: one operation the gateway forwards.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// A stable name, used by the policy, audit records, metrics and traces.

@@ -36,11 +36,35 @@ use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
 use crate::credentials::CredentialSet;
 use crate::error::GatewayError;
 use crate::health::Readiness;
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::Upstream;
 use crate::routes::RouteTable;
 use crate::stack::{self, StackParts};
 use crate::version::VersionPolicy;
+
+/// Wraps a shutdown future so the moment it resolved is known afterwards.
+pub fn timed(
+    shutdown: impl Future<Output = ()>,
+) -> (
+    impl Future<Output = ()>,
+    Arc<std::sync::OnceLock<std::time::Instant>>,
+) {
+    let at = Arc::new(std::sync::OnceLock::new());
+    let set = at.clone();
+    let future = async move {
+        shutdown.await;
+        let _ = set.set(std::time::Instant::now());
+    };
+    (future, at)
+}
+
+/// What is left of `grace` since `signaled` (all of it if never signaled).
+pub fn remaining(grace: Duration, signaled: &std::sync::OnceLock<std::time::Instant>) -> Duration {
+    signaled
+        .get()
+        .map_or(grace, |at| grace.saturating_sub(at.elapsed()))
+}
 
 /// The peer address of the connection a request arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,6 +86,7 @@ impl Gateway {
     pub fn build(config: GatewayConfig, file: &Path) -> Result<Self, ConfigErrors> {
         let mut problems = Vec::new();
         validate_server(&config.server, &mut problems);
+        problems.extend(config.telemetry.validate());
         let credentials = CredentialSet::load(&config.credentials).map_err(|p| problems.extend(p));
         let version = VersionPolicy::from_config(&config.polytomic).map_err(|p| problems.extend(p));
         let upstream = Upstream::from_config(&config.upstream).map_err(|p| problems.extend(p));
@@ -149,8 +174,12 @@ impl Gateway {
                 }),
             ])
         };
+        let metrics = Metrics::new();
+        metrics.watch_jwks(auth.keys().clone());
+        metrics.watch_audit(audit.clone());
         Ok(Self {
             parts: StackParts {
+                metrics,
                 max_body_bytes: config.server.max_body_bytes,
                 request_timeout: config.server.request_timeout,
                 readiness,
@@ -179,6 +208,11 @@ impl Gateway {
     /// The caller authenticator (e.g. for `check` to fetch the JWKS once).
     pub fn authenticator(&self) -> &Arc<Authenticator> {
         &self.parts.auth
+    }
+
+    /// The metrics served on `/metrics` (e.g. to add the span exporter's).
+    pub fn metrics(&self) -> &Metrics {
+        &self.parts.metrics
     }
 
     /// The audit trail (e.g. to reopen its file on SIGHUP).

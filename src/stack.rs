@@ -16,9 +16,11 @@ use crate::credentials::{CredentialSet, CredentialSwapLayer};
 use crate::error::RescueLayer;
 use crate::health::{HealthLayer, Readiness};
 use crate::limit::BodyLimitLayer;
+use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
 use crate::routes::{RouteLayer, RouteTable};
+use crate::telemetry::TelemetryLayer;
 use crate::validate::ValidateLayer;
 use crate::version::{PolytomicVersionLayer, VersionPolicy};
 
@@ -33,6 +35,8 @@ pub struct StackParts {
     pub readiness: Readiness,
     /// The audit trail.
     pub audit: Audit,
+    /// Request metrics, and `/metrics`.
+    pub metrics: Metrics,
     /// Verifies callers' JWTs.
     pub auth: std::sync::Arc<Authenticator>,
     /// The operations the gateway forwards.
@@ -77,15 +81,21 @@ where
         // Copies the id onto every response. It wraps Rescue so that the JSON
         // errors Rescue makes get the header as well.
         .layer(PropagateRequestIdLayer::x_request_id())
+        // The server span encloses everything below, so every child span and
+        // log line belongs to it; it needs the request id, and its trace id
+        // goes into the audit record, so it sits between the two. It also
+        // sees refusals (Rescue is inside) and the client going away.
+        .layer(TelemetryLayer::new(parts.metrics.clone()))
         // Sees every request with its id and every final response, refusals
         // included (Rescue is inside it), so each gets one `response` record.
         .layer(AuditLayer::new(parts.audit.clone()))
         // Turns every `Err` below into a JSON error response: from here up
         // the stack is infallible, as hyper requires.
         .layer(RescueLayer::new(parts.request_timeout))
-        // Health paths are answered before any limit or credential work, and
-        // are never forwarded; while draining, new work stops here.
-        .layer(HealthLayer::new(parts.readiness))
+        // Health paths and /metrics are answered before any limit or
+        // credential work, and are never forwarded; while draining, new work
+        // stops here.
+        .layer(HealthLayer::new(parts.readiness).with_metrics(parts.metrics))
         // Bounds everything below it, including the upstream exchange; its
         // `Elapsed` becomes a 504 in Rescue.
         .timeout(parts.request_timeout)

@@ -40,6 +40,7 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use crate::body::{full, BoxError, GatewayBody};
 use crate::error::GatewayError;
@@ -505,20 +506,12 @@ where
         if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         };
-        if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-            if has_body(&req) {
-                return ResponseFuture::early(
-                    GatewayError::BodyNotAllowed(req.method().clone()).to_response(),
-                );
-            }
-            return ResponseFuture::inner(Either::Left(self.inner.call(req)));
-        }
         if !is_json_content_type(req.headers()) {
             return ResponseFuture::early(GatewayError::UnsupportedMediaType.to_response());
         }
         let inner = take_ready(&mut self.inner);
         ResponseFuture::inner(Either::Right(ThenCall::new(
-            Box::pin(read_and_check(req, schema)),
+            Box::pin(read_and_check(req, schema).instrument(tracing::info_span!("validate"))),
             inner,
         )))
     }

@@ -33,9 +33,10 @@ use std::time::Instant;
 use futures_util::future::Either;
 use http::{header, Method, Request, Response};
 use pin_project_lite::pin_project;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tower::{Layer, Service};
+use tracing::Instrument;
 
 use crate::body::GatewayBody;
 use crate::config::{ConfigProblem, SecretSourceConfig};
@@ -46,13 +47,13 @@ use crate::notes::RequestNotes;
 use crate::server::ClientAddr;
 use record::{RequestInfo, SharedInfo};
 use redact::{Redactor, DEFAULT_REDACT_FIELDS};
-pub use writer::WriterStats;
+pub use writer::{SinkCounters, WriterStats};
 
 /// Records waiting for the writer beyond this are refused (and counted).
 const QUEUE_CAPACITY: usize = 65_536;
 
 /// Where records go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SinkKind {
     /// One JSON line per record on standard output.
@@ -64,7 +65,7 @@ pub enum SinkKind {
 }
 
 /// How hard a record is pushed to disk before it counts as written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
     /// Written when convenient; nothing waits.
@@ -76,8 +77,19 @@ pub enum Durability {
     Fsync,
 }
 
+impl Durability {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Flush => "flush",
+            Self::Fsync => "fsync",
+        }
+    }
+}
+
 /// What happens when a record cannot be made durable.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFailure {
     /// Write requests get 503 `audit_unavailable` and are not forwarded.
@@ -88,7 +100,7 @@ pub enum OnFailure {
 }
 
 /// `[audit]`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     /// Any of `stdout`, `file`, `otlp`.
@@ -142,6 +154,19 @@ fn default_spool_max_bytes() -> u64 {
     1 << 30
 }
 
+/// One sink's record counts, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SinkCounts {
+    /// Records the sink took (for `otlp`: made durable in the spool).
+    pub written: u64,
+    /// Records the sink failed to take.
+    pub failed: u64,
+    /// Records lost before any sink because the queue was full.
+    pub dropped: u64,
+    /// For `otlp`: records the collector acknowledged.
+    pub shipped: Option<u64>,
+}
+
 /// The audit trail: redaction settings and the writer. Cheap to clone.
 #[derive(Clone)]
 pub struct Audit {
@@ -155,6 +180,8 @@ struct AuditInner {
     redactor: Redactor,
     reopen: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
+    /// `audit.sinks`, for per-sink metrics.
+    sinks: Vec<SinkKind>,
     /// Spool size and shipping counters (all zero without `otlp`).
     ship_state: Arc<ship::ShipState>,
     /// The shipper, until `start_shipping` takes it.
@@ -280,6 +307,7 @@ impl Audit {
                 redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
                 reopen,
                 stats,
+                sinks: config.sinks.clone(),
                 ship_state,
                 shipper: Mutex::new(shipper),
                 thread: Mutex::new(Some(thread)),
@@ -310,6 +338,40 @@ impl Audit {
     /// Counters of written, failed and dropped records.
     pub fn stats(&self) -> &WriterStats {
         &self.inner.stats
+    }
+
+    /// Record counts for each configured sink, named as in `audit.sinks`.
+    pub fn sink_stats(&self) -> Vec<(&'static str, SinkCounts)> {
+        let stats = &self.inner.stats;
+        let dropped = stats.dropped.load(Ordering::Relaxed);
+        let counts = |sink: &SinkCounters, shipped| SinkCounts {
+            written: sink.written.load(Ordering::Relaxed),
+            failed: sink.failed.load(Ordering::Relaxed),
+            dropped,
+            shipped,
+        };
+        self.inner
+            .sinks
+            .iter()
+            .map(|kind| match kind {
+                SinkKind::Stdout => ("stdout", counts(&stats.stdout, None)),
+                SinkKind::File => ("file", counts(&stats.file, None)),
+                // The spool is the file; what counts beyond it is shipping.
+                SinkKind::Otlp => {
+                    let shipped = self
+                        .inner
+                        .ship_state
+                        .shipped_records
+                        .load(Ordering::Relaxed);
+                    ("otlp", counts(&stats.file, Some(shipped)))
+                }
+            })
+            .collect()
+    }
+
+    /// Spooled bytes the OTLP collector has not acknowledged (0 without `otlp`).
+    pub fn unshipped_bytes(&self) -> u64 {
+        self.inner.ship_state.unshipped.load(Ordering::Relaxed)
     }
 
     /// Starts shipping to the OTLP collector, if configured; runs until the
@@ -390,7 +452,7 @@ impl Audit {
 
 /// Paths the gateway answers itself; they are not Polytomic requests and are
 /// not audited (load balancers probe them constantly).
-const UNAUDITED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+const UNAUDITED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 /// Writes the `response` record of every request; see the module docs.
 #[derive(Debug, Clone)]
@@ -451,7 +513,11 @@ where
         let headers = req.headers();
         let info = Arc::new(RequestInfo {
             request_id: header_string(headers, "x-request-id").unwrap_or_default(),
-            trace_id: String::new(),
+            trace_id: req
+                .extensions()
+                .get::<crate::telemetry::TraceId>()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
             query: req
@@ -466,8 +532,15 @@ where
             idempotency_key: header_string(headers, "idempotency-key"),
             started: Instant::now(),
         });
-        let notes = RequestNotes::default();
-        req.extensions_mut().insert(notes.clone());
+        // The telemetry layer, when it sits outside, made the notes already.
+        let notes = match req.extensions().get::<RequestNotes>() {
+            Some(notes) => notes.clone(),
+            None => {
+                let notes = RequestNotes::default();
+                req.extensions_mut().insert(notes.clone());
+                notes
+            }
+        };
         req.extensions_mut().insert(info.clone());
         AuditFuture {
             future: self.inner.call(req),
@@ -603,6 +676,13 @@ where
         ) else {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         };
+        // Covers queueing the record and, when forwarding waits for it, the
+        // wait until it is durable.
+        let span = tracing::info_span!(
+            "audit.write",
+            "audit.durability" = self.audit.inner.durability.as_str()
+        );
+        let _entered = span.enter();
         let snapshot = notes.snapshot();
         let body = self.audit.redacted_body(&snapshot);
         let line = record::line("request", &info, &snapshot, None, None, body, None);
@@ -619,12 +699,13 @@ where
             }
             Err(()) => None,
         };
+        drop(_entered);
         let Some(done) = done else {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         };
         let inner = take_ready(&mut self.inner);
         let prepare = Box::pin(async move {
-            let durable = done.await.unwrap_or(false);
+            let durable = done.instrument(span).await.unwrap_or(false);
             if durable || !reject {
                 if !durable {
                     tracing::error!(

@@ -140,6 +140,13 @@ impl std::fmt::Debug for Shipper {
 
 /// Checks `audit.otlp_endpoint` and derives the logs URL (`…/v1/logs`).
 pub fn logs_endpoint(raw: &str) -> Result<Uri, String> {
+    signal_endpoint(raw, "/v1/logs", "audit.otlp_endpoint")
+}
+
+/// Checks an OTLP endpoint (the config `key`) and derives the URL of one
+/// signal by appending `signal_path` (`/v1/logs`, `/v1/traces`), unless the
+/// endpoint already ends with it.
+pub fn signal_endpoint(raw: &str, signal_path: &str, key: &str) -> Result<Uri, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
@@ -147,17 +154,20 @@ pub fn logs_endpoint(raw: &str) -> Result<Uri, String> {
             url.scheme()
         ));
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold credentials".into());
+    }
     if url.scheme() == "http" && !crate::proxy::is_loopback_host(&url) {
         tracing::warn!(
             endpoint = raw,
-            "audit.otlp_endpoint is plain http to a non-loopback host: records travel unencrypted"
+            "{key} is plain http to a non-loopback host: data travels unencrypted"
         );
     }
     let base = raw.trim_end_matches('/');
-    let full = if base.ends_with("/v1/logs") {
+    let full = if base.ends_with(signal_path) {
         base.to_owned()
     } else {
-        format!("{base}/v1/logs")
+        format!("{base}{signal_path}")
     };
     full.parse()
         .map_err(|e| format!("{full:?} is not a valid URI: {e}"))

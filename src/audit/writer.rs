@@ -46,6 +46,26 @@ pub struct WriterStats {
     pub failed: AtomicU64,
     /// Records dropped because the queue was full.
     pub dropped: AtomicU64,
+    /// Records the file (or OTLP spool) took, and failed to take.
+    pub file: SinkCounters,
+    /// Records standard output took, and failed to take.
+    pub stdout: SinkCounters,
+}
+
+/// One sink's record counts.
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Records the sink took.
+    pub written: AtomicU64,
+    /// Records the sink failed to take.
+    pub failed: AtomicU64,
+}
+
+impl SinkCounters {
+    fn count(&self, ok: bool, records: u64) {
+        let counter = if ok { &self.written } else { &self.failed };
+        counter.fetch_add(records, Ordering::Relaxed);
+    }
 }
 
 pub(crate) struct Writer {
@@ -103,7 +123,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let ok = buffer.is_empty() || self.commit(&mut file, &buffer);
+            let ok = buffer.is_empty() || self.commit(&mut file, &buffer, count);
             if ok {
                 self.stats.written.fetch_add(count, Ordering::Relaxed);
                 if !healthy {
@@ -137,10 +157,28 @@ impl Writer {
         }
     }
 
-    /// Writes one batch to every sink; true when all of them took it.
-    fn commit(&self, file: &mut Option<File>, batch: &[u8]) -> bool {
+    /// Writes one batch (of `records` records) to every sink; true when all
+    /// of them took it.
+    fn commit(&self, file: &mut Option<File>, batch: &[u8], records: u64) -> bool {
         let mut ok = true;
         if let Some(path) = &self.file {
+            let file_ok = self.commit_file(path, file, batch);
+            self.stats.file.count(file_ok, records);
+            ok &= file_ok;
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            let stdout_ok = out.write_all(batch).and_then(|()| out.flush()).is_ok();
+            self.stats.stdout.count(stdout_ok, records);
+            ok &= stdout_ok;
+        }
+        ok
+    }
+
+    /// Appends one batch to the file, opening it if needed.
+    fn commit_file(&self, path: &Path, file: &mut Option<File>, batch: &[u8]) -> bool {
+        let mut ok = true;
+        {
             if self.reopen.swap(false, Ordering::AcqRel) {
                 *file = None;
                 tracing::info!(path = %path.display(), "reopening the audit file");
@@ -182,12 +220,6 @@ impl Writer {
                     *file = None;
                     ok = false;
                 }
-            }
-        }
-        if self.stdout {
-            let mut out = std::io::stdout().lock();
-            if out.write_all(batch).and_then(|()| out.flush()).is_err() {
-                ok = false;
             }
         }
         ok

@@ -93,6 +93,17 @@ pub struct KeyStore {
     min_refresh_interval: Duration,
     /// `auth.jwks_refresh`.
     refresh_interval: Duration,
+    /// Fetch results, for metrics.
+    stats: JwksStats,
+}
+
+/// Counts of JWKS fetches, for `gateway_jwks_refresh_total`.
+#[derive(Debug, Default)]
+pub struct JwksStats {
+    /// Fetches that returned a usable JWKS (changed or not).
+    pub fetch_ok: AtomicU64,
+    /// Fetches that failed; the last good keys stayed in use.
+    pub fetch_failed: AtomicU64,
 }
 
 impl KeyStore {
@@ -115,7 +126,18 @@ impl KeyStore {
             refetch: tokio::sync::Mutex::new(None),
             min_refresh_interval,
             refresh_interval,
+            stats: JwksStats::default(),
         }
+    }
+
+    /// Fetch counts so far.
+    pub fn stats(&self) -> &JwksStats {
+        &self.stats
+    }
+
+    /// How many keys are trusted now.
+    pub fn key_count(&self) -> usize {
+        self.current().0.len()
     }
 
     /// The current key set with its generation.
@@ -136,7 +158,16 @@ impl KeyStore {
         let Some(fetcher) = &self.fetcher else {
             return Ok(());
         };
-        let (fetched, digest) = fetcher.fetch().await?;
+        let (fetched, digest) = match fetcher.fetch().await {
+            Ok(fetched) => {
+                self.stats.fetch_ok.fetch_add(1, Ordering::Relaxed);
+                fetched
+            }
+            Err(error) => {
+                self.stats.fetch_failed.fetch_add(1, Ordering::Relaxed);
+                return Err(error);
+            }
+        };
         let count = fetched.len();
         let unchanged = {
             let mut last = self.last_body.lock().unwrap_or_else(|p| p.into_inner());

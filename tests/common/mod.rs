@@ -463,11 +463,16 @@ impl Binary {
             stdout: Vec::new(),
         };
         let line = binary.wait_for_line(ready).await;
-        let addr = line
-            .split("listen=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no listen= in {line:?}"));
+        // A JSON log line (the default format) or a pretty one (`listen=ADDR`).
+        let addr = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(json) => json["listen"].as_str().map(str::to_owned),
+            Err(_) => line
+                .split("listen=")
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .map(str::to_owned),
+        }
+        .unwrap_or_else(|| panic!("no listen address in {line:?}"));
         binary.addr = addr.parse().unwrap();
         binary
     }

@@ -1,0 +1,400 @@
+//! Prometheus metrics, served as text on `GET /metrics` by [`crate::health`].
+//!
+//! The request-path families are updated by [`crate::telemetry::TelemetryLayer`]
+//! once per request, from the request's [`crate::notes`]. The components
+//! that keep their own counters (the JWKS key store, the audit writer and
+//! shipper, the span exporter) are read at scrape time instead, so they stay
+//! free of any metrics dependency: [`Metrics::watch_jwks`] and friends
+//! register a function that copies those counters in before each scrape.
+//!
+//! Label values come only from bounded sets: configured operation and rule
+//! names, standard methods (others are `_OTHER`), status codes and fixed
+//! outcome words. Raw paths and subjects never become labels.
+//!
+//! ```
+//! use polytomic_gateway::metrics::Metrics;
+//!
+//! let metrics = Metrics::new();
+//! let text = String::from_utf8(metrics.encode()).unwrap();
+//! assert!(text.contains("# TYPE gateway_inflight_requests gauge"));
+//! ```
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::audit::Audit;
+use crate::auth::jwks::KeyStore;
+
+/// The path metrics are served on; never forwarded, never authenticated.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// The `Content-Type` of the Prometheus text format.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The `operation` label of a request that matched no route.
+pub const NO_OPERATION: &str = "_none";
+
+/// The `rule` label of a decision no rule made (the default deny).
+pub const NO_RULE: &str = "_default";
+
+/// Request latency buckets, in seconds: 250µs to 10s.
+const DURATION_BUCKETS: [f64; 15] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+type SyncFn = Box<dyn Fn() + Send + Sync>;
+
+/// The gateway's metrics registry and families. Cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    inflight: IntGauge,
+    policy_decisions: IntCounterVec,
+    jwks_refresh: IntCounterVec,
+    jwks_keys: IntGauge,
+    audit_records: IntCounterVec,
+    audit_spool_bytes: IntGauge,
+    spans: IntCounterVec,
+    /// Copy component counters into the families above, before a scrape.
+    syncs: Mutex<Vec<SyncFn>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let family = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(family.clone()))
+        .expect("unique metric");
+    family
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+    let family = HistogramVec::new(opts, labels).expect("valid metric");
+    registry
+        .register(Box::new(family.clone()))
+        .expect("unique metric");
+    family
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(gauge.clone()))
+        .expect("unique metric");
+    gauge
+}
+
+/// Raises `counter` to `total`: component counters only grow, and only the
+/// scrape (under the syncs lock) writes these.
+fn catch_up(counter: &IntCounter, total: u64) {
+    let seen = counter.get();
+    if total > seen {
+        counter.inc_by(total - seen);
+    }
+}
+
+/// What one finished request contributes.
+#[derive(Debug)]
+pub struct RequestMetrics<'a> {
+    /// The route's operation, or [`NO_OPERATION`].
+    pub operation: &'a str,
+    /// The method label (see [`method_label`]).
+    pub method: &'static str,
+    /// The response status code; `None` when the client went away first.
+    pub status: Option<http::StatusCode>,
+    /// The audit outcome word.
+    pub outcome: &'static str,
+    /// Arrival to response headers.
+    pub duration: Duration,
+    /// The upstream exchange, if there was one.
+    pub upstream: Option<Duration>,
+    /// The policy decision (`allow`, `deny`, `shadow_deny`) and its rule.
+    pub decision: Option<(&'static str, &'a str)>,
+}
+
+impl Metrics {
+    /// A registry with every family registered and no samples yet.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = counter(
+            &registry,
+            "gateway_requests_total",
+            "Requests answered, by operation, method, status and outcome.",
+            &["operation", "method", "status", "outcome"],
+        );
+        let request_duration = histogram(
+            &registry,
+            "gateway_request_duration_seconds",
+            "Time from a request's arrival to its response headers.",
+            &["operation", "outcome"],
+        );
+        let upstream_duration = histogram(
+            &registry,
+            "gateway_upstream_duration_seconds",
+            "Time from sending a request upstream to Polytomic's response headers.",
+            &["operation"],
+        );
+        let inflight = gauge(
+            &registry,
+            "gateway_inflight_requests",
+            "Requests being handled now.",
+        );
+        let policy_decisions = counter(
+            &registry,
+            "gateway_policy_decisions_total",
+            "Policy decisions, by operation, decision and deciding rule.",
+            &["operation", "decision", "rule"],
+        );
+        let jwks_refresh = counter(
+            &registry,
+            "gateway_jwks_refresh_total",
+            "JWKS fetches, by result (ok, error).",
+            &["result"],
+        );
+        let jwks_keys = gauge(
+            &registry,
+            "gateway_jwks_keys",
+            "Signing keys currently trusted.",
+        );
+        let audit_records = counter(
+            &registry,
+            "gateway_audit_records_total",
+            "Audit records by sink and result (written, failed, dropped; shipped for otlp).",
+            &["sink", "result"],
+        );
+        let audit_spool_bytes = gauge(
+            &registry,
+            "gateway_audit_spool_bytes",
+            "Bytes in the OTLP audit spool not yet acknowledged by the collector.",
+        );
+        let spans = counter(
+            &registry,
+            "gateway_trace_spans_total",
+            "Spans handed to the trace exporter, by result (exported, dropped).",
+            &["result"],
+        );
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                request_duration,
+                upstream_duration,
+                inflight,
+                policy_decisions,
+                jwks_refresh,
+                jwks_keys,
+                audit_records,
+                audit_spool_bytes,
+                spans,
+                syncs: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Counts a request as started; the guard counts it finished when dropped.
+    pub fn inflight(&self) -> InflightGuard {
+        self.inner.inflight.inc();
+        InflightGuard(self.inner.inflight.clone())
+    }
+
+    /// Records one finished request.
+    pub fn record_request(&self, request: &RequestMetrics<'_>) {
+        let inner = &self.inner;
+        let status = request.status.as_ref().map_or("", http::StatusCode::as_str);
+        inner
+            .requests
+            .with_label_values(&[request.operation, request.method, status, request.outcome])
+            .inc();
+        inner
+            .request_duration
+            .with_label_values(&[request.operation, request.outcome])
+            .observe(request.duration.as_secs_f64());
+        if let Some(upstream) = request.upstream {
+            inner
+                .upstream_duration
+                .with_label_values(&[request.operation])
+                .observe(upstream.as_secs_f64());
+        }
+        if let Some((decision, rule)) = request.decision {
+            inner
+                .policy_decisions
+                .with_label_values(&[request.operation, decision, rule])
+                .inc();
+        }
+    }
+
+    /// Reports `keys`' fetch results and key count at every scrape.
+    pub fn watch_jwks(&self, keys: Arc<KeyStore>) {
+        let refresh_ok = self.inner.jwks_refresh.with_label_values(&["ok"]);
+        let refresh_error = self.inner.jwks_refresh.with_label_values(&["error"]);
+        let gauge = self.inner.jwks_keys.clone();
+        self.add_sync(Box::new(move || {
+            let stats = keys.stats();
+            catch_up(&refresh_ok, stats.fetch_ok.load(Ordering::Relaxed));
+            catch_up(&refresh_error, stats.fetch_failed.load(Ordering::Relaxed));
+            gauge.set(keys.key_count() as i64);
+        }));
+    }
+
+    /// Reports `audit`'s per-sink record counts and spool size at every scrape.
+    pub fn watch_audit(&self, audit: Audit) {
+        let family = self.inner.audit_records.clone();
+        let spool = self.inner.audit_spool_bytes.clone();
+        self.add_sync(Box::new(move || {
+            for (sink, counts) in audit.sink_stats() {
+                catch_up(
+                    &family.with_label_values(&[sink, "written"]),
+                    counts.written,
+                );
+                catch_up(&family.with_label_values(&[sink, "failed"]), counts.failed);
+                catch_up(
+                    &family.with_label_values(&[sink, "dropped"]),
+                    counts.dropped,
+                );
+                if let Some(shipped) = counts.shipped {
+                    catch_up(&family.with_label_values(&[sink, "shipped"]), shipped);
+                }
+            }
+            spool.set(i64::try_from(audit.unshipped_bytes()).unwrap_or(i64::MAX));
+        }));
+    }
+
+    /// Reports span export results at every scrape.
+    pub fn watch_spans(&self, stats: Arc<crate::telemetry::SpanStats>) {
+        let exported = self.inner.spans.with_label_values(&["exported"]);
+        let dropped = self.inner.spans.with_label_values(&["dropped"]);
+        self.add_sync(Box::new(move || {
+            catch_up(&exported, stats.exported.load(Ordering::Relaxed));
+            catch_up(&dropped, stats.dropped.load(Ordering::Relaxed));
+        }));
+    }
+
+    fn add_sync(&self, sync: SyncFn) {
+        self.inner
+            .syncs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(sync);
+    }
+
+    /// Every metric in the Prometheus text format (version 0.0.4).
+    pub fn encode(&self) -> Vec<u8> {
+        {
+            let syncs = self.inner.syncs.lock().unwrap_or_else(|p| p.into_inner());
+            for sync in syncs.iter() {
+                sync();
+            }
+        }
+        let mut text = Vec::with_capacity(8 * 1024);
+        // Encoding our own well-formed families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.inner.registry.gather(), &mut text);
+        text
+    }
+}
+
+/// Decrements `gateway_inflight_requests` when dropped.
+#[derive(Debug)]
+pub struct InflightGuard(IntGauge);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The `method` label: a standard method's name, else `_OTHER` (as the
+/// OpenTelemetry HTTP conventions say), so a client cannot mint labels.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_with_bounded_labels() {
+        let metrics = Metrics::new();
+        let guard = metrics.inflight();
+        assert!(String::from_utf8(metrics.encode())
+            .unwrap()
+            .contains("gateway_inflight_requests 1"));
+        drop(guard);
+        metrics.record_request(&RequestMetrics {
+            operation: "updateOrganization",
+            method: method_label(&http::Method::PUT),
+            status: Some(http::StatusCode::OK),
+            outcome: "allowed",
+            duration: Duration::from_millis(3),
+            upstream: Some(Duration::from_millis(2)),
+            decision: Some(("allow", "platform-admins")),
+        });
+        let text = String::from_utf8(metrics.encode()).unwrap();
+        assert!(text.contains("gateway_inflight_requests 0"), "{text}");
+        assert!(text.contains(
+            r#"gateway_requests_total{method="PUT",operation="updateOrganization",outcome="allowed",status="200"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"gateway_policy_decisions_total{decision="allow",operation="updateOrganization",rule="platform-admins"} 1"#
+        ), "{text}");
+        assert!(text.contains(
+            r#"gateway_upstream_duration_seconds_count{operation="updateOrganization"} 1"#
+        ));
+        assert_eq!(
+            method_label(&http::Method::from_bytes(b"BREW").unwrap()),
+            "_OTHER"
+        );
+    }
+
+    #[test]
+    fn component_counters_are_caught_up_at_scrape_time() {
+        let metrics = Metrics::new();
+        let stats = Arc::new(crate::telemetry::SpanStats::default());
+        metrics.watch_spans(stats.clone());
+        stats.exported.store(5, Ordering::Relaxed);
+        assert!(String::from_utf8(metrics.encode())
+            .unwrap()
+            .contains(r#"gateway_trace_spans_total{result="exported"} 5"#));
+        stats.exported.store(7, Ordering::Relaxed);
+        assert!(String::from_utf8(metrics.encode())
+            .unwrap()
+            .contains(r#"gateway_trace_spans_total{result="exported"} 7"#));
+    }
+}
