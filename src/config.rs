@@ -554,4 +554,22 @@ mod tests {
             "GATEWAY__CREDENTIALS__PARTNER__FILE"
         );
     }
+
+    #[test]
+    fn the_effective_config_masks_what_could_be_secret() {
+        let mut value = serde_json::json!({
+            "auth": {"jwks_url": "https://idp.example/jwks?access_token=abc", "hs256_secret": {"env": "JWT_SECRET", "file": null}},
+            "audit": {"otlp_endpoint": "https://user:pw@collector.example/"},
+            "other": {"api_token": "t0ken", "max_token_bytes": 8192, "name": "plain"},
+        });
+        mask_secrets(&mut value, None);
+        let text = value.to_string();
+        for secret in ["abc", "pw@", "user:", "t0ken"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert_eq!(value["auth"]["jwks_url"], "https://idp.example/jwks?***");
+        assert_eq!(value["auth"]["hs256_secret"]["env"], "JWT_SECRET");
+        assert_eq!(value["other"]["max_token_bytes"], 8192);
+        assert_eq!(value["other"]["name"], "plain");
+    }
 }

@@ -93,6 +93,45 @@ fn check_names_an_unknown_key_and_the_file() {
 }
 
 #[test]
+fn check_names_each_bad_telemetry_setting_and_the_file() {
+    let dir = TestDir::new();
+    let path = dir.config(
+        "https://app.polytomic.com",
+        "[telemetry]\nsample_rate = 0.5",
+    );
+    let (ok, _, stderr) = check(&path, &[]);
+    assert!(
+        !ok && stderr.contains("`telemetry.sample_rate`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("unknown key") && stderr.contains(&path.display().to_string()));
+    for (setting, key) in [
+        ("log_format = \"xml\"", "`telemetry.log_format`"),
+        ("otlp_protocol = \"thrift\"", "`telemetry.otlp_protocol`"),
+    ] {
+        let path = dir.config(
+            "https://app.polytomic.com",
+            &format!("[telemetry]\n{setting}"),
+        );
+        let (ok, _, stderr) = check(&path, &[]);
+        assert!(!ok && stderr.contains(key), "{setting}: {stderr}");
+    }
+    let path = dir.config(
+        "https://app.polytomic.com",
+        "[telemetry]\nsample_ratio = 1.5\nlog_level = \"info,[\"\notlp_endpoint = \"ftp://collector\"\nservice_name = \"\"",
+    );
+    let (ok, _, stderr) = check(&path, &[]);
+    assert!(!ok);
+    for key in ["sample_ratio", "log_level", "otlp_endpoint", "service_name"] {
+        assert!(
+            stderr.contains(&format!("`telemetry.{key}`")),
+            "{key}: {stderr}"
+        );
+    }
+    assert_eq!(stderr.lines().count(), 4, "one line per problem: {stderr}");
+}
+
+#[test]
 fn check_names_a_missing_credential_without_showing_values() {
     let dir = TestDir::new();
     let path = dir.path("missing-cred.toml");

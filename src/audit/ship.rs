@@ -157,6 +157,9 @@ pub fn signal_endpoint(raw: &str, signal_path: &str, key: &str) -> Result<Uri, S
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not hold credentials".into());
     }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
     if url.scheme() == "http" && !crate::proxy::is_loopback_host(&url) {
         tracing::warn!(
             endpoint = raw,

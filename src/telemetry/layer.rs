@@ -10,6 +10,7 @@ use futures_util::future::Either;
 use http::{header, Request, Response, StatusCode};
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::KeyValue;
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use pin_project_lite::pin_project;
@@ -91,57 +92,48 @@ where
         let started = Instant::now();
         let method = method_label(req.method());
         let headers = req.headers();
+        let request_id = headers.get("x-request-id").and_then(|h| h.to_str().ok());
+        // Only the ids are `tracing` fields, so every log line of the request
+        // carries them; the other attributes go to the OpenTelemetry span
+        // alone, without being formatted for logs.
         let span = tracing::info_span!(
             "request",
             otel.kind = "server",
-            "http.request.method" = method,
-            "url.path" = req.uri().path(),
-            "http.route" = Empty,
-            "http.response.status_code" = Empty,
-            "server.address" = Empty,
-            "user_agent.original" = Empty,
-            "polytomic.operation" = Empty,
-            "polytomic.organization_id" = Empty,
-            "enduser.id" = Empty,
-            "enduser.teams" = Empty,
-            "gateway.decision" = Empty,
-            "gateway.rule" = Empty,
-            "gateway.outcome" = Empty,
-            request_id = Empty,
+            request_id,
             trace_id = Empty,
         );
-        if let Some(host) = headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().host())
-        {
-            // `server.address` is the host name alone.
-            let host = host.rsplit_once(':').map_or(host, |(name, port)| {
-                if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']') {
-                    name
-                } else {
-                    host
-                }
-            });
-            span.record("server.address", host);
-        }
-        if let Some(agent) = headers
-            .get(header::USER_AGENT)
-            .and_then(|h| h.to_str().ok())
-        {
-            span.record("user_agent.original", agent);
-        }
-        if let Some(id) = headers.get("x-request-id").and_then(|h| h.to_str().ok()) {
-            span.record("request_id", id);
-        }
         // Continue the caller's trace, if it sent a valid `traceparent`.
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
         if parent.span().span_context().is_valid() {
             let _ = span.set_parent(parent);
         }
-        let trace_id = span.context().span().span_context().trace_id();
+        let otel = span.context();
+        let trace_id = otel.span().span_context().trace_id();
         if trace_id != opentelemetry::trace::TraceId::INVALID {
             span.record("trace_id", tracing::field::display(trace_id));
+        }
+        let server = otel.span();
+        if server.is_recording() {
+            let mut attributes = vec![
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("url.path", req.uri().path().to_owned()),
+            ];
+            if let Some(host) = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().host())
+            {
+                attributes.push(KeyValue::new("server.address", host_name(host).to_owned()));
+            }
+            if let Some(agent) = headers
+                .get(header::USER_AGENT)
+                .and_then(|h| h.to_str().ok())
+            {
+                attributes.push(KeyValue::new("user_agent.original", agent.to_owned()));
+            }
+            server.set_attributes(attributes);
+        }
+        if trace_id != opentelemetry::trace::TraceId::INVALID {
             req.extensions_mut().insert(TraceId(trace_id));
         }
         let notes = match req.extensions().get::<RequestNotes>() {
@@ -158,6 +150,7 @@ where
             future,
             pending: Some(Pending {
                 span,
+                otel,
                 notes,
                 method,
                 started,
@@ -171,6 +164,8 @@ where
 /// What the finishing step needs.
 struct Pending {
     span: tracing::Span,
+    /// The OpenTelemetry side of `span`, for its attributes and status.
+    otel: opentelemetry::Context,
     notes: RequestNotes,
     method: &'static str,
     started: Instant,
@@ -182,6 +177,19 @@ struct Pending {
 impl std::fmt::Debug for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pending").finish_non_exhaustive()
+    }
+}
+
+/// A `Host` value without its port (`server.address` is the name alone).
+fn host_name(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((name, port))
+            if port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            name
+        }
+        _ => host,
     }
 }
 
@@ -204,39 +212,51 @@ impl Pending {
         let outcome = outcome(error_key, notes.decision.as_ref());
         let route = notes.route.as_ref();
         let operation = route.map_or(NO_OPERATION, |r| &*r.operation);
-        if let Some(route) = route {
-            span.record("http.route", &*route.template);
-            span.record("polytomic.operation", &*route.operation);
-            if let Some(id) = &route.organization_id {
-                span.record("polytomic.organization_id", &**id);
-            }
-            span.context()
-                .span()
-                .update_name(format!("{} {}", self.method, route.template));
-        }
-        if let Some(principal) = &notes.principal {
-            span.record("enduser.id", principal.sub());
-            span.record("enduser.teams", principal.teams().join(",").as_str());
-        }
         let decision = notes.decision.as_ref().map(|d| {
-            let word = decision_word(d.allowed, d.mode);
-            let rule = d.rule.as_deref().unwrap_or(NO_RULE);
-            span.record("gateway.decision", word);
-            span.record("gateway.rule", rule);
-            (word, rule)
+            (
+                decision_word(d.allowed, d.mode),
+                d.rule.as_deref().unwrap_or(NO_RULE),
+            )
         });
-        span.record("gateway.outcome", outcome);
-        if let Some(status) = status {
-            span.record("http.response.status_code", status.as_u16());
-        }
-        // A refusal is an error, with its key; so is a 5xx from upstream
-        // (the HTTP conventions for server spans).
-        match (error_key, status) {
-            (Some(key), _) => span.set_status(Status::error(key)),
-            (None, Some(s)) if s.is_server_error() => {
-                span.set_status(Status::error("upstream server error"))
+        let server = self.otel.span();
+        if server.is_recording() {
+            let mut attributes = Vec::with_capacity(10);
+            if let Some(route) = route {
+                attributes.push(KeyValue::new("http.route", route.template.to_string()));
+                attributes.push(KeyValue::new(
+                    "polytomic.operation",
+                    route.operation.to_string(),
+                ));
+                if let Some(id) = &route.organization_id {
+                    attributes.push(KeyValue::new("polytomic.organization_id", id.to_string()));
+                }
+                server.update_name(format!("{} {}", self.method, route.template));
             }
-            _ => {}
+            if let Some(principal) = &notes.principal {
+                attributes.push(KeyValue::new("enduser.id", principal.sub().to_owned()));
+                attributes.push(KeyValue::new("enduser.teams", principal.teams().join(",")));
+            }
+            if let Some((word, rule)) = decision {
+                attributes.push(KeyValue::new("gateway.decision", word));
+                attributes.push(KeyValue::new("gateway.rule", rule.to_owned()));
+            }
+            attributes.push(KeyValue::new("gateway.outcome", outcome));
+            if let Some(status) = status {
+                attributes.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                ));
+            }
+            server.set_attributes(attributes);
+            // A refusal is an error, with its key; so is a 5xx from upstream
+            // (the HTTP conventions for server spans).
+            match (error_key, status) {
+                (Some(key), _) => server.set_status(Status::error(key)),
+                (None, Some(s)) if s.is_server_error() => {
+                    server.set_status(Status::error("upstream server error"))
+                }
+                _ => {}
+            }
         }
         self.metrics.record_request(&RequestMetrics {
             operation,
@@ -310,5 +330,18 @@ where
             pending.finish(Some(response.status()), error_key);
         }
         Poll::Ready(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_address_is_the_host_without_its_port() {
+        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_name("gateway.local"), "gateway.local");
+        assert_eq!(host_name("[::1]:8080"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
     }
 }

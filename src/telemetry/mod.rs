@@ -267,32 +267,61 @@ pub fn start(config: &crate::config::GatewayConfig) -> Result<Telemetry, Vec<Con
     Ok(telemetry)
 }
 
+/// The server span of a request ([`TelemetryLayer`]).
+fn is_request_span(metadata: &tracing::Metadata<'_>) -> bool {
+    metadata.is_span()
+        && metadata.name() == "request"
+        && metadata.target() == "polytomic_gateway::telemetry::layer"
+}
+
 /// Only the gateway's own spans become OpenTelemetry spans.
 fn is_gateway_span(metadata: &tracing::Metadata<'_>) -> bool {
     metadata.is_span() && metadata.target().starts_with("polytomic_gateway")
 }
 
 fn install_subscriber(config: &TelemetryConfig, tracer: opentelemetry_sdk::trace::Tracer) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = subscriber(config, tracer, std::io::stderr, ansi).try_init();
+}
+
+/// The gateway's subscriber: logs to `writer` as `config` says, and the
+/// gateway's spans into OpenTelemetry through `tracer`. [`init`] installs
+/// it globally, writing to stderr; benchmarks use it with other writers.
+pub fn subscriber<W>(
+    config: &TelemetryConfig,
+    tracer: opentelemetry_sdk::trace::Tracer,
+    writer: W,
+    ansi: bool,
+) -> impl tracing::Subscriber + Send + Sync + for<'span> tracing_subscriber::registry::LookupSpan<'span>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
-    let stderr_is_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_target(false)
-            .with_ansi(stderr_is_terminal)
-            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .with_writer(writer)
             .boxed(),
     };
-    // The request spans pass the log filter at any level, so a warning
-    // still lists the request id and trace id of its request.
-    let fmt = fmt.with_filter(filter.or(filter_fn(is_gateway_span)));
+    // Events as the log filter says. Of the spans, only a request's own
+    // (its ids, nothing else) and at any level, so every line logged while
+    // handling a request, a warning too, lists its request id and trace id;
+    // formatting the child spans' fields would cost every request and tell
+    // a log reader little.
+    let fmt = fmt.with_filter(
+        filter_fn(|metadata: &tracing::Metadata<'_>| metadata.is_event())
+            .and(filter)
+            .or(filter_fn(is_request_span)),
+    );
     let otel = tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_location(false)
@@ -301,10 +330,7 @@ fn install_subscriber(config: &TelemetryConfig, tracer: opentelemetry_sdk::trace
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_filter(filter_fn(is_gateway_span));
-    let _ = tracing_subscriber::registry()
-        .with(fmt)
-        .with(otel)
-        .try_init();
+    tracing_subscriber::registry().with(fmt).with(otel)
 }
 
 impl Telemetry {
@@ -346,4 +372,41 @@ pub fn init_logging() {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_name_their_key() {
+        assert!(TelemetryConfig::default().validate().is_empty());
+        let config = TelemetryConfig {
+            sample_ratio: -0.1,
+            otlp_endpoint: "http://127.0.0.1:4318/?token=x".into(),
+            ..TelemetryConfig::default()
+        };
+        let keys: Vec<_> = config.validate().into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, ["telemetry.sample_ratio", "telemetry.otlp_endpoint"]);
+    }
+
+    #[test]
+    fn the_traces_url_gets_the_signal_path_for_http_only() {
+        let mut config = TelemetryConfig {
+            otlp_endpoint: "http://127.0.0.1:4318/".into(),
+            ..TelemetryConfig::default()
+        };
+        assert_eq!(
+            config.traces_endpoint().unwrap().as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        config.otlp_protocol = OtlpProtocol::Grpc;
+        config.otlp_endpoint = "http://127.0.0.1:4317".into();
+        assert_eq!(
+            config.traces_endpoint().unwrap().as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
+        config.otlp_endpoint = String::new();
+        assert_eq!(config.traces_endpoint().unwrap(), None);
+    }
 }

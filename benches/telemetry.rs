@@ -1,0 +1,141 @@
+//! What observability costs per request: the server span, the child spans,
+//! the request metrics and the per-request log line.
+//!
+//! ```sh
+//! cargo bench --bench telemetry
+//! ```
+//!
+//! One request, `GET /api/organizations/{id}` by a caller of team
+//! `platform`, goes through `TelemetryLayer`, then the real `RouteLayer` and
+//! `PolicyLayer` (built from config, as the gateway builds them), then a
+//! handler that opens and closes an `upstream` span and notes Polytomic's
+//! 200, as the proxy does. An `auth` span is opened and closed before
+//! routing, as authentication does. Everything completes without I/O, so the
+//! figure is CPU time per request.
+//!
+//! Three subscribers:
+//!
+//! - `no_subscriber`: none installed, so every span and log line is a no-op;
+//!   what remains is the layers and the metrics.
+//! - `gateway_no_export`: the gateway's own subscriber
+//!   (`telemetry::subscriber`, JSON logs at `info`, written to
+//!   `io::sink`), with a tracer provider that samples everything and exports
+//!   nowhere: the default `otlp_endpoint = ""`.
+//! - `gateway_unsampled`: the same with `sample_ratio = 0`, so spans are
+//!   made but not recorded.
+//! - `gateway_no_request_log`: the same as `gateway_no_export` with
+//!   `log_level = "warn"`, so the per-request `info` line is not written.
+//!
+//! Exporting adds a batch processor's queue push per span, measured under
+//! load in the README, not here.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
+use http::{Request, Response};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use polytomic_gateway::auth::Principal;
+use polytomic_gateway::body::{full, GatewayBody};
+use polytomic_gateway::metrics::Metrics;
+use polytomic_gateway::policy::{Policy, PolicyConfig, PolicyLayer};
+use polytomic_gateway::routes::{RouteConfig, RouteLayer, RouteTable};
+use polytomic_gateway::telemetry::{self, TelemetryConfig, TelemetryLayer};
+use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
+
+const ORG_ID: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
+
+type Stack = tower::util::BoxCloneService<Request<()>, Response<GatewayBody>, Infallible>;
+
+fn stack() -> Stack {
+    let routes: Vec<RouteConfig> = serde_json::from_value(serde_json::json!([
+        {"operation": "organizations.get", "methods": ["GET"], "path": "/api/organizations/{id}"},
+        {"operation": "organizations.update", "methods": ["PUT", "PATCH"], "path": "/api/organizations/{id}"},
+    ]))
+    .unwrap();
+    let table = Arc::new(RouteTable::from_config(&routes, &|_| true).unwrap());
+    let policy: PolicyConfig = serde_json::from_value(serde_json::json!({
+        "rules": [{"name": "platform-all", "teams": ["platform"], "allow": ["*"]}]
+    }))
+    .unwrap();
+    let policy = Arc::new(Policy::from_config(&policy, table.operations()).unwrap());
+    let principal = Principal::new("alice@corp", vec!["platform".into()]);
+    let svc = ServiceBuilder::new()
+        .layer(TelemetryLayer::new(Metrics::new()))
+        .map_request(move |mut req: Request<()>| {
+            let _auth = tracing::info_span!("auth").entered();
+            polytomic_gateway::notes::record(req.extensions(), |n| {
+                n.principal = Some(principal.clone())
+            });
+            req.extensions_mut().insert(principal.clone());
+            req
+        })
+        .layer(RouteLayer::new(table, None))
+        .layer(PolicyLayer::new(policy))
+        .service(service_fn(|req: Request<()>| async move {
+            let _upstream = tracing::info_span!("upstream", otel.kind = "client").entered();
+            polytomic_gateway::notes::record(req.extensions(), |n| {
+                n.upstream_status = Some(200);
+                n.upstream_duration = Some(std::time::Duration::from_micros(300));
+            });
+            Ok::<_, Infallible>(Response::new(full(r#"{"data":{}}"#)))
+        }));
+    tower::util::BoxCloneService::new(svc)
+}
+
+fn request() -> Request<()> {
+    Request::get(format!("/api/organizations/{ORG_ID}"))
+        .header("x-request-id", "5cd818ee-dec7-48fd-b36f-a0662bed8510")
+        .header("user-agent", "bench/1.0")
+        .header("host", "127.0.0.1:8080")
+        .body(())
+        .unwrap()
+}
+
+fn one(svc: &mut Stack) {
+    let response = svc
+        .ready()
+        .now_or_never()
+        .unwrap()
+        .unwrap()
+        .call(request())
+        .now_or_never()
+        .expect("completes without I/O")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+fn gateway_subscriber(ratio: f64, log_level: &str) -> impl tracing::Subscriber + Send + Sync {
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .build();
+    let config = TelemetryConfig {
+        sample_ratio: ratio,
+        log_level: log_level.into(),
+        ..TelemetryConfig::default()
+    };
+    telemetry::subscriber(&config, provider.tracer("bench"), std::io::sink, false)
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("request");
+    let mut svc = stack();
+    group.bench_function("no_subscriber", |b| b.iter(|| one(&mut svc)));
+    tracing::subscriber::with_default(gateway_subscriber(1.0, "info"), || {
+        group.bench_function("gateway_no_export", |b| b.iter(|| one(&mut svc)));
+    });
+    tracing::subscriber::with_default(gateway_subscriber(0.0, "info"), || {
+        group.bench_function("gateway_unsampled", |b| b.iter(|| one(&mut svc)));
+    });
+    tracing::subscriber::with_default(gateway_subscriber(1.0, "warn"), || {
+        group.bench_function("gateway_no_request_log", |b| b.iter(|| one(&mut svc)));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
