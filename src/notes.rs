@@ -74,6 +74,12 @@ impl RequestNotes {
         change(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
+    /// The notes in `extensions`, inserting empty ones if there are none:
+    /// whichever observing layer runs first makes them.
+    pub fn get_or_insert(extensions: &mut Extensions) -> Self {
+        extensions.get_or_insert_default::<Self>().clone()
+    }
+
     /// A copy of the notes so far.
     pub fn snapshot(&self) -> Notes {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()

@@ -231,16 +231,26 @@ fn telemetry_section(endpoint: &str, extra: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstream() {
-    let (receiver, collector) = Receiver::http().await;
+/// The binary, exporting to `collector` with `[telemetry]` lines `extra`, in
+/// front of a recording upstream; returns it, the upstream's `traceparent`s
+/// and the temp dir (which holds the audit file).
+async fn start_traced(
+    collector: std::net::SocketAddr,
+    extra: &str,
+) -> (Binary, Arc<Mutex<Vec<String>>>, TestDir) {
     let (upstream, traceparents) = recording_upstream().await;
     let dir = TestDir::new();
     let path = dir.config(
         &format!("http://{upstream}"),
-        &telemetry_section(&format!("http://{collector}"), ""),
+        &telemetry_section(&format!("http://{collector}"), extra),
     );
-    let gateway = Binary::serve(&path, &[]).await;
+    (Binary::serve(&path, &[]).await, traceparents, dir)
+}
+
+#[tokio::test]
+async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstream() {
+    let (receiver, collector) = Receiver::http().await;
+    let (gateway, traceparents, dir) = start_traced(collector, "").await;
     let client = client();
     let org = gateway.url(&format!("/api/organizations/{ORG_ID}"));
 
@@ -410,13 +420,7 @@ async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstrea
 #[tokio::test]
 async fn spans_are_exported_over_grpc_too() {
     let (receiver, collector) = Receiver::grpc().await;
-    let (upstream, _) = recording_upstream().await;
-    let dir = TestDir::new();
-    let path = dir.config(
-        &format!("http://{upstream}"),
-        &telemetry_section(&format!("http://{collector}"), "otlp_protocol = \"grpc\""),
-    );
-    let gateway = Binary::serve(&path, &[]).await;
+    let (gateway, _, _dir) = start_traced(collector, "otlp_protocol = \"grpc\"").await;
     let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let org = gateway.url(&format!("/api/organizations/{ORG_ID}"));
     let (parts, _) = send(
@@ -437,13 +441,7 @@ async fn spans_are_exported_over_grpc_too() {
 #[tokio::test]
 async fn sampling_honours_the_callers_flag_and_the_ratio_for_new_traces() {
     let (receiver, collector) = Receiver::http().await;
-    let (upstream, traceparents) = recording_upstream().await;
-    let dir = TestDir::new();
-    let path = dir.config(
-        &format!("http://{upstream}"),
-        &telemetry_section(&format!("http://{collector}"), "sample_ratio = 0.0"),
-    );
-    let gateway = Binary::serve(&path, &[]).await;
+    let (gateway, traceparents, _dir) = start_traced(collector, "sample_ratio = 0.0").await;
     let client = client();
     let org = gateway.url(&format!("/api/organizations/{ORG_ID}"));
     let unsampled = "11111111111111111111111111111111";

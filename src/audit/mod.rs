@@ -533,14 +533,7 @@ where
             started: Instant::now(),
         });
         // The telemetry layer, when it sits outside, made the notes already.
-        let notes = match req.extensions().get::<RequestNotes>() {
-            Some(notes) => notes.clone(),
-            None => {
-                let notes = RequestNotes::default();
-                req.extensions_mut().insert(notes.clone());
-                notes
-            }
-        };
+        let notes = RequestNotes::get_or_insert(req.extensions_mut());
         req.extensions_mut().insert(info.clone());
         AuditFuture {
             future: self.inner.call(req),

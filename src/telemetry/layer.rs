@@ -136,14 +136,7 @@ where
         if trace_id != opentelemetry::trace::TraceId::INVALID {
             req.extensions_mut().insert(TraceId(trace_id));
         }
-        let notes = match req.extensions().get::<RequestNotes>() {
-            Some(notes) => notes.clone(),
-            None => {
-                let notes = RequestNotes::default();
-                req.extensions_mut().insert(notes.clone());
-                notes
-            }
-        };
+        let notes = RequestNotes::get_or_insert(req.extensions_mut());
         let inflight = self.metrics.inflight();
         let future = span.in_scope(|| self.inner.call(req));
         Either::Right(TelemetryFuture {
