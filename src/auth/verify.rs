@@ -328,6 +328,11 @@ impl Verifier {
             }
         })?;
         let claims = data.claims;
+        // jsonwebtoken also accepts an array `iss` with one allowed member;
+        // an issuer is one string equal to one of `auth.issuers`.
+        if !claims.get("iss").is_some_and(Value::is_string) {
+            return Err(AuthError::MalformedClaim.into());
+        }
         match claims.get("iat") {
             None => {}
             Some(Value::Number(iat))
@@ -580,6 +585,27 @@ mod tests {
             teams("teams", serde_json::json!({"teams": [1]})).unwrap_err(),
             VerifyError::Refused(AuthError::MalformedClaim)
         );
+    }
+
+    #[test]
+    fn an_issuer_is_one_string_not_an_array() {
+        // Found by fuzz/fuzz_targets/token_parse.rs: jsonwebtoken accepts an
+        // array `iss` when any member is allowed.
+        let verifier = Verifier::from_config(&config("teams", 0)).unwrap();
+        for iss in [
+            serde_json::json!(["iss", "https://elsewhere"]),
+            serde_json::json!(["iss"]),
+        ] {
+            assert_eq!(
+                verifier
+                    .verify(&token(serde_json::json!({ "iss": iss })), &keys(), 0, now())
+                    .unwrap_err(),
+                VerifyError::Refused(AuthError::MalformedClaim)
+            );
+        }
+        assert!(verifier
+            .verify(&token(serde_json::json!({})), &keys(), 0, now())
+            .is_ok());
     }
 
     #[test]
