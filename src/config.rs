@@ -222,6 +222,14 @@ pub struct ServerConfig {
     /// A client must send its request headers within this time.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Requests being handled beyond this are answered 503 `overloaded`.
+    pub max_inflight: usize,
+    /// A request's header section (names and values) beyond this gets 431.
+    pub max_header_bytes: usize,
+    /// Requests with more header fields than this get 431.
+    pub max_headers: usize,
+    /// Request targets (path and query) longer than this get 414.
+    pub max_uri_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -233,6 +241,10 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
+            max_inflight: 1024,
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_uri_bytes: 8 * 1024,
         }
     }
 }
@@ -251,6 +263,10 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     /// Extra PEM trust roots for HTTPS upstreams, added to the webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// How many times a request that never reached the upstream (the
+    /// connection failed) is sent again; only idempotent methods and
+    /// requests with an `Idempotency-Key`. 0: never.
+    pub retries: u32,
 }
 
 impl Default for UpstreamConfig {
@@ -260,6 +276,7 @@ impl Default for UpstreamConfig {
             connect_timeout: Duration::from_secs(5),
             timeout: Duration::from_secs(30),
             ca_file: None,
+            retries: 0,
         }
     }
 }

@@ -34,6 +34,11 @@ use crate::body::{full, BoxError, GatewayBody};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ErrorKey(pub &'static str);
 
+/// The message of a response the gateway made itself (as in its body), for
+/// the request's log line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorMessage(pub std::sync::Arc<str>);
+
 /// A refusal or failure, with the HTTP status and stable `key` it maps to.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -59,9 +64,24 @@ pub enum GatewayError {
     /// The gateway is shutting down and takes no new requests.
     #[error("the gateway is shutting down; retry on another instance")]
     Draining,
-    /// The gateway is at its connection limit.
+    /// The gateway is at its connection or in-flight request limit.
     #[error("the gateway is overloaded; retry later")]
     Overloaded,
+    /// The request's header section is over `server.max_header_bytes` or
+    /// has more than `server.max_headers` fields.
+    #[error("the request headers exceed the limit of {limit} {unit}")]
+    HeadersTooLarge {
+        /// The limit exceeded.
+        limit: usize,
+        /// `bytes` or `fields`.
+        unit: &'static str,
+    },
+    /// The request target is longer than `server.max_uri_bytes`.
+    #[error("the request URI exceeds the limit of {limit} bytes")]
+    UriTooLong {
+        /// The configured limit, in bytes.
+        limit: usize,
+    },
     /// The gateway is not ready to forward requests (e.g. its credential is unreadable).
     #[error("the gateway is not ready: {0}")]
     NotReady(&'static str),
@@ -128,6 +148,8 @@ impl GatewayError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::InvalidPath(_) | Self::InvalidId | Self::MethodOverride(_) => {
@@ -153,6 +175,8 @@ impl GatewayError {
             Self::RequestTimeout(_) => "request_timeout",
             Self::Draining => "draining",
             Self::Overloaded => "overloaded",
+            Self::HeadersTooLarge { .. } => "headers_too_large",
+            Self::UriTooLong { .. } => "uri_too_long",
             Self::NotReady(_) => "not_ready",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthenticated(_) => "unauthenticated",
@@ -174,6 +198,10 @@ impl GatewayError {
     fn metadata(&self) -> serde_json::Value {
         match self {
             Self::PayloadTooLarge { limit } => serde_json::json!({ "limit_bytes": limit }),
+            Self::UriTooLong { limit } => serde_json::json!({ "limit_bytes": limit }),
+            Self::HeadersTooLarge { limit, unit } => {
+                serde_json::json!({ "limit": limit, "unit": unit })
+            }
             Self::InvalidJson(e) => serde_json::json!({ "line": e.line, "column": e.column }),
             Self::InvalidBody(errors) => serde_json::json!({ "errors": errors }),
             _ => serde_json::json!({}),
@@ -183,15 +211,19 @@ impl GatewayError {
     /// The JSON response for this refusal, in Polytomic's error shape.
     pub fn to_response(&self) -> Response<GatewayBody> {
         let status = self.status();
+        let message = self.to_string();
         let body = serde_json::json!({
             "status": status.as_u16(),
             "key": self.key(),
-            "message": self.to_string(),
+            "message": message,
             "metadata": self.metadata(),
         });
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = status;
         response.extensions_mut().insert(ErrorKey(self.key()));
+        response
+            .extensions_mut()
+            .insert(ErrorMessage(message.into()));
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
@@ -232,6 +264,9 @@ pub fn error_response(error: &BoxError, request_timeout: Duration) -> Response<G
         }
         if err.is::<tower::timeout::error::Elapsed>() {
             return GatewayError::RequestTimeout(request_timeout).to_response();
+        }
+        if err.is::<tower::load_shed::error::Overloaded>() {
+            return GatewayError::Overloaded.to_response();
         }
         cause = err.source();
     }

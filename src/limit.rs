@@ -1,5 +1,12 @@
-//! The request body limit: `server.max_body_bytes`.
+//! Request limits: the head ([`HeadLimitLayer`]: `server.max_uri_bytes`,
+//! `server.max_header_bytes`, `server.max_headers`) and the body
+//! ([`BodyLimitLayer`]: `server.max_body_bytes`).
 //!
+//! hyper enforces its own, looser, limits while parsing (with a bare 431 and
+//! no JSON); [`HeadLimitLayer`] applies the configured ones to every request
+//! hyper accepted, as JSON errors that are audited like any refusal.
+//!
+//! The body limit:
 //! A declared `Content-Length` over the limit is refused with 413 before the
 //! body is read. Otherwise the body is wrapped in `http_body_util::Limited`,
 //! which still streams but fails as soon as more than the limit has passed;
@@ -20,6 +27,105 @@ use tower::{Layer, Service};
 use crate::body::{BoxError, GatewayBody};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
+
+/// Refuses requests whose target or header section is over the limits.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimitLayer {
+    limits: HeadLimits,
+}
+
+/// The limits [`HeadLimitLayer`] applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadLimits {
+    /// `server.max_uri_bytes`: the path and query, in bytes.
+    pub uri_bytes: usize,
+    /// `server.max_header_bytes`: every header's name and value, plus 4
+    /// bytes each for `: ` and CRLF, as on the wire.
+    pub header_bytes: usize,
+    /// `server.max_headers`: header fields.
+    pub headers: usize,
+}
+
+impl HeadLimits {
+    /// The refusal for `req`'s head, if it is over a limit.
+    pub fn check<B>(&self, req: &Request<B>) -> Option<GatewayError> {
+        let target = req.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+        if target > self.uri_bytes {
+            return Some(GatewayError::UriTooLong {
+                limit: self.uri_bytes,
+            });
+        }
+        let headers = req.headers();
+        if headers.len() > self.headers {
+            return Some(GatewayError::HeadersTooLarge {
+                limit: self.headers,
+                unit: "fields",
+            });
+        }
+        let bytes: usize = headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        (bytes > self.header_bytes).then_some(GatewayError::HeadersTooLarge {
+            limit: self.header_bytes,
+            unit: "bytes",
+        })
+    }
+}
+
+impl HeadLimitLayer {
+    /// Applies `limits` to every request.
+    pub fn new(limits: HeadLimits) -> Self {
+        Self { limits }
+    }
+}
+
+impl<S> Layer<S> for HeadLimitLayer {
+    type Service = HeadLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HeadLimit {
+            inner,
+            limits: self.limits,
+        }
+    }
+}
+
+/// The service built by [`HeadLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct HeadLimit<S> {
+    inner: S,
+    limits: HeadLimits,
+}
+
+impl<S, B> Service<Request<B>> for HeadLimit<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        match self.limits.check(&req) {
+            Some(refusal) => {
+                tracing::debug!(key = refusal.key(), reason = %refusal, "request head refused");
+                ResponseFuture::early(refusal.to_response())
+            }
+            None => ResponseFuture::inner(self.inner.call(req)),
+        }
+    }
+}
+
+/// The client's request body failed (bad chunked framing, a cut
+/// connection): the client's fault, so a 400, not an upstream failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read")]
+pub struct ClientBodyError(#[source] pub BoxError);
 
 /// Refuses request bodies over a limit, without reading past it.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +189,7 @@ where
                     if e.is::<http_body_util::LengthLimitError>() {
                         Box::new(GatewayError::PayloadTooLarge { limit })
                     } else {
-                        e
+                        Box::new(ClientBodyError(e))
                     }
                 })
                 .boxed_unsync()
@@ -147,5 +253,36 @@ mod tests {
         let response = svc().oneshot(req).await.unwrap();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"12345678");
+    }
+
+    #[test]
+    fn heads_over_each_limit_are_refused() {
+        let limits = HeadLimits {
+            uri_bytes: 20,
+            header_bytes: 64,
+            headers: 3,
+        };
+        let ok = Request::get("/api/organization")
+            .header("a", "1")
+            .body(())
+            .unwrap();
+        assert!(limits.check(&ok).is_none());
+        let long_uri = Request::get("/api/organization?x=1").body(()).unwrap();
+        assert_eq!(limits.check(&long_uri).unwrap().key(), "uri_too_long");
+        let mut many = Request::get("/").body(()).unwrap();
+        for name in ["a", "b", "c", "d"] {
+            many.headers_mut().insert(name, "1".parse().unwrap());
+        }
+        let refusal = limits.check(&many).unwrap();
+        assert_eq!(
+            refusal.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+        assert!(refusal.to_string().contains("3 fields"), "{refusal}");
+        let big = Request::get("/")
+            .header("x", "v".repeat(60))
+            .body(())
+            .unwrap();
+        assert!(limits.check(&big).unwrap().to_string().contains("64 bytes"));
     }
 }

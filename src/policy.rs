@@ -289,7 +289,7 @@ where
             let sub = principal.map(|p| p.sub().to_owned()).unwrap_or_default();
             match decision.mode {
                 PolicyMode::Enforce => {
-                    tracing::warn!(%operation, %sub, "request denied by policy");
+                    tracing::debug!(%operation, %sub, "request denied by policy");
                     return ResponseFuture::early(
                         GatewayError::Forbidden { operation }.to_response(),
                     );

@@ -92,8 +92,10 @@ pub struct Upstream {
     tls: Arc<rustls::ClientConfig>,
     /// `upstream.connect_timeout`, for other clients built on the same TLS.
     connect_timeout: Duration,
-    /// No response headers within this is a 504.
+    /// No response headers within this is a 504 (all attempts together).
     timeout: Duration,
+    /// `upstream.retries`: resends after a failed connection.
+    retries: u32,
 }
 
 impl Upstream {
@@ -142,6 +144,7 @@ impl Upstream {
             tls,
             connect_timeout: config.connect_timeout,
             timeout: config.timeout,
+            retries: config.retries,
         })
     }
 
@@ -287,6 +290,10 @@ fn classify(error: hyper_util::client::legacy::Error) -> GatewayError {
         if let Some(GatewayError::PayloadTooLarge { limit }) = err.downcast_ref() {
             return GatewayError::PayloadTooLarge { limit: *limit };
         }
+        if err.is::<crate::limit::ClientBodyError>() {
+            tracing::warn!(error = %error_chain(&error), "the request body failed while forwarding");
+            return GatewayError::IncompleteBody;
+        }
         cause = err.source();
     }
     let chain = error_chain(&error);
@@ -332,6 +339,7 @@ impl Service<Request<GatewayBody>> for Proxy {
             "server.address" = upstream.authority.host(),
             "server.port" = upstream.port(),
             "http.response.status_code" = tracing::field::Empty,
+            "http.request.resend_count" = tracing::field::Empty,
         );
         // Polytomic (or any upstream) sees our client span as the parent. The
         // caller's own `traceparent` was continued by the server span, so
@@ -359,15 +367,45 @@ impl Service<Request<GatewayBody>> for Proxy {
                 // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
                 parts.version = http::Version::HTTP_11;
                 let extensions = parts.extensions.clone();
-                let req = Request::from_parts(parts, body);
-                let sent = upstream.client.request(req);
+                // A copy to send again if the connection fails, when that is allowed and
+                // the body can be replayed.
+                let replay = (upstream.retries > 0)
+                    .then(|| Replay::of(&parts, &body))
+                    .flatten();
+                let mut req = Request::from_parts(parts, body);
+                let deadline = tokio::time::Instant::now() + upstream.timeout;
                 let started = std::time::Instant::now();
-                let response = match tokio::time::timeout(upstream.timeout, sent).await {
-                    Ok(Ok(response)) => response,
-                    Ok(Err(error)) => return Err(classify(error).into()),
-                    Err(_) => {
-                        tracing::warn!(timeout = ?upstream.timeout, "upstream timed out");
-                        return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
+                let mut attempt = 0;
+                let response = loop {
+                    let sent = upstream.client.request(req);
+                    match tokio::time::timeout_at(deadline, sent).await {
+                        Ok(Ok(response)) => break response,
+                        Ok(Err(error)) if error.is_connect() && attempt < upstream.retries => {
+                            let Some(copy) = replay.as_ref() else {
+                                return Err(classify(error).into());
+                            };
+                            attempt += 1;
+                            record_span.record("http.request.resend_count", attempt);
+                            tracing::warn!(
+                                attempt,
+                                error = %error_chain(&error),
+                                "upstream connection failed; sending the request again"
+                            );
+                            // 50 ms, 100 ms, 200 ms, ...: all within `upstream.timeout`.
+                            let backoff = RETRY_BACKOFF * 2u32.saturating_pow(attempt - 1);
+                            if tokio::time::timeout_at(deadline, tokio::time::sleep(backoff))
+                                .await
+                                .is_err()
+                            {
+                                return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
+                            }
+                            req = copy.request();
+                        }
+                        Ok(Err(error)) => return Err(classify(error).into()),
+                        Err(_) => {
+                            tracing::warn!(timeout = ?upstream.timeout, "upstream timed out");
+                            return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
+                        }
                     }
                 };
                 let (mut parts, body) = response.into_parts();
@@ -386,6 +424,59 @@ impl Service<Request<GatewayBody>> for Proxy {
             }
             .instrument(span),
         )
+    }
+}
+
+/// The first wait before a resend; it doubles with each attempt.
+const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+
+/// What it takes to send a request again: its head and its whole body.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    version: http::Version,
+    headers: HeaderMap,
+    extensions: http::Extensions,
+    body: bytes::Bytes,
+}
+
+impl Replay {
+    /// A copy of the request, if it may be sent again: an idempotent method
+    /// or an `Idempotency-Key` (Polytomic deduplicates on it), and a body
+    /// that is empty or was read whole. A streamed body cannot be replayed.
+    fn of(parts: &http::request::Parts, body: &GatewayBody) -> Option<Self> {
+        use http::Method;
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        ) || parts.headers.contains_key("idempotency-key");
+        if !idempotent {
+            return None;
+        }
+        let body = match parts.extensions.get::<crate::validate::BufferedBody>() {
+            Some(buffered) => buffered.0.clone(),
+            None if http_body::Body::is_end_stream(body) => bytes::Bytes::new(),
+            None => return None,
+        };
+        Some(Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+            body,
+        })
+    }
+
+    /// The request, again.
+    fn request(&self) -> Request<GatewayBody> {
+        let mut req = Request::new(crate::body::full(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
+        req
     }
 }
 

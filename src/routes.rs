@@ -510,7 +510,7 @@ where
             .resolve(req.method(), req.uri().path(), req.headers())
         {
             Routed::Refused(error) => {
-                tracing::warn!(key = error.key(), reason = %error, "request refused by routing");
+                tracing::debug!(key = error.key(), reason = %error, "request refused by routing");
                 ResponseFuture::early(error.to_response())
             }
             Routed::Matched(matched) => {

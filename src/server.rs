@@ -24,7 +24,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
@@ -42,6 +41,38 @@ use crate::proxy::Upstream;
 use crate::routes::RouteTable;
 use crate::stack::{self, StackParts};
 use crate::version::VersionPolicy;
+
+/// Adapts the tower stack to hyper, calling it as soon as hyper has parsed a
+/// request head.
+///
+/// hyper-util's `TowerToHyperService` calls the stack only when hyper first
+/// polls the returned future, and hyper may drop a request without polling
+/// it (the client half-closed or reset right after sending it); the audit
+/// layer would then never see it. Called here, the audit layer has the
+/// request in hand and records it as cancelled if it is dropped.
+#[derive(Debug, Clone)]
+struct EagerService<S>(S);
+
+impl<S, B> hyper::service::Service<Request<B>> for EagerService<S>
+where
+    S: tower::Service<Request<B>> + Clone,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, tower::util::Oneshot<S, Request<B>>>;
+
+    fn call(&self, req: Request<B>) -> Self::Future {
+        let mut svc = self.0.clone();
+        // The stack is always ready (load shedding answers instead of
+        // waiting), so this resolves at once; were it not ready, the request
+        // would wait for readiness as usual.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match svc.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => futures_util::future::Either::Left(svc.call(req)),
+            _ => futures_util::future::Either::Right(tower::util::Oneshot::new(svc, req)),
+        }
+    }
+}
 
 /// Wraps a shutdown future so the moment it resolved is known afterwards.
 pub fn timed(
@@ -181,6 +212,12 @@ impl Gateway {
             parts: StackParts {
                 metrics,
                 max_body_bytes: config.server.max_body_bytes,
+                head_limits: crate::limit::HeadLimits {
+                    uri_bytes: config.server.max_uri_bytes,
+                    header_bytes: config.server.max_header_bytes,
+                    headers: config.server.max_headers,
+                },
+                max_inflight: config.server.max_inflight,
                 request_timeout: config.server.request_timeout,
                 readiness,
                 audit,
@@ -240,10 +277,21 @@ impl Gateway {
         let stack = stack::build::<Incoming>(parts);
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
+        // hyper's own head limits sit above ours (see `limit`), so a request
+        // just over ours still reaches the stack and gets a JSON 431 or 414.
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(server.header_timeout);
+            .header_read_timeout(server.header_timeout)
+            .max_headers(server.max_headers + HYPER_HEADROOM_HEADERS)
+            .max_buf_size(
+                (server.max_header_bytes + server.max_uri_bytes + HYPER_HEADROOM_BYTES)
+                    .max(MIN_HYPER_BUF),
+            );
+        builder.http2().max_header_list_size(
+            u32::try_from(server.max_header_bytes + server.max_uri_bytes + HYPER_HEADROOM_BYTES)
+                .unwrap_or(u32::MAX),
+        );
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
         let graceful = GracefulShutdown::new();
@@ -300,8 +348,7 @@ impl Gateway {
                         return;
                     }
                 }
-                let conn =
-                    builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(svc));
+                let conn = builder.serve_connection(TokioIo::new(stream), EagerService(svc));
                 if let Err(error) = watch.watch(conn).await {
                     tracing::debug!(%peer, %error, "connection ended with an error");
                 }
@@ -360,6 +407,21 @@ const MAX_SHED_CONNECTIONS: usize = 1024;
 /// The most connections `server.max_connections` may allow.
 const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
+/// The largest `server.max_header_bytes` and `server.max_uri_bytes`.
+const MAX_HEADER_BYTES_LIMIT: usize = 1 << 20;
+
+/// The largest `server.max_headers`.
+const MAX_HEADERS_LIMIT: usize = 1000;
+
+/// How far hyper's header count limit sits above `server.max_headers`.
+const HYPER_HEADROOM_HEADERS: usize = 100;
+
+/// How far hyper's head buffer sits above our head limits.
+const HYPER_HEADROOM_BYTES: usize = 16 * 1024;
+
+/// hyper's smallest read buffer.
+const MIN_HYPER_BUF: usize = 8192;
+
 fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
     if server.max_connections > MAX_CONNECTIONS_LIMIT {
         problems.push(ConfigProblem::new(
@@ -372,7 +434,30 @@ fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
         ("server.header_timeout", server.header_timeout.is_zero()),
         ("server.max_connections", server.max_connections == 0),
         ("server.max_body_bytes", server.max_body_bytes == 0),
+        ("server.max_inflight", server.max_inflight == 0),
+        ("server.max_header_bytes", server.max_header_bytes == 0),
+        ("server.max_headers", server.max_headers == 0),
+        ("server.max_uri_bytes", server.max_uri_bytes == 0),
     ];
+    // hyper refuses, with a bare 431, a head beyond its buffer or header
+    // count; ours must bite first so the refusal is JSON and audited.
+    for (key, value, limit) in [
+        (
+            "server.max_header_bytes",
+            server.max_header_bytes,
+            MAX_HEADER_BYTES_LIMIT,
+        ),
+        (
+            "server.max_uri_bytes",
+            server.max_uri_bytes,
+            MAX_HEADER_BYTES_LIMIT,
+        ),
+        ("server.max_headers", server.max_headers, MAX_HEADERS_LIMIT),
+    ] {
+        if value > limit {
+            problems.push(ConfigProblem::new(key, format!("must be at most {limit}")));
+        }
+    }
     for (key, zero) in positive {
         if zero {
             problems.push(ConfigProblem::new(key, "must be greater than zero"));

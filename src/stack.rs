@@ -15,7 +15,7 @@ use crate::body::{BoxError, GatewayBody};
 use crate::credentials::{CredentialSet, CredentialSwapLayer};
 use crate::error::RescueLayer;
 use crate::health::{HealthLayer, Readiness};
-use crate::limit::BodyLimitLayer;
+use crate::limit::{BodyLimitLayer, HeadLimitLayer, HeadLimits};
 use crate::metrics::Metrics;
 use crate::policy::{Policy, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
@@ -31,6 +31,10 @@ pub struct StackParts {
     pub max_body_bytes: u64,
     /// `server.request_timeout`.
     pub request_timeout: std::time::Duration,
+    /// `server.max_uri_bytes`, `server.max_header_bytes`, `server.max_headers`.
+    pub head_limits: HeadLimits,
+    /// `server.max_inflight`.
+    pub max_inflight: usize,
     /// What `/readyz` reports; also refuses work while draining.
     pub readiness: Readiness,
     /// The audit trail.
@@ -58,7 +62,9 @@ pub fn build<B>(
     Request<B>,
     Response = Response<GatewayBody>,
     Error = Infallible,
-    Future = impl Send + 'static,
+    Future = impl std::future::Future<Output = Result<Response<GatewayBody>, Infallible>>
+                 + Send
+                 + 'static,
 > + Clone
        + Send
        + 'static
@@ -96,6 +102,14 @@ where
         // credential work, and are never forwarded; while draining, new work
         // stops here.
         .layer(HealthLayer::new(parts.readiness).with_metrics(parts.metrics))
+        // Cheap checks on what hyper parsed, before any work is spent on it.
+        .layer(HeadLimitLayer::new(parts.head_limits))
+        // At most `server.max_inflight` requests below this point; past it a
+        // request is refused at once (Rescue turns `Overloaded` into a 503
+        // with Retry-After) instead of queueing without bound. Health paths
+        // are answered above, so probes still work under overload.
+        .load_shed()
+        .concurrency_limit(parts.max_inflight)
         // Bounds everything below it, including the upstream exchange; its
         // `Elapsed` becomes a 504 in Rescue.
         .timeout(parts.request_timeout)

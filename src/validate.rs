@@ -517,6 +517,11 @@ where
     }
 }
 
+/// The bytes of a body the gateway read whole (a validated write body), in
+/// the request's extensions: the proxy can send it again on a retry.
+#[derive(Debug, Clone)]
+pub struct BufferedBody(pub Bytes);
+
 /// Reads the whole body and checks it: the request to forward, or the
 /// refusal to answer with.
 async fn read_and_check(
@@ -530,7 +535,7 @@ async fn read_and_check(
         Err(error) => return Err(body_read_failure(&error)),
     };
     let value = check_body(&schema, &bytes).map_err(|refusal| {
-        tracing::warn!(
+        tracing::debug!(
             key = refusal.key(),
             schema = schema.path(),
             "request body refused"
@@ -551,6 +556,7 @@ async fn read_and_check(
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
     parts.extensions.insert(ParsedBody(value));
+    parts.extensions.insert(BufferedBody(bytes.clone()));
     Ok(Request::from_parts(parts, full(bytes)))
 }
 

@@ -410,9 +410,12 @@ async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstrea
         .any(|l| l["message"] == "request refused"
             && l["level"] == "WARN"
             && l["reason"] == "forbidden"));
-    assert!(denied_lines
-        .iter()
-        .any(|l| l["message"] == "request denied by policy"));
+    // One line per refusal: the layer that refused logs at debug only.
+    assert_eq!(denied_lines.len(), 1, "{denied_lines:?}");
+    assert_eq!(
+        denied_lines[0]["detail"],
+        "team may not perform organizations.update"
+    );
     assert!(!output.contains(CANARY_SECRET) && !output.contains(PARTNER_KEY));
     assert!(!output.contains(token()));
 }

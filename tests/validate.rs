@@ -376,7 +376,7 @@ async fn a_secret_in_a_wrong_field_is_never_echoed_or_logged() {
     gw.child.wait().await.unwrap();
     let output = gw.collect_output().await;
     assert!(
-        output.contains("request body refused"),
+        output.contains("\"reason\":\"invalid_body\"") && output.contains("request refused"),
         "the refusals were not logged:\n{output}"
     );
     assert!(!output.contains(CANARY), "logged: {output}");

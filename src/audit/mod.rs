@@ -604,11 +604,81 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.future.poll(cx));
-        if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
+        let Some(pending) = this.pending.take() else {
+            return Poll::Ready(result);
+        };
+        Poll::Ready(result.map(|response| {
+            // The record waits for the body: a response cut off midway is an
+            // upstream failure, not the success its status line announced.
+            let status = response.status().as_u16();
             let error_key = response.extensions().get::<ErrorKey>().map(|k| k.0);
-            pending.write(Some(response.status().as_u16()), error_key);
+            response.map(|body| {
+                crate::body::boxed(AuditedBody {
+                    body,
+                    pending: Some((pending, status, error_key)),
+                })
+            })
+        }))
+    }
+}
+
+/// The `error_key` of a response whose body failed after its headers.
+pub const BODY_FAILED: &str = "upstream_failed";
+
+pin_project! {
+    /// A response body that writes the request's `response` record when it
+    /// ends: as answered when it completes, as an upstream failure when it
+    /// fails, as cancelled when it is dropped unfinished (the client left).
+    struct AuditedBody {
+        #[pin]
+        body: GatewayBody,
+        pending: Option<(Pending, u16, Option<&'static str>)>,
+    }
+
+    impl PinnedDrop for AuditedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some((pending, status, error_key)) = this.pending.take() {
+                // hyper may drop a body it knows is empty without polling it.
+                if http_body::Body::is_end_stream(&*this.body) {
+                    pending.write(Some(status), error_key);
+                } else {
+                    pending.write(Some(status), Some(CLIENT_DISCONNECTED));
+                }
+            }
         }
-        Poll::Ready(result)
+    }
+}
+
+impl http_body::Body for AuditedBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.body.poll_frame(cx));
+        let done = match &frame {
+            None => Some(None),
+            Some(Err(_)) => Some(Some(BODY_FAILED)),
+            Some(Ok(_)) => None,
+        };
+        if let Some(failure) = done {
+            if let Some((pending, status, error_key)) = this.pending.take() {
+                pending.write(Some(status), failure.or(error_key));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -86,7 +86,9 @@ pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'
             | "unsupported_media_type"
             | "body_not_allowed"
             | "payload_too_large"
-            | "incomplete_body",
+            | "incomplete_body"
+            | "headers_too_large"
+            | "uri_too_long",
         ) => "invalid",
         Some(
             "upstream_unreachable" | "upstream_failed" | "upstream_timeout" | "request_timeout",

@@ -300,7 +300,8 @@ fn refusal(error: VerifyError) -> Response<GatewayBody> {
         VerifyError::Refused(reason) => reason,
         VerifyError::UnknownKid => AuthError::UnknownKey,
     };
-    tracing::warn!(%reason, "request refused: not authenticated");
+    // The request's own line (telemetry) says it at warn, with this reason.
+    tracing::debug!(%reason, "request refused: not authenticated");
     GatewayError::Unauthenticated(reason).to_response()
 }
 

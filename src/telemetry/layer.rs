@@ -20,7 +20,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::audit::record::outcome;
 use crate::body::GatewayBody;
-use crate::error::ErrorKey;
+use crate::error::{ErrorKey, ErrorMessage};
 use crate::metrics::{method_label, InflightGuard, Metrics, RequestMetrics, NO_OPERATION, NO_RULE};
 use crate::notes::{Notes, RequestNotes};
 use crate::policy::PolicyMode;
@@ -198,7 +198,12 @@ fn decision_word(allowed: bool, mode: PolicyMode) -> &'static str {
 impl Pending {
     /// Records everything about the finished request. `status` is `None`
     /// when the client went away before the response.
-    fn finish(self, status: Option<StatusCode>, error_key: Option<&'static str>) {
+    fn finish(
+        self,
+        status: Option<StatusCode>,
+        error_key: Option<&'static str>,
+        detail: Option<&str>,
+    ) {
         let duration = self.started.elapsed();
         let notes: Notes = self.notes.snapshot();
         let span = &self.span;
@@ -272,6 +277,7 @@ impl Pending {
                 duration_ms,
                 outcome,
                 reason,
+                detail,
                 "request refused"
             );
         } else {
@@ -300,7 +306,7 @@ pin_project! {
     impl<F> PinnedDrop for TelemetryFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(pending) = this.project().pending.take() {
-                pending.finish(None, Some(crate::audit::CLIENT_DISCONNECTED));
+                pending.finish(None, Some(crate::audit::CLIENT_DISCONNECTED), None);
             }
         }
     }
@@ -320,7 +326,11 @@ where
         };
         if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
             let error_key = response.extensions().get::<ErrorKey>().map(|k| k.0);
-            pending.finish(Some(response.status()), error_key);
+            let detail = response
+                .extensions()
+                .get::<ErrorMessage>()
+                .map(|m| m.0.clone());
+            pending.finish(Some(response.status()), error_key, detail.as_deref());
         }
         Poll::Ready(result)
     }
