@@ -329,7 +329,11 @@ async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
 async fn a_ten_thousand_connection_flood_keeps_memory_bounded() {
     let (upstream, _) = recording_upstream().await;
     let dir = TestDir::new();
-    let path = dir.config(&format!("http://{upstream}"), "");
+    // The default limits; a short grace so the flood drains quickly.
+    let path = dir.config(
+        &format!("http://{upstream}"),
+        "[server]\nshutdown_grace = \"1s\"",
+    );
     let gateway = Binary::serve(&path, &[]).await;
     let before = gateway.proc_kib("VmRSS");
     let mut connections = Vec::with_capacity(10_000);

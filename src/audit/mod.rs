@@ -2,8 +2,10 @@
 //!
 //! [`AuditLayer`] sits near the edge. It gives each request a
 //! [`RequestNotes`] slot that the inner layers fill in (principal, route,
-//! decision, body, upstream status), and when the response is ready it
-//! writes a `response` record, for allowed and refused requests alike.
+//! decision, body, upstream status), and when the response body has ended
+//! it writes a `response` record, for allowed and refused requests alike: a
+//! body cut off midway is recorded as an upstream failure, one the client
+//! stopped reading as cancelled.
 //!
 //! [`AuditRequestLayer`] sits just before the credential swap. For write
 //! requests (`POST`, `PUT`, `PATCH`, `DELETE`) it writes a `request` record
