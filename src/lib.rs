@@ -24,7 +24,9 @@
 //!   routes and wrong methods are refused.
 //! - [`policy`]: which teams may perform which operation on which
 //!   organization; deny by default.
-//! - [`limit`]: `server.max_body_bytes`, enforced without buffering.
+//! - [`limit`]: the head limits (`server.max_uri_bytes`,
+//!   `server.max_header_bytes`, `server.max_headers`) and
+//!   `server.max_body_bytes`, enforced without buffering.
 //! - [`validate`]: strict JSON parsing and JSON Schema validation of write
 //!   bodies on routes that name a schema.
 //! - [`credentials`]: loading (and rotating) the partner key, and
