@@ -214,7 +214,7 @@ fn check(table: &Table, method_name: &str, path: &str, override_header: bool) {
             .unwrap_or_else(|| panic!("{method_name} {} is not configured", m.template));
         assert_eq!(owner.0, &*m.operation, "{method_name} {path:?}");
         assert!(
-            table.table.operations().iter().any(|o| *o == m.operation),
+            table.table.operations().contains(&m.operation),
             "operation {:?} is not in the table",
             m.operation
         );

@@ -110,7 +110,10 @@ impl Redactor {
     /// A query string with the values of redacted parameters replaced.
     pub fn redact_query(&self, query: &str) -> String {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
-        for (name, value) in url::form_urlencoded::parse(query.as_bytes()) {
+        // Some servers also split pairs at `;`: split there too, so a secret
+        // after one (`?a=1;token=x`) is not recorded as part of a value.
+        let pairs = query.replace(';', "&");
+        for (name, value) in url::form_urlencoded::parse(pairs.as_bytes()) {
             if self.is_redacted_field(&name) {
                 out.append_pair(&name, "[REDACTED]");
             } else {
@@ -186,6 +189,17 @@ mod tests {
         assert_eq!(
             r.redact_query("a=1&Token=abc&api%5Fkey=k&b=x+y"),
             "a=1&Token=%5BREDACTED%5D&api_key=%5BREDACTED%5D&b=x+y"
+        );
+    }
+
+    #[test]
+    fn a_secret_after_a_semicolon_in_a_query_is_redacted() {
+        let r = Redactor::new(&defaults(), None);
+        let out = r.redact_query("a=1;token=abc123&b=2");
+        assert!(!out.contains("abc123"), "{out}");
+        assert!(
+            out.contains("token=%5BREDACTED%5D") && out.contains("b=2"),
+            "{out}"
         );
     }
 }
