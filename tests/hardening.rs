@@ -21,8 +21,7 @@ use tokio::sync::Notify;
 
 const ORG_ID: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
 
-/// An upstream answering 200 JSON that records each request's path, and
-/// holds requests while `hold` is set until `release` is notified.
+/// An upstream answering 200 JSON that records each request's path.
 async fn recording_upstream() -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
