@@ -13,14 +13,15 @@
 //! routing, as authentication does. Everything completes without I/O, so the
 //! figure is CPU time per request.
 //!
-//! Three subscribers:
+//! Four set-ups:
 //!
-//! - `no_subscriber`: none installed, so every span and log line is a no-op;
-//!   what remains is the layers and the metrics.
+//! - `no_subscriber`: no log subscriber and no tracer provider, so every
+//!   span and log line is a no-op; what remains is the layers and the
+//!   metrics.
 //! - `gateway_no_export`: the gateway's own subscriber
 //!   (`telemetry::subscriber`, JSON logs at `info`, written to
-//!   `io::sink`), with a tracer provider that samples everything and exports
-//!   nowhere: the default `otlp_endpoint = ""`.
+//!   `io::sink`), with a global tracer provider that samples everything and
+//!   exports nowhere: the default `otlp_endpoint = ""`.
 //! - `gateway_unsampled`: the same with `sample_ratio = 0`, so spans are
 //!   made but not recorded.
 //! - `gateway_no_request_log`: the same as `gateway_no_export` with
@@ -35,14 +36,14 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use http::{Request, Response};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use polytomic_gateway::auth::Principal;
 use polytomic_gateway::body::{full, GatewayBody};
 use polytomic_gateway::metrics::Metrics;
 use polytomic_gateway::policy::{Policy, PolicyConfig, PolicyLayer};
 use polytomic_gateway::routes::{RouteConfig, RouteLayer, RouteTable};
-use polytomic_gateway::telemetry::{self, TelemetryConfig, TelemetryLayer};
+use polytomic_gateway::telemetry::{self, RequestTrace, TelemetryConfig, TelemetryLayer};
 use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 
 const ORG_ID: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
@@ -65,7 +66,8 @@ fn stack() -> Stack {
     let svc = ServiceBuilder::new()
         .layer(TelemetryLayer::new(Metrics::new()))
         .map_request(move |mut req: Request<()>| {
-            let _auth = tracing::info_span!("auth").entered();
+            let _auth =
+                RequestTrace::child_of(req.extensions(), "auth", SpanKind::Internal, Vec::new);
             polytomic_gateway::notes::record(req.extensions(), |n| {
                 n.principal = Some(principal.clone())
             });
@@ -75,7 +77,8 @@ fn stack() -> Stack {
         .layer(RouteLayer::new(table, None))
         .layer(PolicyLayer::new(policy))
         .service(service_fn(|req: Request<()>| async move {
-            let _upstream = tracing::info_span!("upstream", otel.kind = "client").entered();
+            let _upstream =
+                RequestTrace::child_of(req.extensions(), "upstream", SpanKind::Client, Vec::new);
             polytomic_gateway::notes::record(req.extensions(), |n| {
                 n.upstream_status = Some(200);
                 n.upstream_duration = Some(std::time::Duration::from_micros(300));
@@ -107,33 +110,39 @@ fn one(svc: &mut Stack) {
     assert_eq!(response.status(), 200);
 }
 
+/// Installs a global tracer provider sampling `ratio` (exporting nowhere)
+/// and returns the gateway's log subscriber at `log_level`. Build the stack
+/// afterwards: `TelemetryLayer` takes its tracer when made.
 fn gateway_subscriber(ratio: f64, log_level: &str) -> impl tracing::Subscriber + Send + Sync {
     let provider = SdkTracerProvider::builder()
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             ratio,
         ))))
         .build();
+    opentelemetry::global::set_tracer_provider(provider);
     let config = TelemetryConfig {
         sample_ratio: ratio,
         log_level: log_level.into(),
         ..TelemetryConfig::default()
     };
-    telemetry::subscriber(&config, provider.tracer("bench"), std::io::sink, false)
+    telemetry::subscriber(&config, std::io::sink, false)
 }
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("request");
     let mut svc = stack();
     group.bench_function("no_subscriber", |b| b.iter(|| one(&mut svc)));
-    tracing::subscriber::with_default(gateway_subscriber(1.0, "info"), || {
-        group.bench_function("gateway_no_export", |b| b.iter(|| one(&mut svc)));
-    });
-    tracing::subscriber::with_default(gateway_subscriber(0.0, "info"), || {
-        group.bench_function("gateway_unsampled", |b| b.iter(|| one(&mut svc)));
-    });
-    tracing::subscriber::with_default(gateway_subscriber(1.0, "warn"), || {
-        group.bench_function("gateway_no_request_log", |b| b.iter(|| one(&mut svc)));
-    });
+    for (name, ratio, level) in [
+        ("gateway_no_export", 1.0, "info"),
+        ("gateway_unsampled", 0.0, "info"),
+        ("gateway_no_request_log", 1.0, "warn"),
+    ] {
+        let subscriber = gateway_subscriber(ratio, level);
+        let mut svc = stack();
+        tracing::subscriber::with_default(subscriber, || {
+            group.bench_function(name, |b| b.iter(|| one(&mut svc)));
+        });
+    }
     group.finish();
 }
 

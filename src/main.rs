@@ -9,6 +9,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use polytomic_gateway::{auth, config, demo, server, telemetry, Gateway};
 
+// mimalloc's thread-local free lists suit a proxy's many small, short-lived
+// allocations (headers, records, futures) better than glibc's malloc:
+// measured in BENCHMARKS.md. The library leaves the choice to its users.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "polytomic-gateway",

@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
@@ -24,6 +26,7 @@ use crate::config::ConfigProblem;
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
 use crate::routes::{is_uuid, RouteMatch};
+use crate::telemetry::RequestTrace;
 
 /// `[policy]`.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -269,20 +272,21 @@ where
             return ResponseFuture::early(GatewayError::NoRoute.to_response());
         };
         let principal = req.extensions().get::<Principal>();
-        let span = tracing::info_span!(
-            "policy",
-            "gateway.decision" = tracing::field::Empty,
-            "gateway.rule" = tracing::field::Empty,
-        );
-        let _entered = span.enter();
+        let mut span =
+            RequestTrace::child_of(req.extensions(), "policy", SpanKind::Internal, Vec::new);
         let decision = self.policy.decide(principal, route);
-        span.record(
-            "gateway.decision",
-            if decision.allowed { "allow" } else { "deny" },
-        );
+        crate::telemetry::set_attribute(&mut span, || {
+            KeyValue::new(
+                "gateway.decision",
+                if decision.allowed { "allow" } else { "deny" },
+            )
+        });
         if let Some(rule) = &decision.rule {
-            span.record("gateway.rule", &**rule);
+            crate::telemetry::set_attribute(&mut span, || {
+                KeyValue::new("gateway.rule", rule.to_string())
+            });
         }
+        drop(span);
         crate::notes::record(req.extensions(), |n| n.decision = Some(decision.clone()));
         if !decision.allowed {
             let operation = route.operation.clone();
@@ -300,7 +304,6 @@ where
             }
         }
         req.extensions_mut().insert(decision);
-        drop(_entered);
         ResponseFuture::inner(self.inner.call(req))
     }
 }

@@ -26,17 +26,18 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::propagation::TextMapPropagator;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tower::Service;
-use tracing::Instrument;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::body::{boxed, BoxError, GatewayBody};
 use crate::config::{ConfigProblem, UpstreamConfig};
 use crate::error::GatewayError;
 use crate::server::ClientAddr;
+use crate::telemetry::RequestTrace;
 
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -63,6 +64,11 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// Removes hop-by-hop headers, including every header named in `Connection`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (compared, not
+    // hashed) settles that without a removal per hop-by-hop name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -332,98 +338,105 @@ impl Service<Request<GatewayBody>> for Proxy {
         let upstream = self.upstream.clone();
         let (mut parts, body) = req.into_parts();
         let uri = upstream.uri_for(parts.uri.path_and_query());
-        let span = tracing::info_span!(
-            "upstream",
-            otel.kind = "client",
-            "http.request.method" = crate::metrics::method_label(&parts.method),
-            "server.address" = upstream.authority.host(),
-            "server.port" = upstream.port(),
-            "http.response.status_code" = tracing::field::Empty,
-            "http.request.resend_count" = tracing::field::Empty,
-        );
+        let mut span =
+            RequestTrace::child_of(&parts.extensions, "upstream", SpanKind::Client, || {
+                vec![
+                    KeyValue::new(
+                        "http.request.method",
+                        crate::metrics::method_label(&parts.method),
+                    ),
+                    KeyValue::new("server.address", upstream.authority.host().to_owned()),
+                    KeyValue::new("server.port", i64::from(upstream.port())),
+                ]
+            });
         // Polytomic (or any upstream) sees our client span as the parent. The
         // caller's own `traceparent` was continued by the server span, so
-        // replacing it keeps the trace whole. Without an OpenTelemetry layer
-        // the context is empty, nothing is injected, and the caller's header
+        // replacing it keeps the trace whole. Without a tracer provider the
+        // context is empty, nothing is injected, and the caller's header
         // passes through.
-        TraceContextPropagator::new()
-            .inject_context(&span.context(), &mut HeaderInjector(&mut parts.headers));
-        let record_span = span.clone();
-        Box::pin(
-            async move {
-                parts.uri = uri.map_err(|e| {
-                    tracing::error!(error = %e, "cannot build the upstream URI");
-                    GatewayError::Internal
-                })?;
-                let headers = &mut parts.headers;
-                // The gateway's stack already stripped these first thing; this
-                // keeps `Proxy` safe when a library user runs it on its own.
-                remove_hop_by_hop(headers);
-                headers.remove(header::HOST);
-                if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
-                    append_forwarded_for(headers, peer.ip());
-                }
-                headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-                // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
-                parts.version = http::Version::HTTP_11;
-                let extensions = parts.extensions.clone();
-                // A copy to send again if the connection fails, when that is allowed and
-                // the body can be replayed.
-                let replay = (upstream.retries > 0)
-                    .then(|| Replay::of(&parts, &body))
-                    .flatten();
-                let mut req = Request::from_parts(parts, body);
-                let deadline = tokio::time::Instant::now() + upstream.timeout;
-                let started = std::time::Instant::now();
-                let mut attempt = 0;
-                let response = loop {
-                    let sent = upstream.client.request(req);
-                    match tokio::time::timeout_at(deadline, sent).await {
-                        Ok(Ok(response)) => break response,
-                        Ok(Err(error)) if error.is_connect() && attempt < upstream.retries => {
-                            let Some(copy) = replay.as_ref() else {
-                                return Err(classify(error).into());
-                            };
-                            attempt += 1;
-                            record_span.record("http.request.resend_count", attempt);
-                            tracing::warn!(
-                                attempt,
-                                error = %error_chain(&error),
-                                "upstream connection failed; sending the request again"
-                            );
-                            // 50 ms, 100 ms, 200 ms, ...: all within `upstream.timeout`.
-                            let backoff = RETRY_BACKOFF * 2u32.saturating_pow(attempt - 1);
-                            if tokio::time::timeout_at(deadline, tokio::time::sleep(backoff))
-                                .await
-                                .is_err()
-                            {
-                                return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
-                            }
-                            req = copy.request();
-                        }
-                        Ok(Err(error)) => return Err(classify(error).into()),
-                        Err(_) => {
-                            tracing::warn!(timeout = ?upstream.timeout, "upstream timed out");
+        if let Some(span) = &span {
+            TraceContextPropagator::new()
+                .inject_context(&span.context(), &mut HeaderInjector(&mut parts.headers));
+        }
+        Box::pin(async move {
+            parts.uri = uri.map_err(|e| {
+                tracing::error!(error = %e, "cannot build the upstream URI");
+                GatewayError::Internal
+            })?;
+            let headers = &mut parts.headers;
+            // The gateway's stack already stripped these first thing; this
+            // keeps `Proxy` safe when a library user runs it on its own.
+            remove_hop_by_hop(headers);
+            headers.remove(header::HOST);
+            if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
+                append_forwarded_for(headers, peer.ip());
+            }
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
+            parts.version = http::Version::HTTP_11;
+            let extensions = parts.extensions.clone();
+            // A copy to send again if the connection fails, when that is allowed and
+            // the body can be replayed.
+            let replay = (upstream.retries > 0)
+                .then(|| Replay::of(&parts, &body))
+                .flatten();
+            let mut req = Request::from_parts(parts, body);
+            let deadline = tokio::time::Instant::now() + upstream.timeout;
+            let started = std::time::Instant::now();
+            let mut attempt = 0;
+            let response = loop {
+                let sent = upstream.client.request(req);
+                match tokio::time::timeout_at(deadline, sent).await {
+                    Ok(Ok(response)) => break response,
+                    Ok(Err(error)) if error.is_connect() && attempt < upstream.retries => {
+                        let Some(copy) = replay.as_ref() else {
+                            return Err(classify(error).into());
+                        };
+                        attempt += 1;
+                        crate::telemetry::set_attribute(&mut span, || {
+                            KeyValue::new("http.request.resend_count", i64::from(attempt))
+                        });
+                        tracing::warn!(
+                            attempt,
+                            error = %error_chain(&error),
+                            "upstream connection failed; sending the request again"
+                        );
+                        // 50 ms, 100 ms, 200 ms, ...: all within `upstream.timeout`.
+                        let backoff = RETRY_BACKOFF * 2u32.saturating_pow(attempt - 1);
+                        if tokio::time::timeout_at(deadline, tokio::time::sleep(backoff))
+                            .await
+                            .is_err()
+                        {
                             return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
                         }
+                        req = copy.request();
                     }
-                };
-                let (mut parts, body) = response.into_parts();
-                record_span.record("http.response.status_code", parts.status.as_u16());
-                crate::notes::record(&extensions, |n| {
-                    n.upstream_status = Some(parts.status.as_u16());
-                    n.upstream_duration = Some(started.elapsed());
-                });
-                remove_hop_by_hop(&mut parts.headers);
-                // The caller's request id is returned on the response; the
-                // upstream's own is kept under another name for support cases.
-                if let Some(theirs) = parts.headers.remove(X_REQUEST_ID) {
-                    parts.headers.insert(X_UPSTREAM_REQUEST_ID, theirs);
+                    Ok(Err(error)) => return Err(classify(error).into()),
+                    Err(_) => {
+                        tracing::warn!(timeout = ?upstream.timeout, "upstream timed out");
+                        return Err(GatewayError::UpstreamTimeout(upstream.timeout).into());
+                    }
                 }
-                Ok(Response::from_parts(parts, boxed(body)))
+            };
+            let (mut parts, body) = response.into_parts();
+            crate::telemetry::set_attribute(&mut span, || {
+                KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(parts.status.as_u16()),
+                )
+            });
+            crate::notes::record(&extensions, |n| {
+                n.upstream_status = Some(parts.status.as_u16());
+                n.upstream_duration = Some(started.elapsed());
+            });
+            remove_hop_by_hop(&mut parts.headers);
+            // The caller's request id is returned on the response; the
+            // upstream's own is kept under another name for support cases.
+            if let Some(theirs) = parts.headers.remove(X_REQUEST_ID) {
+                parts.headers.insert(X_UPSTREAM_REQUEST_ID, theirs);
             }
-            .instrument(span),
-        )
+            Ok(Response::from_parts(parts, boxed(body)))
+        })
     }
 }
 

@@ -7,7 +7,9 @@ use std::convert::Infallible;
 
 use http::{Request, Response};
 use tower::{Service, ServiceBuilder};
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 
 use crate::audit::{Audit, AuditLayer, AuditRequestLayer};
 use crate::auth::{Authenticator, JwtAuthLayer};
@@ -83,7 +85,7 @@ where
         })
         // Every request gets an id (the client's `x-request-id`, or
         // a new UUID) before anything can refuse it, so refusals carry one too.
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetRequestIdLayer::x_request_id(MakeRandomUuid))
         // Copies the id onto every response. It wraps Rescue so that the JSON
         // errors Rescue makes get the header as well.
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -144,4 +146,19 @@ where
         .layer(PolytomicVersionLayer::new(parts.version))
         // Innermost: forwards upstream over the pooled client.
         .service(Proxy::new(parts.upstream))
+}
+
+/// Makes a random (v4) UUID request id from the thread-local generator.
+/// (tower-http's `MakeRequestUuid` asks the kernel for each one: a
+/// `getrandom` syscall per request.)
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MakeRandomUuid;
+
+impl MakeRequestId for MakeRandomUuid {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = id.hyphenated().encode_lower(&mut text);
+        http::HeaderValue::from_str(text).ok().map(RequestId::new)
+    }
 }

@@ -36,17 +36,18 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response};
 use http_body_util::BodyExt;
+use opentelemetry::trace::SpanKind;
 use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::body::{full, BoxError, GatewayBody};
 use crate::error::GatewayError;
 use crate::future::{take_ready, ResponseFuture, ThenCall};
 use crate::notes::BodyNote;
 use crate::routes::RouteMatch;
+use crate::telemetry::RequestTrace;
 
 /// The deepest nesting of arrays and objects a body may have.
 pub const MAX_DEPTH: usize = 64;
@@ -510,8 +511,13 @@ where
             return ResponseFuture::early(GatewayError::UnsupportedMediaType.to_response());
         }
         let inner = take_ready(&mut self.inner);
+        let span =
+            RequestTrace::child_of(req.extensions(), "validate", SpanKind::Internal, Vec::new);
         ResponseFuture::inner(Either::Right(ThenCall::new(
-            Box::pin(read_and_check(req, schema).instrument(tracing::info_span!("validate"))),
+            Box::pin(async move {
+                let _span = span; // ends when the body is read and checked
+                read_and_check(req, schema).await
+            }),
             inner,
         )))
     }

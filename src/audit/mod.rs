@@ -27,18 +27,18 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use futures_util::future::Either;
 use http::{header, Method, Request, Response};
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use pin_project_lite::pin_project;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::body::GatewayBody;
 use crate::config::{ConfigProblem, SecretSourceConfig};
@@ -47,6 +47,7 @@ use crate::error::{ErrorKey, GatewayError};
 use crate::future::{take_ready, ResponseFuture, ThenCall};
 use crate::notes::RequestNotes;
 use crate::server::ClientAddr;
+use crate::telemetry::RequestTrace;
 use record::{RequestInfo, SharedInfo};
 use redact::{Redactor, DEFAULT_REDACT_FIELDS};
 pub use writer::{SinkCounters, WriterStats};
@@ -176,7 +177,7 @@ pub struct Audit {
 }
 
 struct AuditInner {
-    tx: SyncSender<writer::Entry>,
+    queue: Arc<writer::Queue>,
     durability: Durability,
     on_failure: OnFailure,
     redactor: Redactor,
@@ -189,6 +190,13 @@ struct AuditInner {
     /// The shipper, until `start_shipping` takes it.
     shipper: Mutex<Option<ship::Shipper>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for AuditInner {
+    /// The last `Audit` is gone: the writer writes what is queued and stops.
+    fn drop(&mut self) {
+        self.queue.close();
+    }
 }
 
 impl std::fmt::Debug for Audit {
@@ -283,7 +291,8 @@ impl Audit {
             )),
             _ => None,
         };
-        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
+        let queue = Arc::new(writer::Queue::new(QUEUE_CAPACITY));
+        let rx = queue.clone();
         let writer = writer::Writer {
             file: config.path.clone().filter(|_| file_sink),
             stdout: config.sinks.contains(&SinkKind::Stdout),
@@ -303,7 +312,7 @@ impl Audit {
             })?;
         Ok(Self {
             inner: Arc::new(AuditInner {
-                tx,
+                queue,
                 durability: config.durability,
                 on_failure: config.on_failure,
                 redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
@@ -407,9 +416,9 @@ impl Audit {
         } else {
             (None, None)
         };
-        match self.inner.tx.try_send(writer::Entry::Record { line, ack }) {
+        match self.inner.queue.push(writer::Entry::Record { line, ack }) {
             Ok(()) => Ok(done),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(_) => {
                 self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("audit queue full or closed: a record was not written");
                 Err(())
@@ -420,13 +429,7 @@ impl Audit {
     /// Writes every queued record and stops the writer (at shutdown).
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        // A blocking send is fine here: shutdown, and the writer is draining.
-        let sender = self.inner.tx.clone();
-        let sent =
-            tokio::task::spawn_blocking(move || sender.send(writer::Entry::Shutdown(tx)).is_ok())
-                .await
-                .unwrap_or(false);
-        if sent {
+        if self.inner.queue.push(writer::Entry::Shutdown(tx)).is_ok() {
             let _ = rx.await;
         }
         let thread = self
@@ -743,11 +746,11 @@ where
         };
         // Covers queueing the record and, when forwarding waits for it, the
         // wait until it is durable.
-        let span = tracing::info_span!(
-            "audit.write",
-            "audit.durability" = self.audit.inner.durability.as_str()
-        );
-        let _entered = span.enter();
+        let durability = self.audit.inner.durability;
+        let span =
+            RequestTrace::child_of(req.extensions(), "audit.write", SpanKind::Internal, || {
+                vec![KeyValue::new("audit.durability", durability.as_str())]
+            });
         let snapshot = notes.snapshot();
         let body = self.audit.redacted_body(&snapshot);
         let line = record::line("request", &info, &snapshot, None, None, body, None);
@@ -764,13 +767,13 @@ where
             }
             Err(()) => None,
         };
-        drop(_entered);
         let Some(done) = done else {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         };
         let inner = take_ready(&mut self.inner);
         let prepare = Box::pin(async move {
-            let durable = done.instrument(span).await.unwrap_or(false);
+            let durable = done.await.unwrap_or(false);
+            drop(span);
             if durable || !reject {
                 if !durable {
                     tracing::error!(

@@ -147,10 +147,13 @@ pub fn line(
         request_body,
         error_key,
     };
-    let mut line = serde_json::to_vec(&record).unwrap_or_else(|e| {
+    // Sized for a typical record, so it is not regrown while serializing.
+    let mut line = Vec::with_capacity(1024);
+    if let Err(e) = serde_json::to_writer(&mut line, &record) {
         // Serializing these types cannot fail; keep a trace of the request anyway.
-        format!("{{\"stage\":\"{stage}\",\"error\":\"record not serializable: {e}\"}}").into_bytes()
-    });
+        line = format!("{{\"stage\":\"{stage}\",\"error\":\"record not serializable: {e}\"}}")
+            .into_bytes();
+    }
     line.push(b'\n');
     line
 }

@@ -1,23 +1,30 @@
 //! The audit writer: one thread that owns the sinks and commits in groups.
 //!
-//! Records arrive over a bounded channel. The thread takes every record that
+//! Records arrive in a bounded [`Queue`]. The thread takes every record that
 //! is waiting, writes them with one `write` per sink, then flushes or
 //! `fdatasync`s once for the whole batch ("group commit"), and only then
 //! tells each waiting request whether its record is durable. Concurrent
 //! writes therefore share fsyncs. A batch is written whole, so a crash can
 //! tear at most the last line.
 //!
+//! A record nobody waits for (a read's, a response's) does not wake the
+//! thread at once: the thread gathers such records for up to [`LINGER`]
+//! first, so under load it writes hundreds per batch instead of being woken,
+//! and making a syscall, for each request. A record a request waits for
+//! (`durability` `flush` or `fsync`) wakes it at once.
+//!
 //! A file that cannot be opened or written (missing directory, read-only,
 //! disk full) fails the records of that batch; the next batch tries again,
 //! so the trail recovers as soon as the problem is fixed. SIGHUP reopens the
 //! file (logrotate's `create` mode).
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, RecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -25,6 +32,118 @@ use super::Durability;
 
 /// The most records written in one batch.
 const MAX_BATCH: usize = 4096;
+
+/// How long records nobody waits for may gather before they are written.
+pub(crate) const LINGER: Duration = Duration::from_millis(5);
+
+/// Queued records that wake the writer early even if nobody waits for them.
+const HIGH_WATER: usize = 1024;
+
+/// The writer's bounded queue: a mutex-guarded deque with a condition
+/// variable, so a push can decide whether the writer needs waking (a
+/// channel wakes its receiver on every send).
+pub(crate) struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    entries: VecDeque<Entry>,
+    /// The writer is blocked on `ready`; cleared by whoever notifies it.
+    waiting: bool,
+    /// The writer is waiting for the first record of a batch.
+    idle: bool,
+    /// A queued entry is waited for (or is the shutdown).
+    urgent: bool,
+    /// Every `Audit` is gone: drain and stop.
+    closed: bool,
+}
+
+impl Queue {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            state: Mutex::new(QueueState::default()),
+            ready: Condvar::new(),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an entry; gives it back if the queue is full or closed. A
+    /// shutdown is always taken.
+    pub(crate) fn push(&self, entry: Entry) -> Result<(), Entry> {
+        let urgent = match &entry {
+            Entry::Record { ack, .. } => ack.is_some(),
+            Entry::Shutdown(_) => true,
+        };
+        let mut state = self.lock();
+        if state.closed
+            || (state.entries.len() >= self.capacity && !matches!(entry, Entry::Shutdown(_)))
+        {
+            return Err(entry);
+        }
+        state.entries.push_back(entry);
+        state.urgent |= urgent;
+        let wake =
+            state.waiting && (state.urgent || state.idle || state.entries.len() >= HIGH_WATER);
+        if wake {
+            state.waiting = false;
+        }
+        drop(state);
+        if wake {
+            self.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Stops the writer once it has written what is queued.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// The next batch, at most `MAX_BATCH` entries, into `batch`: waits for
+    /// a first entry, then up to `LINGER` for more unless one is urgent.
+    /// Empty when the queue is closed and drained.
+    fn next_batch(&self, batch: &mut Vec<Entry>) {
+        let mut state = self.lock();
+        while state.entries.is_empty() {
+            if state.closed {
+                return;
+            }
+            state.idle = true;
+            state.waiting = true;
+            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.idle = false;
+        let deadline = Instant::now() + LINGER;
+        while !state.urgent && !state.closed && state.entries.len() < HIGH_WATER {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            state.waiting = true;
+            state = self
+                .ready
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.waiting = false;
+        let n = state.entries.len().min(MAX_BATCH);
+        batch.extend(state.entries.drain(..n));
+        // Urgent entries left behind make the next batch start at once.
+        state.urgent = state.entries.iter().any(|e| match e {
+            Entry::Record { ack, .. } => ack.is_some(),
+            Entry::Shutdown(_) => true,
+        });
+    }
+}
 
 /// What the writer thread is sent.
 pub(crate) enum Entry {
@@ -103,24 +222,24 @@ fn take(
 }
 
 impl Writer {
-    pub(crate) fn run(self, rx: Receiver<Entry>) {
-        let mut file: Option<File> = None;
+    pub(crate) fn run(self, queue: Arc<Queue>) {
+        let mut file: Option<OpenFile> = None;
         let mut healthy = true;
         let mut buffer = Vec::with_capacity(64 * 1024);
         let mut acks = Vec::new();
+        let mut batch = Vec::new();
         loop {
-            let first = match rx.recv() {
-                Ok(entry) => entry,
-                Err(RecvError) => return, // every sender is gone
-            };
+            queue.next_batch(&mut batch);
+            if batch.is_empty() {
+                return; // closed, and everything is written
+            }
             buffer.clear();
             acks.clear();
             let mut count = 0u64;
-            let mut shutdown = take(first, &mut buffer, &mut acks, &mut count);
-            while shutdown.is_none() && (count as usize) < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(entry) => shutdown = take(entry, &mut buffer, &mut acks, &mut count),
-                    Err(_) => break,
+            let mut shutdown = None;
+            for entry in batch.drain(..) {
+                if let Some(done) = take(entry, &mut buffer, &mut acks, &mut count) {
+                    shutdown = Some(done);
                 }
             }
             let ok = buffer.is_empty() || self.commit(&mut file, &buffer, count);
@@ -159,7 +278,7 @@ impl Writer {
 
     /// Writes one batch (of `records` records) to every sink; true when all
     /// of them took it.
-    fn commit(&self, file: &mut Option<File>, batch: &[u8], records: u64) -> bool {
+    fn commit(&self, file: &mut Option<OpenFile>, batch: &[u8], records: u64) -> bool {
         let mut ok = true;
         if let Some(path) = &self.file {
             let file_ok = self.commit_file(path, file, batch);
@@ -176,7 +295,7 @@ impl Writer {
     }
 
     /// Appends one batch to the file, opening it if needed.
-    fn commit_file(&self, path: &Path, file: &mut Option<File>, batch: &[u8]) -> bool {
+    fn commit_file(&self, path: &Path, file: &mut Option<OpenFile>, batch: &[u8]) -> bool {
         let mut ok = true;
         {
             if self.reopen.swap(false, Ordering::AcqRel) {
@@ -184,7 +303,10 @@ impl Writer {
                 tracing::info!(path = %path.display(), "reopening the audit file");
             }
             if file.is_none() {
-                match open_append(path) {
+                match open_append(path).and_then(|f| {
+                    let len = f.metadata()?.len();
+                    Ok(OpenFile { file: f, len })
+                }) {
                     Ok(opened) => {
                         if self.durability == Durability::Fsync {
                             // A new file's directory entry must be durable too.
@@ -203,8 +325,7 @@ impl Writer {
                     }
                 }
             }
-            if let Some(f) = file.as_mut() {
-                let before = f.metadata().map(|m| m.len());
+            if let Some(OpenFile { file: f, len }) = file.as_mut() {
                 let written = f.write_all(batch).and_then(|()| match self.durability {
                     Durability::Fsync => f.sync_data(),
                     Durability::Flush | Durability::None => Ok(()),
@@ -213,15 +334,22 @@ impl Writer {
                     tracing::error!(path = %path.display(), %error, "cannot write the audit file");
                     // Cut a partial batch off, so the next one starts on a
                     // fresh line and every acknowledged record parses.
-                    if let Ok(len) = before {
-                        let _ = f.set_len(len);
-                    }
+                    let _ = f.set_len(*len);
                     // Reopen next time: the file may have been replaced or fixed.
                     *file = None;
                     ok = false;
+                } else {
+                    *len += batch.len() as u64;
                 }
             }
         }
         ok
     }
+}
+
+/// The audit file and its length, known without a `stat` per batch: only
+/// this thread appends to it (a rotation reopens it on SIGHUP).
+struct OpenFile {
+    file: File,
+    len: u64,
 }

@@ -38,8 +38,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use tower::{Layer, Service};
-use tracing::Instrument;
+
+use crate::telemetry::RequestTrace;
 
 use crate::body::GatewayBody;
 use crate::config::{AuthConfig, ConfigProblem};
@@ -332,29 +335,37 @@ where
             );
         }
         // The span covers verification only: the inner call is not its child.
-        let span = tracing::info_span!("auth", "enduser.id" = tracing::field::Empty);
-        let verified = span.in_scope(|| self.auth.authenticate(req.headers()));
+        let mut span =
+            RequestTrace::child_of(req.extensions(), "auth", SpanKind::Internal, Vec::new);
+        let verified = self.auth.authenticate(req.headers());
         if let Ok(principal) = &verified {
-            span.record("enduser.id", principal.sub());
+            crate::telemetry::set_attribute(&mut span, || {
+                KeyValue::new("enduser.id", principal.sub().to_owned())
+            });
         }
         match verified {
             Ok(principal) => {
+                drop(span);
                 crate::notes::record(req.extensions(), |n| n.principal = Some(principal.clone()));
                 req.extensions_mut().insert(principal);
                 ResponseFuture::inner(Either::Left(self.inner.call(req)))
             }
             Err(VerifyError::Refused(reason)) => {
-                ResponseFuture::early(span.in_scope(|| refusal(VerifyError::Refused(reason))))
+                ResponseFuture::early(refusal(VerifyError::Refused(reason)))
             }
             Err(VerifyError::UnknownKid) => {
                 let mut inner = crate::future::take_ready(&mut self.inner);
                 let auth = self.auth.clone();
                 ResponseFuture::inner(Either::Right(Box::pin(async move {
-                    auth.keys
-                        .refetch_for_unknown_kid()
-                        .instrument(span.clone())
-                        .await;
-                    match span.in_scope(|| auth.authenticate(req.headers())) {
+                    auth.keys.refetch_for_unknown_kid().await;
+                    let verified = auth.authenticate(req.headers());
+                    if let Ok(principal) = &verified {
+                        crate::telemetry::set_attribute(&mut span, || {
+                            KeyValue::new("enduser.id", principal.sub().to_owned())
+                        });
+                    }
+                    drop(span);
+                    match verified {
                         Ok(principal) => {
                             crate::notes::record(req.extensions(), |n| {
                                 n.principal = Some(principal.clone())

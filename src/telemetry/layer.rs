@@ -3,20 +3,21 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use futures_util::future::Either;
 use http::{header, Request, Response, StatusCode};
+use opentelemetry::global::BoxedTracer;
 use opentelemetry::propagation::TextMapPropagator;
-use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer as _};
 use opentelemetry::KeyValue;
 use opentelemetry_http::HeaderExtractor;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::audit::record::outcome;
 use crate::body::GatewayBody;
@@ -24,9 +25,10 @@ use crate::error::{ErrorKey, ErrorMessage};
 use crate::metrics::{method_label, InflightGuard, Metrics, RequestMetrics, NO_OPERATION, NO_RULE};
 use crate::notes::{Notes, RequestNotes};
 use crate::policy::PolicyMode;
+use crate::telemetry::trace::{global_tracer, RequestTrace};
 
-/// The request's trace id, for the audit record. Present only when an
-/// OpenTelemetry tracing layer is installed.
+/// The request's trace id, for the audit record. Present only when a
+/// global OpenTelemetry tracer provider is installed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceId(pub opentelemetry::trace::TraceId);
 
@@ -43,15 +45,26 @@ const LOCAL_PATHS: [&str; 3] = [
 /// is ready records the span's attributes, the request metrics and one log
 /// line: info when the request was answered upstream, warn when the gateway
 /// refused it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TelemetryLayer {
     metrics: Metrics,
+    tracer: Arc<BoxedTracer>,
+}
+
+impl std::fmt::Debug for TelemetryLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryLayer").finish_non_exhaustive()
+    }
 }
 
 impl TelemetryLayer {
-    /// A layer recording into `metrics`.
+    /// A layer recording into `metrics`, with spans from the global tracer
+    /// provider as it is now (install it first: [`init`](super::init)).
     pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+        Self {
+            metrics,
+            tracer: global_tracer(),
+        }
     }
 }
 
@@ -62,15 +75,23 @@ impl<S> Layer<S> for TelemetryLayer {
         TelemetryService {
             inner,
             metrics: self.metrics.clone(),
+            tracer: self.tracer.clone(),
         }
     }
 }
 
 /// The service built by [`TelemetryLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TelemetryService<S> {
     inner: S,
     metrics: Metrics,
+    tracer: Arc<BoxedTracer>,
+}
+
+impl<S> std::fmt::Debug for TelemetryService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryService").finish_non_exhaustive()
+    }
 }
 
 impl<S, B> Service<Request<B>> for TelemetryService<S>
@@ -92,32 +113,18 @@ where
         let started = Instant::now();
         let method = method_label(req.method());
         let headers = req.headers();
-        let request_id = headers.get("x-request-id").and_then(|h| h.to_str().ok());
-        // Only the ids are `tracing` fields, so every log line of the request
-        // carries them; the other attributes go to the OpenTelemetry span
-        // alone, without being formatted for logs.
-        let span = tracing::info_span!(
-            "request",
-            otel.kind = "server",
-            request_id,
-            trace_id = Empty,
-        );
         // Continue the caller's trace, if it sent a valid `traceparent`.
         let parent = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
-        if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
-        }
-        let otel = span.context();
-        let trace_id = otel.span().span_context().trace_id();
-        if trace_id != opentelemetry::trace::TraceId::INVALID {
-            span.record("trace_id", tracing::field::display(trace_id));
-        }
-        let server = otel.span();
+        let mut server = self
+            .tracer
+            .span_builder(method)
+            .with_kind(SpanKind::Server)
+            .start_with_context(&*self.tracer, &parent);
         if server.is_recording() {
-            let mut attributes = vec![
-                KeyValue::new("http.request.method", method),
-                KeyValue::new("url.path", req.uri().path().to_owned()),
-            ];
+            // Attributes known now; the others when the response is ready.
+            let mut attributes = Vec::with_capacity(4);
+            attributes.push(KeyValue::new("http.request.method", method));
+            attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
             if let Some(host) = headers
                 .get(header::HOST)
                 .and_then(|h| h.to_str().ok())
@@ -133,9 +140,27 @@ where
             }
             server.set_attributes(attributes);
         }
-        if trace_id != opentelemetry::trace::TraceId::INVALID {
+        let trace_id = server.span_context().trace_id();
+        let traced = trace_id != opentelemetry::trace::TraceId::INVALID;
+        // Only the ids are `tracing` fields, both set here (a field recorded
+        // later makes the JSON formatter parse and rewrite the span's
+        // fields), so every log line of the request carries them.
+        let request_id = headers.get("x-request-id").and_then(|h| h.to_str().ok());
+        let span = if traced {
+            tracing::info_span!(
+                "request",
+                request_id,
+                trace_id = tracing::field::display(trace_id)
+            )
+        } else {
+            tracing::info_span!("request", request_id, trace_id = Empty)
+        };
+        let otel = parent.with_span(server);
+        if traced {
             req.extensions_mut().insert(TraceId(trace_id));
         }
+        req.extensions_mut()
+            .insert(RequestTrace::new(otel.clone(), self.tracer.clone()));
         let notes = RequestNotes::get_or_insert(req.extensions_mut());
         let inflight = self.metrics.inflight();
         let future = span.in_scope(|| self.inner.call(req));

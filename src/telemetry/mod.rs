@@ -21,12 +21,12 @@
 
 mod export;
 mod layer;
+mod trace;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
@@ -38,6 +38,8 @@ use tracing_subscriber::Layer;
 
 use crate::config::ConfigProblem;
 pub use layer::{TelemetryFuture, TelemetryLayer, TelemetryService, TraceId};
+pub(crate) use trace::set as set_attribute;
+pub use trace::{ChildSpan, RequestTrace, TRACER_NAME};
 
 /// How long one export may take, including the collector's answer.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -243,7 +245,8 @@ pub fn init(
         ));
     }
     let provider = builder.build();
-    install_subscriber(config, provider.tracer("polytomic-gateway"));
+    opentelemetry::global::set_tracer_provider(provider.clone());
+    install_subscriber(config);
     Ok(Telemetry {
         provider,
         stats,
@@ -274,22 +277,17 @@ fn is_request_span(metadata: &tracing::Metadata<'_>) -> bool {
         && metadata.target() == "polytomic_gateway::telemetry::layer"
 }
 
-/// Only the gateway's own spans become OpenTelemetry spans.
-fn is_gateway_span(metadata: &tracing::Metadata<'_>) -> bool {
-    metadata.is_span() && metadata.target().starts_with("polytomic_gateway")
-}
-
-fn install_subscriber(config: &TelemetryConfig, tracer: opentelemetry_sdk::trace::Tracer) {
+fn install_subscriber(config: &TelemetryConfig) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = subscriber(config, tracer, std::io::stderr, ansi).try_init();
+    let _ = subscriber(config, std::io::stderr, ansi).try_init();
 }
 
-/// The gateway's subscriber: logs to `writer` as `config` says, and the
-/// gateway's spans into OpenTelemetry through `tracer`. [`init`] installs
-/// it globally, writing to stderr; benchmarks use it with other writers.
+/// The gateway's log subscriber: logs to `writer` as `config` says. [`init`]
+/// installs it globally, writing to stderr; benchmarks use it with other
+/// writers. (Spans go to OpenTelemetry through the global tracer provider,
+/// not through `tracing`: see [`RequestTrace`].)
 pub fn subscriber<W>(
     config: &TelemetryConfig,
-    tracer: opentelemetry_sdk::trace::Tracer,
     writer: W,
     ansi: bool,
 ) -> impl tracing::Subscriber + Send + Sync + for<'span> tracing_subscriber::registry::LookupSpan<'span>
@@ -314,23 +312,13 @@ where
     };
     // Events as the log filter says. Of the spans, only a request's own
     // (its ids, nothing else) and at any level, so every line logged while
-    // handling a request, a warning too, lists its request id and trace id;
-    // formatting the child spans' fields would cost every request and tell
-    // a log reader little.
+    // handling a request, a warning too, lists its request id and trace id.
     let fmt = fmt.with_filter(
         filter_fn(|metadata: &tracing::Metadata<'_>| metadata.is_event())
             .and(filter)
             .or(filter_fn(is_request_span)),
     );
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_location(false)
-        .with_threads(false)
-        .with_level(false)
-        .with_target(false)
-        .with_tracked_inactivity(false)
-        .with_filter(filter_fn(is_gateway_span));
-    tracing_subscriber::registry().with(fmt).with(otel)
+    tracing_subscriber::registry().with(fmt)
 }
 
 impl Telemetry {
