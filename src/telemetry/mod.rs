@@ -183,16 +183,24 @@ pub fn init(
         return Err(problems);
     }
     let stats = Arc::new(SpanStats::default());
-    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(config.sample_ratio)));
+    let endpoint = config
+        .traces_endpoint()
+        .map_err(|e| vec![ConfigProblem::new("telemetry.otlp_endpoint", e)])?;
+    // Without an exporter nothing would read a recorded span: new traces are
+    // not sampled (their ids are still made, propagated and audited), and a
+    // caller's sampled flag is still passed on.
+    let ratio = if endpoint.is_some() {
+        config.sample_ratio
+    } else {
+        0.0
+    };
+    let sampler = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)));
     let resource = Resource::builder()
         .with_service_name(config.service_name.clone())
         .build();
     let mut builder = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_resource(resource);
-    let endpoint = config
-        .traces_endpoint()
-        .map_err(|e| vec![ConfigProblem::new("telemetry.otlp_endpoint", e)])?;
     let exporting = endpoint.is_some();
     if let Some(endpoint) = endpoint {
         let exporter = match config.otlp_protocol {
