@@ -31,7 +31,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: bare_proxy LISTEN_ADDR UPSTREAM_URL".into());
     };
     let upstream: Uri = upstream.parse()?;
-    let authority = upstream.authority().ok_or("the upstream URL has no host")?.clone();
+    let authority = upstream
+        .authority()
+        .ok_or("the upstream URL has no host")?
+        .clone();
     let client: Client<HttpConnector, Incoming> =
         Client::builder(TokioExecutor::new()).build_http();
     let listener = tokio::net::TcpListener::bind(&listen).await?;
