@@ -470,6 +470,64 @@ async fn sampling_honours_the_callers_flag_and_the_ratio_for_new_traces() {
     assert!(seen[2].starts_with(&format!("00-{unsampled}-")) && seen[2].ends_with("-00"));
 }
 
+#[tokio::test]
+async fn without_an_exporter_trace_ids_are_still_made_propagated_and_audited() {
+    let (upstream, traceparents) = recording_upstream().await;
+    let dir = TestDir::new();
+    let path = dir.config(&format!("http://{upstream}"), &telemetry_section("", ""));
+    let gateway = Binary::serve(&path, &[]).await;
+    let client = client();
+    let org = gateway.url(&format!("/api/organizations/{ORG_ID}"));
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    for traceparent in [None, Some(caller.as_str())] {
+        let (parts, _) = send(&client, request(Method::GET, &org, token(), traceparent)).await;
+        assert_eq!(parts.status, 200);
+    }
+    let output = stop(gateway).await;
+
+    let seen = traceparents.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // A new trace: a fresh trace id, sent upstream unsampled (nothing
+    // records it), with a new span id of ours.
+    let fields: Vec<&str> = seen[0].split('-').collect();
+    assert_eq!(fields.len(), 4, "{seen:?}");
+    let new_trace = fields[1];
+    assert!(
+        new_trace.len() == 32 && new_trace != "0".repeat(32),
+        "{seen:?}"
+    );
+    assert_eq!(fields[3], "00", "{seen:?}");
+    // The caller's sampled trace continues, still sampled, under our span.
+    assert!(
+        seen[1].starts_with(&format!("00-{CALLER_TRACE}-")),
+        "{seen:?}"
+    );
+    assert!(
+        !seen[1].contains(CALLER_SPAN) && seen[1].ends_with("-01"),
+        "{seen:?}"
+    );
+    // Both trace ids reach the audit trail and the request's log line.
+    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    let logs: Vec<Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    for trace_id in [new_trace, CALLER_TRACE] {
+        assert!(
+            audit
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .any(|r| r["trace_id"] == trace_id && r["stage"] == "response"),
+            "no response record with trace_id {trace_id}"
+        );
+        assert!(
+            logs.iter()
+                .any(|l| l["message"] == "request" && l["spans"][0]["trace_id"] == trace_id),
+            "no request log line with trace_id {trace_id}"
+        );
+    }
+}
+
 /// A collector that accepts connections and never answers.
 async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
