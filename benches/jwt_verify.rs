@@ -15,9 +15,9 @@
 //!   They all fit in the cache, so once warmed up this is the hit path over
 //!   a full cache.
 //! - `rotating_10001`: the same with one token more than the cache holds.
-//!   A full cache of live tokens is cleared on the next insert, so cycling
-//!   through more tokens than it holds misses every time: the full verify,
-//!   plus the cache's own overhead.
+//!   A full cache of live tokens drops an eighth of them on the next
+//!   insert, so cycling through one token too many makes a fraction of the
+//!   lookups miss (a full verify each), not all of them.
 //!
 //! `bearer_token` is the `Authorization` header parsing that comes before
 //! either.
