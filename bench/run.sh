@@ -12,8 +12,8 @@
 #    configs generated into a temp dir; the scenarios in alternating rounds;
 #    one table on stdout; everything it started stopped by PID.
 #
-# Environment: BENCH_DURATION (seconds per load run, default 10),
-# BENCH_ROUNDS (default 3), BENCH_JSON (also write the results there),
+# Environment: BENCH_DURATION (seconds per load run, default 6),
+# BENCH_ROUNDS (default 5), BENCH_JSON (also write the results there),
 # BENCH_KEEP=1 (keep the temp dir). Every step is bounded in time; exit
 # status 0 when every run completed without a failed request.
 set -euo pipefail
@@ -43,7 +43,7 @@ TARGET_DIR=$(cd "$ROOT" && timeout 120 cargo metadata --format-version 1 --no-de
 args=(--gateway "$TARGET_DIR/release/polytomic-gateway"
       --bench-tokens "$TARGET_DIR/release/examples/bench_tokens"
       --bare-proxy "$TARGET_DIR/release/examples/bare_proxy"
-      --duration "${BENCH_DURATION:-10}" --rounds "${BENCH_ROUNDS:-3}")
+      --duration "${BENCH_DURATION:-6}" --rounds "${BENCH_ROUNDS:-5}")
 [[ -z "${BENCH_JSON:-}" ]] || args+=(--json "$BENCH_JSON")
 [[ "${BENCH_KEEP:-0}" != 1 ]] || args+=(--keep)
 # bench.py bounds each process and load itself; this bounds the whole.
