@@ -2,7 +2,7 @@
 # bench/run.sh: the side-by-side benchmark (polytomic-gateway vs nginx and
 # HAProxy), as described in BENCHMARKS.md. One command:
 #
-#   bench/run.sh                 # about 8 minutes, plus the release build
+#   bench/run.sh                 # about 7 minutes, plus the release build
 #
 # 1. installs what is missing (nginx, haproxy, wrk, h2load, openssl,
 #    python3) from Debian's packages, which needs root;

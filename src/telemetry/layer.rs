@@ -27,8 +27,9 @@ use crate::notes::{Notes, RequestNotes};
 use crate::policy::PolicyMode;
 use crate::telemetry::trace::{global_tracer, RequestTrace};
 
-/// The request's trace id, for the audit record. Present only when a
-/// global OpenTelemetry tracer provider is installed.
+/// The request's trace id, for the audit record. Present when a global
+/// OpenTelemetry tracer provider is installed; without one, only when the
+/// caller sent a valid `traceparent` (its trace id is carried through).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceId(pub opentelemetry::trace::TraceId);
 

@@ -5,7 +5,8 @@
 //! child span (`auth`, `policy`, `validate`, `audit.write`, `upstream`) from
 //! it. Spans come from the global tracer provider, which
 //! [`init`](super::init) sets; a library user sets their own, or none (then
-//! every span is a no-op and no trace id is made).
+//! every span is a no-op: no trace id is made, though a caller's
+//! `traceparent` is still carried through to the upstream and the audit).
 //!
 //! These are not `tracing` spans bridged to OpenTelemetry: that bridge costs
 //! a registry entry, per-layer filtering and an OpenTelemetry context switch
