@@ -230,6 +230,9 @@ pub struct ServerConfig {
     pub max_headers: usize,
     /// Request targets (path and query) longer than this get 414.
     pub max_uri_bytes: usize,
+    /// Threads serving connections, each with its own single-threaded
+    /// runtime; unset: one per available core.
+    pub workers: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -245,6 +248,7 @@ impl Default for ServerConfig {
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
+            workers: None,
         }
     }
 }

@@ -84,7 +84,9 @@ enum PolicyCommand {
 /// `policy explain`'s exit code when the request would be refused.
 const EXIT_DENY: u8 = 3;
 
-#[tokio::main]
+// Connections are served on `server.workers` threads of their own (see
+// `Gateway::serve`); this runtime only accepts and runs background work.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // `serve` and `demo` log as `[telemetry]` says, once the config is read.

@@ -92,7 +92,7 @@ pub struct Upstream {
     authority: Authority,
     /// The URL's path without a trailing slash, prefixed to every request path.
     base_path: String,
-    /// The pooled client, shared by every request.
+    /// The pooled client, shared by every request this value serves.
     client: HttpsClient,
     /// The TLS settings (trust roots), shared with other clients such as JWKS.
     tls: Arc<rustls::ClientConfig>,
@@ -136,12 +136,7 @@ impl Upstream {
         .with_root_certificates(roots)
         .with_no_client_auth();
         let tls = Arc::new(tls);
-        let https = connector(tls.clone(), config.connect_timeout);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let client = pooled_client(tls.clone(), config.connect_timeout);
         Ok(Self {
             scheme,
             authority,
@@ -152,6 +147,24 @@ impl Upstream {
             timeout: config.timeout,
             retries: config.retries,
         })
+    }
+
+    /// The same upstream with a pool of its own.
+    ///
+    /// A pooled connection is driven by the runtime that opened it, so each
+    /// worker runtime of the server gets its own pool: a request then never
+    /// wakes another thread to use a connection.
+    pub fn with_own_pool(&self) -> Self {
+        Self {
+            scheme: self.scheme.clone(),
+            authority: self.authority.clone(),
+            base_path: self.base_path.clone(),
+            client: pooled_client(self.tls.clone(), self.connect_timeout),
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+            timeout: self.timeout,
+            retries: self.retries,
+        }
     }
 
     /// The upstream's port, explicit or implied by the scheme.
@@ -185,6 +198,15 @@ impl Upstream {
             .path_and_query(full)
             .build()
     }
+}
+
+/// A pooled client over [`connector`].
+fn pooled_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> HttpsClient {
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .build(connector(tls, connect_timeout))
 }
 
 /// An HTTP(S) connector: HTTP/2 or HTTP/1.1 by ALPN, TCP_NODELAY, a connect

@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 
 use crate::audit::Audit;
@@ -217,7 +217,7 @@ impl Gateway {
                     header_bytes: config.server.max_header_bytes,
                     headers: config.server.max_headers,
                 },
-                max_inflight: config.server.max_inflight,
+                inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 request_timeout: config.server.request_timeout,
                 readiness,
                 audit,
@@ -263,6 +263,16 @@ impl Gateway {
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
+    ///
+    /// The calling runtime accepts connections and hands them round-robin to
+    /// `server.workers` worker threads, each running its own single-threaded
+    /// runtime and its own copy of the stack and upstream pool. A request is
+    /// then served start to finish on one thread: no task migrates and no
+    /// other thread is woken on its behalf, which on a small machine is worth
+    /// more than work stealing (measured in BENCHMARKS.md). State that must
+    /// be global (the connection and in-flight limits, the audit trail, the
+    /// token cache, metrics) is shared. Background work (JWKS refresh,
+    /// credential watching, audit shipping) stays on the calling runtime.
     pub async fn serve(
         self,
         listener: TcpListener,
@@ -274,7 +284,6 @@ impl Gateway {
         let watcher = parts.credentials.watch();
         let jwks_refresh = tokio::spawn(parts.auth.keys().clone().refresh_forever());
         let shipping = parts.audit.start_shipping();
-        let stack = stack::build::<Incoming>(parts);
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's own head limits sit above ours (see `limit`), so a request
@@ -294,12 +303,44 @@ impl Gateway {
         );
         builder.http2().timer(TokioTimer::new());
         let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
         let permits = Arc::new(Semaphore::new(server.max_connections));
         let shed_permits = Arc::new(Semaphore::new(MAX_SHED_CONNECTIONS));
 
-        tracing::info!(listen = %listener.local_addr()?, "gateway listening");
+        let workers = server.workers.unwrap_or_else(default_workers);
+        let mut queues = Vec::with_capacity(workers);
+        let mut finished = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let (queue, incoming) = mpsc::unbounded_channel();
+            let (done, finished_rx) = oneshot::channel();
+            let worker = Worker {
+                stack: stack::build::<Incoming>(parts.for_worker()),
+                builder: builder.clone(),
+                header_timeout: server.header_timeout,
+                grace: server.shutdown_grace,
+            };
+            std::thread::Builder::new()
+                .name(format!("gateway-worker-{index}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    let drained = match runtime {
+                        Ok(runtime) => runtime.block_on(worker.run(incoming)),
+                        Err(error) => {
+                            tracing::error!(%error, "cannot start a worker runtime");
+                            true
+                        }
+                    };
+                    let _ = done.send(drained);
+                })?;
+            queues.push(queue);
+            finished.push(finished_rx);
+        }
+        drop(parts);
+
+        tracing::info!(listen = %listener.local_addr()?, workers, "gateway listening");
         tokio::pin!(shutdown);
+        let mut next = 0;
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -314,13 +355,12 @@ impl Gateway {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let builder = builder.clone();
-            let header_timeout = server.header_timeout;
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 // Shedding is bounded too: past its own cap, close at once.
                 match shed_permits.clone().try_acquire_owned() {
                     Ok(shed_permit) => {
                         tracing::warn!(%peer, "connection limit reached; shedding");
+                        let header_timeout = server.header_timeout;
                         tokio::spawn(async move {
                             let _ = tokio::time::timeout(header_timeout, shed(stream)).await;
                             drop(shed_permit);
@@ -330,44 +370,54 @@ impl Gateway {
                 }
                 continue;
             };
-            let svc = ServiceBuilder::new()
-                .map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    req
-                })
-                .service(stack.clone());
-            let watch = graceful.watcher();
-            tokio::spawn(async move {
-                // A connection that sends nothing must not hold a permit:
-                // HTTP version detection itself has no timeout.
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => {
-                        tracing::debug!(%peer, "connection sent nothing within server.header_timeout");
-                        return;
-                    }
+            // Handed over as a std socket: the worker registers it with its
+            // own runtime.
+            let stream = match stream.into_std() {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "cannot hand a connection to a worker");
+                    continue;
                 }
-                let conn = builder.serve_connection(TokioIo::new(stream), EagerService(svc));
-                if let Err(error) = watch.watch(conn).await {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+            };
+            let connection = Connection {
+                stream,
+                peer,
+                permit,
+            };
+            // A worker only goes away if its thread died; the next one takes
+            // the connection.
+            let mut connection = Some(connection);
+            for _ in 0..queues.len() {
+                next = (next + 1) % queues.len();
+                match queues[next].send(connection.take().expect("put back on failure")) {
+                    Ok(()) => break,
+                    Err(mpsc::error::SendError(back)) => connection = Some(back),
                 }
-                drop(permit);
-            });
+            }
+            if connection.is_some() {
+                tracing::error!("every worker thread has stopped; shutting down");
+                break;
+            }
         }
 
         readiness.start_draining();
         drop(listener);
         tracing::info!(
-            in_flight_connections = graceful.count(),
+            open_connections = server.max_connections - permits.available_permits(),
             grace = ?server.shutdown_grace,
             "shutting down: listener closed, draining in-flight requests"
         );
-        tokio::select! {
-            () = graceful.shutdown() => tracing::info!("drained; exiting"),
-            () = tokio::time::sleep(server.shutdown_grace) => {
-                tracing::warn!("shutdown grace elapsed with requests still in flight; exiting");
-            }
+        // Closing the queues tells each worker to drain; each stops within
+        // the grace period.
+        drop(queues);
+        let mut drained = true;
+        for worker in finished {
+            drained &= worker.await.unwrap_or(true);
+        }
+        if drained {
+            tracing::info!("drained; exiting");
+        } else {
+            tracing::warn!("shutdown grace elapsed with requests still in flight; exiting");
         }
         if let Some(watcher) = watcher {
             watcher.abort();
@@ -383,7 +433,92 @@ impl Gateway {
     }
 }
 
-/// Answers one request on an over-limit connection with 503, then closes it.
+/// One core's worth of serving: a copy of the stack, run on a
+/// single-threaded runtime.
+struct Worker<S> {
+    stack: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    header_timeout: Duration,
+    grace: Duration,
+}
+
+/// An accepted connection on its way to a worker.
+struct Connection {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    /// Held until the connection closes (`server.max_connections`).
+    permit: OwnedSemaphorePermit,
+}
+
+impl<S> Worker<S>
+where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<GatewayBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// Serves the connections it is handed until the queue closes, then
+    /// drains them for up to the grace period; false if that ran out.
+    async fn run(self, mut incoming: mpsc::UnboundedReceiver<Connection>) -> bool {
+        let graceful = GracefulShutdown::new();
+        while let Some(Connection {
+            stream,
+            peer,
+            permit,
+        }) = incoming.recv().await
+        {
+            let stream = match tokio::net::TcpStream::from_std(stream) {
+                Ok(stream) => stream,
+                Err(error) => {
+                    tracing::warn!(%peer, %error, "cannot register a connection");
+                    continue;
+                }
+            };
+            let svc = ServiceBuilder::new()
+                .map_request(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    req
+                })
+                .service(self.stack.clone());
+            let watch = graceful.watcher();
+            let builder = self.builder.clone();
+            let header_timeout = self.header_timeout;
+            tokio::spawn(async move {
+                // A connection that sends nothing must not hold a permit:
+                // HTTP version detection itself has no timeout.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => {
+                        tracing::debug!(%peer, "connection sent nothing within server.header_timeout");
+                        // The slot is free before the peer can see the close.
+                        drop(permit);
+                        drop(stream);
+                        return;
+                    }
+                }
+                let conn = builder.serve_connection(TokioIo::new(stream), EagerService(svc));
+                if let Err(error) = watch.watch(conn).await {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        tokio::time::timeout(self.grace, graceful.shutdown())
+            .await
+            .is_ok()
+    }
+}
+
+/// One worker per available core.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
 /// Answers one request on an over-limit connection with 503, then closes it
 /// (HTTP/1 only, so `Connection: close` holds; bounded by the caller).
 async fn shed(stream: tokio::net::TcpStream) {
@@ -407,6 +542,9 @@ const MAX_SHED_CONNECTIONS: usize = 1024;
 /// The most connections `server.max_connections` may allow.
 const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;
 
+/// The most worker threads `server.workers` may ask for.
+const MAX_WORKERS: usize = 256;
+
 /// The largest `server.max_header_bytes` and `server.max_uri_bytes`.
 const MAX_HEADER_BYTES_LIMIT: usize = 1 << 20;
 
@@ -423,6 +561,12 @@ const HYPER_HEADROOM_BYTES: usize = 16 * 1024;
 const MIN_HYPER_BUF: usize = 8192;
 
 fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
+    if server.workers.is_some_and(|n| n > MAX_WORKERS) {
+        problems.push(ConfigProblem::new(
+            "server.workers",
+            format!("must be at most {MAX_WORKERS}"),
+        ));
+    }
     if server.max_connections > MAX_CONNECTIONS_LIMIT {
         problems.push(ConfigProblem::new(
             "server.max_connections",
@@ -438,6 +582,7 @@ fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
         ("server.max_header_bytes", server.max_header_bytes == 0),
         ("server.max_headers", server.max_headers == 0),
         ("server.max_uri_bytes", server.max_uri_bytes == 0),
+        ("server.workers", server.workers == Some(0)),
     ];
     // hyper refuses, with a bare 431, a head beyond its buffer or header
     // count; ours must bite first so the refusal is JSON and audited.

@@ -4,8 +4,11 @@
 //! request flows top to bottom, the response bottom to top.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use http::{Request, Response};
+use tokio::sync::Semaphore;
+use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::{Service, ServiceBuilder};
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
@@ -35,8 +38,9 @@ pub struct StackParts {
     pub request_timeout: std::time::Duration,
     /// `server.max_uri_bytes`, `server.max_header_bytes`, `server.max_headers`.
     pub head_limits: HeadLimits,
-    /// `server.max_inflight`.
-    pub max_inflight: usize,
+    /// `server.max_inflight` permits, shared by every stack built from these
+    /// parts (see [`StackParts::for_worker`]).
+    pub inflight: Arc<Semaphore>,
     /// What `/readyz` reports; also refuses work while draining.
     pub readiness: Readiness,
     /// The audit trail.
@@ -44,17 +48,41 @@ pub struct StackParts {
     /// Request metrics, and `/metrics`.
     pub metrics: Metrics,
     /// Verifies callers' JWTs.
-    pub auth: std::sync::Arc<Authenticator>,
+    pub auth: Arc<Authenticator>,
     /// The operations the gateway forwards.
-    pub routes: std::sync::Arc<RouteTable>,
+    pub routes: Arc<RouteTable>,
     /// Who may do what.
-    pub policy: std::sync::Arc<Policy>,
+    pub policy: Arc<Policy>,
     /// The credentials injected upstream.
     pub credentials: CredentialSet,
     /// The `X-Polytomic-Version` policy.
     pub version: VersionPolicy,
     /// Where requests go.
     pub upstream: Upstream,
+}
+
+impl StackParts {
+    /// Parts for one more stack, as [`build`] takes them by value: all state
+    /// is shared (limits, audit, caches, metrics) except the upstream pool,
+    /// which is per stack so that a worker runtime only drives its own
+    /// connections.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            max_body_bytes: self.max_body_bytes,
+            request_timeout: self.request_timeout,
+            head_limits: self.head_limits,
+            inflight: self.inflight.clone(),
+            readiness: self.readiness.clone(),
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
+            auth: self.auth.clone(),
+            routes: self.routes.clone(),
+            policy: self.policy.clone(),
+            credentials: self.credentials.clone(),
+            version: self.version.clone(),
+            upstream: self.upstream.with_own_pool(),
+        }
+    }
 }
 
 /// Builds the whole gateway as one infallible, cloneable service.
@@ -111,7 +139,7 @@ where
         // with Retry-After) instead of queueing without bound. Health paths
         // are answered above, so probes still work under overload.
         .load_shed()
-        .concurrency_limit(parts.max_inflight)
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(parts.inflight))
         // Bounds everything below it, including the upstream exchange; its
         // `Elapsed` becomes a 504 in Rescue.
         .timeout(parts.request_timeout)

@@ -132,6 +132,27 @@ fn check_names_each_bad_telemetry_setting_and_the_file() {
 }
 
 #[test]
+fn check_names_a_bad_worker_count_and_the_file() {
+    let dir = TestDir::new();
+    for (value, message) in [("0", "greater than zero"), ("100000", "at most")] {
+        let path = dir.config(
+            "https://app.polytomic.com",
+            &format!("[server]\nworkers = {value}"),
+        );
+        let (ok, _, stderr) = check(&path, &[]);
+        assert!(!ok, "workers = {value} accepted");
+        assert!(
+            stderr.contains("`server.workers`") && stderr.contains(message),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    }
+    let path = dir.config("https://app.polytomic.com", "[server]\nworkers = 3");
+    let (ok, stdout, stderr) = check(&path, &[]);
+    assert!(ok && stdout.trim() == "ok", "{stderr}");
+}
+
+#[test]
 fn check_names_a_missing_credential_without_showing_values() {
     let dir = TestDir::new();
     let path = dir.path("missing-cred.toml");

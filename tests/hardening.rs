@@ -290,7 +290,14 @@ async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
         }
     })
     .await;
-    let gw = start_gateway(&format!("http://{upstream}"), "[server]\nmax_inflight = 2").await;
+    // Two workers: connections alternate between them, so the third request
+    // lands on the worker already holding one and is refused only if the
+    // limit is shared.
+    let gw = start_gateway(
+        &format!("http://{upstream}"),
+        "[server]\nmax_inflight = 2\nworkers = 2",
+    )
+    .await;
     let url = gw.url("/api/organization");
     let spawn_get = |url: String| {
         tokio::spawn(async move {
@@ -322,6 +329,62 @@ async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
         .unwrap();
     release.notify_waiters();
     assert_eq!(after.await.unwrap().0.status, 200);
+}
+
+#[tokio::test]
+async fn shutdown_drains_requests_in_flight_on_every_worker() {
+    let release = Arc::new(Notify::new());
+    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
+    let (r, a) = (release.clone(), arrived.clone());
+    let upstream = spawn_upstream(move |_req: Request<hyper::body::Incoming>| {
+        let (r, a) = (r.clone(), a.clone());
+        async move {
+            let released = r.notified();
+            a.add_permits(1);
+            released.await;
+            http::Response::new(upstream_body(r#"{"data":{"drained":true}}"#))
+        }
+    })
+    .await;
+    // Connections go round-robin, so three of them land on three workers.
+    let gw = start_gateway(&format!("http://{upstream}"), "[server]\nworkers = 3").await;
+    let addr = gw.addr;
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            let url = gw.url("/api/organization");
+            tokio::spawn(async move { send(&client(), get(&url)).await })
+        })
+        .collect();
+    let _all = tokio::time::timeout(Duration::from_secs(10), arrived.acquire_many(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let stopped = tokio::spawn(gw.shutdown());
+    // Draining has begun once the listener is gone.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while TcpStream::connect(addr).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the listener was never closed");
+    release.notify_waiters();
+    for request in held {
+        let (parts, body) = request.await.unwrap();
+        assert_eq!(parts.status, 200);
+        assert_eq!(json(&body)["data"]["drained"], true);
+    }
+    let dir = tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("serve did not return after draining")
+        .unwrap();
+    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    let drained = audit
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["status"] == 200 && r["path"] == "/api/organization")
+        .count();
+    assert_eq!(drained, 3, "{audit}");
 }
 
 #[tokio::test]
