@@ -19,12 +19,16 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::mpsc;
 
 // As the gateway's binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
+// Threaded as the gateway is (see `Gateway::serve`): this thread accepts and
+// hands connections in turn to one single-threaded runtime per core, each
+// with its own upstream pool.
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(listen), Some(upstream)) = (args.next(), args.next()) else {
@@ -35,15 +39,42 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .authority()
         .ok_or("the upstream URL has no host")?
         .clone();
-    let client: Client<HttpConnector, Incoming> =
-        Client::builder(TokioExecutor::new()).build_http();
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     println!("listening on http://{}", listener.local_addr()?);
-    let authorization = HeaderValue::from_static("Bearer bare-proxy");
-    let version = HeaderValue::from_static("2025-09-18");
-    loop {
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut queues = Vec::with_capacity(workers);
+    for _ in 0..workers {
+        let (queue, incoming) = mpsc::unbounded_channel();
+        let authority = authority.clone();
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a worker runtime")
+                .block_on(worker(incoming, authority));
+        });
+        queues.push(queue);
+    }
+    for next in (0..workers).cycle() {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
+        queues[next].send(stream.into_std()?)?;
+    }
+    Ok(())
+}
+
+async fn worker(
+    mut incoming: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    authority: http::uri::Authority,
+) {
+    let client: Client<HttpConnector, Incoming> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let authorization = HeaderValue::from_static("Bearer bare-proxy");
+    let version = HeaderValue::from_static("2025-09-18");
+    while let Some(stream) = incoming.recv().await {
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+            continue;
+        };
         let (client, authority) = (client.clone(), authority.clone());
         let (authorization, version) = (authorization.clone(), version.clone());
         tokio::spawn(async move {
