@@ -275,8 +275,16 @@ async fn oversized_heads_get_431_or_414_as_json_and_are_audited() {
     }
 }
 
-#[tokio::test]
-async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
+/// An upstream that holds every request until released: each arrival adds
+/// a permit to `arrived`; `release.notify_waiters()` answers every held one
+/// with `body`.
+async fn holding_upstream(
+    body: &'static str,
+) -> (
+    std::net::SocketAddr,
+    Arc<Notify>,
+    Arc<tokio::sync::Semaphore>,
+) {
     let release = Arc::new(Notify::new());
     let arrived = Arc::new(tokio::sync::Semaphore::new(0));
     let (r, a) = (release.clone(), arrived.clone());
@@ -286,10 +294,16 @@ async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
             let released = r.notified();
             a.add_permits(1);
             released.await;
-            http::Response::new(upstream_body(r#"{"data":{}}"#))
+            http::Response::new(upstream_body(body))
         }
     })
     .await;
+    (upstream, release, arrived)
+}
+
+#[tokio::test]
+async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
+    let (upstream, release, arrived) = holding_upstream(r#"{"data":{}}"#).await;
     // Two workers: connections alternate between them, so the third request
     // lands on the worker already holding one and is refused only if the
     // limit is shared.
@@ -333,19 +347,7 @@ async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
 
 #[tokio::test]
 async fn shutdown_drains_requests_in_flight_on_every_worker() {
-    let release = Arc::new(Notify::new());
-    let arrived = Arc::new(tokio::sync::Semaphore::new(0));
-    let (r, a) = (release.clone(), arrived.clone());
-    let upstream = spawn_upstream(move |_req: Request<hyper::body::Incoming>| {
-        let (r, a) = (r.clone(), a.clone());
-        async move {
-            let released = r.notified();
-            a.add_permits(1);
-            released.await;
-            http::Response::new(upstream_body(r#"{"data":{"drained":true}}"#))
-        }
-    })
-    .await;
+    let (upstream, release, arrived) = holding_upstream(r#"{"data":{"drained":true}}"#).await;
     // Connections go round-robin, so three of them land on three workers.
     let gw = start_gateway(&format!("http://{upstream}"), "[server]\nworkers = 3").await;
     let addr = gw.addr;
