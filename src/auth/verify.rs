@@ -444,10 +444,15 @@ pub fn now() -> u64 {
 
 /// Verified tokens by SHA-256, bounded. Entries expire with their `exp` and
 /// are void once the key set's generation moves on.
+///
+/// When full, a random entry makes room (after dead ones, swept at most once
+/// a second). Random replacement keeps a working set a little larger than
+/// the cache cheap: with N + 1 tokens in rotation through N places, about
+/// one lookup per rotation misses, where LRU or FIFO would miss every one.
 #[derive(Debug)]
 struct TokenCache {
     capacity: usize,
-    entries: Mutex<HashMap<[u8; 32], CacheEntry>>,
+    entries: Mutex<Entries>,
 }
 
 #[derive(Debug)]
@@ -455,14 +460,61 @@ struct CacheEntry {
     principal: Principal,
     exp: u64,
     generation: u64,
+    /// This entry's place in `Entries::keys`.
+    slot: usize,
+}
+
+/// The map, and its keys in a vector so a random one is found in O(1).
+#[derive(Debug, Default)]
+struct Entries {
+    map: HashMap<[u8; 32], CacheEntry>,
+    keys: Vec<[u8; 32]>,
+    /// The second dead entries were last swept.
+    swept: u64,
+}
+
+impl Entries {
+    fn remove(&mut self, key: &[u8; 32]) {
+        let Some(entry) = self.map.remove(key) else {
+            return;
+        };
+        self.keys.swap_remove(entry.slot);
+        if let Some(moved) = self.keys.get(entry.slot) {
+            if let Some(moved) = self.map.get_mut(moved) {
+                moved.slot = entry.slot;
+            }
+        }
+    }
+
+    /// Drops expired and voided entries.
+    fn sweep(&mut self, now: u64, generation: u64) {
+        self.map
+            .retain(|_, e| e.exp >= now && e.generation == generation);
+        self.keys.retain(|k| self.map.contains_key(k));
+        for (slot, key) in self.keys.iter().enumerate() {
+            if let Some(entry) = self.map.get_mut(key) {
+                entry.slot = slot;
+            }
+        }
+        self.swept = now;
+    }
 }
 
 impl TokenCache {
     fn new(capacity: usize) -> Self {
+        let reserve = capacity.min(1 << 16);
         Self {
             capacity,
-            entries: Mutex::new(HashMap::with_capacity(capacity.min(1 << 16))),
+            entries: Mutex::new(Entries {
+                map: HashMap::with_capacity(reserve),
+                keys: Vec::with_capacity(reserve),
+                swept: 0,
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn digest(token: &str) -> [u8; 32] {
@@ -473,37 +525,43 @@ impl TokenCache {
     }
 
     fn get(&self, digest: &[u8; 32], now: u64, leeway: u64, generation: u64) -> Option<Principal> {
-        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.get(digest)?;
+        let mut entries = self.lock();
+        let entry = entries.map.get(digest)?;
         // The same rule as jsonwebtoken's: valid while exp >= now - leeway.
-        (entry.generation == generation && entry.exp >= now.saturating_sub(leeway))
-            .then(|| entry.principal.clone())
+        if entry.generation == generation && entry.exp >= now.saturating_sub(leeway) {
+            return Some(entry.principal.clone());
+        }
+        entries.remove(digest);
+        None
     }
 
     fn insert(&self, digest: [u8; 32], principal: Principal, exp: u64, generation: u64) {
-        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if entries.len() >= self.capacity && !entries.contains_key(&digest) {
+        let mut entries = self.lock();
+        if let Some(entry) = entries.map.get_mut(&digest) {
+            entry.principal = principal;
+            entry.exp = exp;
+            entry.generation = generation;
+            return;
+        }
+        if entries.map.len() >= self.capacity {
             let now = now();
-            entries.retain(|_, e| e.exp >= now && e.generation == generation);
-            if entries.len() >= self.capacity {
-                // Still full of live tokens: drop an eighth of them, as they
-                // come in the map's (randomly keyed) order. Emptying it
-                // instead would make every token in use miss at once, a
-                // burst of signature checks, whenever the tokens in use
-                // outnumber the cache by even one.
-                let evict = (entries.len() / 8).max(1);
-                let victims: Vec<[u8; 32]> = entries.keys().take(evict).copied().collect();
-                for victim in &victims {
-                    entries.remove(victim);
-                }
+            if entries.swept < now {
+                entries.sweep(now, generation);
+            }
+            if entries.map.len() >= self.capacity {
+                let victim = entries.keys[rand::random_range(0..entries.keys.len())];
+                entries.remove(&victim);
             }
         }
-        entries.insert(
+        let slot = entries.keys.len();
+        entries.keys.push(digest);
+        entries.map.insert(
             digest,
             CacheEntry {
                 principal,
                 exp,
                 generation,
+                slot,
             },
         );
     }
@@ -636,7 +694,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_cache_drops_an_eighth_of_its_tokens_not_all() {
+    fn a_full_cache_drops_one_token_not_all() {
         let verifier = Verifier::from_config(&config("teams", 16)).unwrap();
         let keys = keys();
         let tokens: Vec<String> = (0..17)
@@ -645,14 +703,61 @@ mod tests {
         for token in &tokens {
             assert!(verifier.verify(token, &keys, 1, now()).is_ok());
         }
-        // The 17th evicted 2 of the first 16; the others still verify with
-        // no key at all, so from the cache.
+        // The 17th evicted one of the first 16; the others still verify
+        // with no key at all, so from the cache.
         let empty = KeySet::default();
         let cached = tokens
             .iter()
             .filter(|t| verifier.verify(t, &empty, 1, now()).is_ok())
             .count();
-        assert_eq!(cached, 15);
+        assert_eq!(cached, 16);
+    }
+
+    #[test]
+    fn a_rotation_one_larger_than_the_cache_mostly_hits() {
+        const CAPACITY: usize = 256;
+        let verifier = Verifier::from_config(&config("teams", CAPACITY)).unwrap();
+        let keys = keys();
+        let tokens: Vec<String> = (0..=CAPACITY)
+            .map(|i| token(serde_json::json!({"teams": ["p"], "jti": i})))
+            .collect();
+        for _ in 0..5 {
+            for token in &tokens {
+                assert!(verifier.verify(token, &keys, 1, now()).is_ok());
+            }
+        }
+        // One more rotation with no keys: a miss fails. Dropping an eighth
+        // when full left about 32 missing; one at a time leaves 1 or 2.
+        let empty = KeySet::default();
+        let missed = tokens
+            .iter()
+            .filter(|t| verifier.verify(t, &empty, 1, now()).is_err())
+            .count();
+        assert!(missed <= 4, "{missed} of {} missed", tokens.len());
+    }
+
+    #[test]
+    fn a_full_cache_sweeps_voided_entries_before_dropping_live_ones() {
+        let verifier = Verifier::from_config(&config("teams", 4)).unwrap();
+        let keys = keys();
+        let old: Vec<String> = (0..4)
+            .map(|i| token(serde_json::json!({"teams": ["p"], "jti": i})))
+            .collect();
+        for token in &old {
+            assert!(verifier.verify(token, &keys, 1, now()).is_ok());
+        }
+        // The key set moves on: the four entries are void, and the next
+        // inserts replace them, not each other.
+        let new: Vec<String> = (4..8)
+            .map(|i| token(serde_json::json!({"teams": ["p"], "jti": i})))
+            .collect();
+        for token in &new {
+            assert!(verifier.verify(token, &keys, 2, now()).is_ok());
+        }
+        let empty = KeySet::default();
+        for token in &new {
+            assert!(verifier.verify(token, &empty, 2, now()).is_ok());
+        }
     }
 
     #[test]
