@@ -345,6 +345,29 @@ backend polytomic
 """
 
 
+# The organization operations, as the shipped config routes them, and
+# scenario 4's large upload: a route without a schema, whose body streams.
+ROUTES = [
+    ("organization.current", ["GET"], "/api/organization", None),
+    ("organizations.list", ["GET"], "/api/organizations", None),
+    ("organizations.create", ["POST"], "/api/organizations", "organization-create.json"),
+    ("organizations.get", ["GET"], "/api/organizations/{id}", None),
+    ("organizations.update", ["PATCH", "PUT"], "/api/organizations/{id}", "organization-update.json"),
+    ("organizations.delete", ["DELETE"], "/api/organizations/{id}", None),
+    ("uploads.create", ["POST"], UPLOAD_PATH, None),
+]
+
+
+def routes_toml():
+    blocks = []
+    for operation, methods, path, schema in ROUTES:
+        block = f"[[routes]]\noperation = {json.dumps(operation)}\nmethods = {json.dumps(methods)}\npath = {json.dumps(path)}\n"
+        if schema:
+            block += f"schema = {json.dumps(os.path.join(ROOT, 'schemas', schema))}\n"
+        blocks.append(block)
+    return "\n".join(blocks)
+
+
 def gateway_conf(tmp, name, port, up_port, durability, cache_size=None):
     q = json.dumps
     cache = "" if cache_size is None else f"token_cache_size = {cache_size}\n"
@@ -367,44 +390,7 @@ audiences = [{q(AUDIENCE)}]
 algorithms = ["RS256", "ES256"]
 jwks_file = {q(os.path.join(tmp, "jwks.json"))}
 {cache}
-[[routes]]
-operation = "organization.current"
-methods = ["GET"]
-path = "/api/organization"
-
-[[routes]]
-operation = "organizations.list"
-methods = ["GET"]
-path = "/api/organizations"
-
-[[routes]]
-operation = "organizations.create"
-methods = ["POST"]
-path = "/api/organizations"
-schema = {q(os.path.join(ROOT, "schemas/organization-create.json"))}
-
-[[routes]]
-operation = "organizations.get"
-methods = ["GET"]
-path = "/api/organizations/{{id}}"
-
-[[routes]]
-operation = "organizations.update"
-methods = ["PATCH", "PUT"]
-path = "/api/organizations/{{id}}"
-schema = {q(os.path.join(ROOT, "schemas/organization-update.json"))}
-
-[[routes]]
-operation = "organizations.delete"
-methods = ["DELETE"]
-path = "/api/organizations/{{id}}"
-
-# Scenario 4's large upload: a route without a schema, whose body streams.
-[[routes]]
-operation = "uploads.create"
-methods = ["POST"]
-path = "{UPLOAD_PATH}"
-
+{routes_toml()}
 [policy]
 mode = "enforce"
 

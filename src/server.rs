@@ -379,22 +379,25 @@ impl Gateway {
                     continue;
                 }
             };
-            let connection = Connection {
+            let mut connection = Connection {
                 stream,
                 peer,
                 permit,
             };
             // A worker only goes away if its thread died; the next one takes
             // the connection.
-            let mut connection = Some(connection);
+            let mut handed = false;
             for _ in 0..queues.len() {
                 next = (next + 1) % queues.len();
-                match queues[next].send(connection.take().expect("put back on failure")) {
-                    Ok(()) => break,
-                    Err(mpsc::error::SendError(back)) => connection = Some(back),
+                match queues[next].send(connection) {
+                    Ok(()) => {
+                        handed = true;
+                        break;
+                    }
+                    Err(mpsc::error::SendError(back)) => connection = back,
                 }
             }
-            if connection.is_some() {
+            if !handed {
                 tracing::error!("every worker thread has stopped; shutting down");
                 break;
             }
