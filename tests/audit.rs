@@ -266,7 +266,8 @@ async fn every_outcome_gets_its_exact_record() {
 async fn upstream_errors_and_shadow_denials_are_recorded() {
     let dir = TestDir::new();
     let audit_path = dir.path("audit.jsonl");
-    let path = dir.config(&format!("http://127.0.0.1:{}", closed_port().await), "");
+    let closed = closed_port();
+    let path = dir.config(&format!("http://127.0.0.1:{}", closed.port), "");
     let gw = start_gateway_from(dir, &path).await;
     let (parts, _) = send(
         &client(),
@@ -358,6 +359,9 @@ async fn a_canary_secret_appears_in_no_output() {
         json!({"name": "Acme", "sso_org_id": [CANARY]}).to_string(),
         format!(r#"{{"name":"{CANARY}"#),
     ];
+    // Two accepted and forwarded, three refused by the schema, one not JSON:
+    // the canary must be kept out of every path a body can take.
+    let expected = [200, 200, 422, 422, 422, 400];
     let mut responses = String::new();
     for (i, body) in bodies.iter().enumerate() {
         let mut req = request(Method::PUT, &update, Some(token()), &format!("c-{i}"), body);
@@ -365,7 +369,9 @@ async fn a_canary_secret_appears_in_no_output() {
             .insert("x-api-key", CANARY.parse().unwrap());
         req.headers_mut()
             .insert("cookie", format!("session={CANARY}").parse().unwrap());
-        let (parts, body) = send(&c, req).await;
+        let (parts, response) = send(&c, req).await;
+        assert_eq!(parts.status, expected[i], "{body}");
+        let body = response;
         responses.push_str(&format!(
             "{:?}{}",
             parts.headers,
@@ -407,8 +413,14 @@ async fn a_canary_secret_appears_in_no_output() {
     .await
     .expect("all 8 response records were shipped");
     gw.signal("TERM");
-    assert!(gw.child.wait().await.unwrap().success());
+    assert!(gw.exit().await.success());
     let output = gw.collect_output().await;
+    // The leak hunt means something only if debug output was really on.
+    assert!(
+        output.contains("stripped client credential header")
+            && output.contains("request body refused"),
+        "the gateway did not log at debug:\n{output}"
+    );
     let trail = std::fs::read_to_string(&audit_path).unwrap();
     let otlp = String::from_utf8_lossy(&shipped.lock().unwrap()).into_owned();
     assert_eq!(
@@ -439,6 +451,49 @@ async fn a_canary_secret_appears_in_no_output() {
     );
     // The query values were forwarded as sent (only the record is redacted).
     assert!(fake.requests().iter().any(|r| r.target.contains(CANARY)));
+}
+
+/// The schema's `writeOnly` fields are secrets whatever `redact_fields`
+/// says: with the name list emptied, `client_secret` is still redacted, and
+/// only because the organization update schema marks it `writeOnly`.
+#[tokio::test]
+async fn write_only_schema_fields_are_redacted_with_no_redact_fields() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let audit = format!(
+        "[audit]\nsinks = [\"file\"]\npath = {:?}\nredact_fields = []\n",
+        audit_path.display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let gw = start_gateway_from(dir, &path).await;
+    let body = json!({"name": "Acme", "client_id": "visible-id", "client_secret": CANARY});
+    let (parts, response) = send(
+        &client(),
+        request(
+            Method::PUT,
+            &gw.url(&format!("/api/organizations/{ORG}")),
+            Some(token()),
+            "wo",
+            &body.to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&response));
+    let _dir = gw.shutdown().await;
+    let trail = std::fs::read_to_string(&audit_path).unwrap();
+    assert!(!trail.contains(CANARY), "client_secret in clear: {trail}");
+    let records = read_audit(&audit_path);
+    let recorded = records
+        .iter()
+        .find(|r| r["request_id"] == "wo" && r["stage"] == "request")
+        .unwrap_or_else(|| panic!("no request record: {trail}"));
+    // Redacted in place; a field nothing marks is kept, so the list is empty.
+    assert_eq!(
+        recorded["request_body"],
+        json!({"name": "Acme", "client_id": "visible-id", "client_secret": "[REDACTED]"})
+    );
 }
 
 #[tokio::test]
@@ -518,7 +573,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
             for i in 0.. {
                 let id = format!("kill-{w}-{i}");
                 let req = request(Method::PUT, &url, Some(token()), &id, r#"{"name":"Acme"}"#);
-                match c.request(req).await {
+                match within("a PUT's response", c.request(req)).await {
                     Ok(response) if response.status() == 200 => {
                         let mut done = answered.lock().unwrap();
                         done.push(id);
@@ -531,11 +586,15 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
             }
         }));
     }
-    enough_rx.recv().await;
+    // Only the workers hold senders now: if they all stop early, recv ends.
+    drop(enough_tx);
+    within("300 acknowledged writes", enough_rx.recv())
+        .await
+        .expect("the workers stopped before 300 writes were answered");
     gw.child.start_kill().unwrap();
-    gw.child.wait().await.unwrap();
+    gw.exit().await;
     for worker in workers {
-        worker.await.unwrap();
+        within("a load worker to stop", worker).await.unwrap();
     }
     let text = std::fs::read_to_string(&audit_path).unwrap();
     let lines: Vec<&str> = text.lines().collect();
@@ -585,14 +644,35 @@ async fn an_unwritable_trail_refuses_writes_in_reject_mode_only() {
         )
         .await;
         assert_eq!(parts.status, expect_write, "{mode}");
+        // A DELETE is a write too: it needs its request record just the same.
+        // (Another organization than the current one, which the read below
+        // still needs.)
+        let (deleted, deleted_body) = send(
+            &client(),
+            request(
+                Method::DELETE,
+                &gw.url("/api/organizations/0b7f3c1e-5d2a-4c6e-9f8a-1b2c3d4e5f60"),
+                Some(token()),
+                "d",
+                "",
+            ),
+        )
+        .await;
         if expect_write == 503 {
             assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+            assert_gateway_error(&deleted, &deleted_body, 503, "audit_unavailable");
             assert!(
                 fake.requests().is_empty(),
-                "nothing is forwarded without a durable record"
+                "nothing is forwarded without a durable record: {:?}",
+                fake.requests()
+                    .iter()
+                    .map(|r| &r.method)
+                    .collect::<Vec<_>>()
             );
         } else {
-            assert_eq!(fake.requests().len(), 1);
+            assert_ne!(deleted.status, 503, "{mode}");
+            let methods: Vec<_> = fake.requests().iter().map(|r| r.method.clone()).collect();
+            assert_eq!(methods, [Method::PUT, Method::DELETE]);
         }
         // Reads carry no request record and are served either way.
         let (parts, _) = send(&client(), get(&gw.url("/api/organization"))).await;
@@ -639,7 +719,7 @@ async fn sighup_reopens_the_audit_file_for_logrotate() {
     .await;
     assert_eq!(after.status, 200);
     gw.signal("TERM");
-    assert!(gw.child.wait().await.unwrap().success());
+    assert!(gw.exit().await.success());
     let ids = |p: &std::path::Path| -> HashSet<String> {
         read_audit(p)
             .iter()
@@ -688,8 +768,23 @@ async fn a_client_that_disconnects_mid_request_still_leaves_a_response_record() 
         body.len()
     );
     stream.write_all(request.as_bytes()).await.unwrap();
-    arrived.notified().await;
+    within("the request to reach the upstream", arrived.notified()).await;
     drop(stream); // the client goes away while the upstream works
+                  // The upstream answers only once the gateway has given up on the client
+                  // and recorded it, so the outcome cannot be a race with the upstream.
+    within("a response record for the departed client", async {
+        loop {
+            if read_audit(&audit_path)
+                .iter()
+                .any(|r| r["request_id"] == "gone" && r["stage"] == "response")
+            {
+                return;
+            }
+            // A poll of a file: a short pause between reads.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     release.notify_one();
     let _dir = gw.shutdown().await;
     let records = read_audit(&audit_path);
@@ -703,8 +798,173 @@ async fn a_client_that_disconnects_mid_request_still_leaves_a_response_record() 
         .iter()
         .find(|r| r["request_id"] == "gone" && r["stage"] == "response")
         .unwrap();
-    assert!(
-        response["outcome"] == "cancelled" || response["status"] == 200,
-        "{response}"
+    assert_eq!(response["outcome"], "cancelled", "{response}");
+    assert_eq!(response["status"], Value::Null, "{response}");
+}
+
+/// An upstream that, on each request, looks in the audit file for that
+/// request's `request` record, and answers whether it was already there.
+async fn upstream_checking_the_trail(audit_path: std::path::PathBuf) -> std::net::SocketAddr {
+    spawn_upstream(move |req: Request<hyper::body::Incoming>| {
+        let audit_path = audit_path.clone();
+        async move {
+            let id = req.headers()["x-request-id"].to_str().unwrap().to_owned();
+            let recorded = read_audit(&audit_path)
+                .iter()
+                .any(|r| r["request_id"] == *id && r["stage"] == "request");
+            http::Response::new(upstream_body(
+                json!({ "data": { "recorded_before_forwarding": recorded } }).to_string(),
+            ))
+        }
+    })
+    .await
+}
+
+/// `fsync` and `flush` hold a write until its record is in the file;
+/// `none` holds nothing: the record is only queued, so even a trail that
+/// cannot be written refuses no write, and a queued record still reaches a
+/// writable file by shutdown.
+#[tokio::test]
+async fn each_durability_holds_a_write_as_long_as_it_says() {
+    for durability in ["fsync", "flush", "none"] {
+        let dir = TestDir::new();
+        let audit_path = dir.path("audit.jsonl");
+        let upstream = upstream_checking_the_trail(audit_path.clone()).await;
+        let audit = format!(
+            "[audit]\nsinks = [\"file\"]\npath = {:?}\ndurability = {durability:?}\n",
+            audit_path.display().to_string()
+        );
+        let path = dir.config(&format!("http://{upstream}"), &audit);
+        let gw = start_gateway_from(dir, &path).await;
+        let (parts, body) = send(
+            &client(),
+            request(
+                Method::PUT,
+                &gw.url(&format!("/api/organizations/{ORG}")),
+                Some(token()),
+                durability,
+                r#"{"name":"A"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(parts.status, 200, "{durability}");
+        if durability != "none" {
+            assert_eq!(
+                json(&body)["data"]["recorded_before_forwarding"],
+                true,
+                "{durability}: forwarded before its record was written"
+            );
+        }
+        let _dir = gw.shutdown().await;
+        assert!(
+            read_audit(&audit_path)
+                .iter()
+                .any(|r| r["request_id"] == durability && r["stage"] == "request"),
+            "{durability}: the request record never reached the file"
+        );
+    }
+    // `none` with an unwritable trail in reject mode: forwarded all the same.
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit = "[audit]\nsinks = [\"file\"]\npath = \"/nonexistent-dir/audit.jsonl\"\ndurability = \"none\"\non_failure = \"reject\"\n";
+    let path = dir.config(&format!("http://{addr}"), audit);
+    let gw = start_gateway_from(dir, &path).await;
+    let (parts, _) = send(
+        &client(),
+        request(
+            Method::PUT,
+            &gw.url(&format!("/api/organizations/{ORG}")),
+            Some(token()),
+            "none-unwritable",
+            r#"{"name":"A"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(fake.requests().len(), 1);
+}
+
+/// A `gateway_audit_records_total` series from a `/metrics` scrape.
+fn audit_metric(scrape: &str, result: &str) -> f64 {
+    let series = format!("gateway_audit_records_total{{result=\"{result}\",sink=\"file\"}} ");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// When the writer cannot keep up and its queue (65,536 records) is full,
+/// a read's record is dropped and counted, and a write is refused with 503
+/// `audit_unavailable` and never forwarded. The audit path is a FIFO that
+/// the test opens but does not read, so the writer blocks once the pipe's
+/// buffer is full and the queue fills behind it.
+#[tokio::test]
+async fn a_full_queue_drops_read_records_and_refuses_writes() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let fifo = dir.path("audit.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // The read end, opened first so the gateway's open for writing succeeds.
+    let mut reader = tokio::net::unix::pipe::OpenOptions::new()
+        .open_receiver(&fifo)
+        .unwrap();
+    // `flush`: a write waits for write(2), which a full pipe blocks.
+    let audit = format!(
+        "[audit]\nsinks = [\"file\"]\npath = {:?}\ndurability = \"flush\"\n",
+        fifo.display().to_string()
     );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let gw = start_gateway_from(dir, &path).await;
+    // One pooled client: its connections are reused across the reads.
+    let c = client();
+    let scrape = || async {
+        let (_, body) = send(&c, get(&gw.url("/metrics"))).await;
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    // Reads, 64 at a time, until records are being dropped.
+    let url = gw.url("/api/organization");
+    let mut sent = 0;
+    while audit_metric(&scrape().await, "dropped") == 0.0 {
+        assert!(sent < 200_000, "no record was dropped after {sent} reads");
+        let batch: Vec<_> = (0..64)
+            .map(|_| {
+                let (c, url) = (c.clone(), url.clone());
+                tokio::spawn(async move { send(&c, get(&url)).await.0.status })
+            })
+            .collect();
+        for request in batch {
+            assert_eq!(within("a read's response", request).await.unwrap(), 200);
+        }
+        sent += 64;
+    }
+    let forwarded = fake.requests().len();
+    let (parts, body) = send(
+        &client(),
+        request(
+            Method::PUT,
+            &gw.url(&format!("/api/organizations/{ORG}")),
+            Some(token()),
+            "queue-full",
+            r#"{"name":"A"}"#,
+        ),
+    )
+    .await;
+    assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+    assert_eq!(fake.requests().len(), forwarded, "the write was forwarded");
+    let dropped = audit_metric(&scrape().await, "dropped");
+    assert!(dropped >= 1.0, "{dropped}");
+    // Unblock the writer so the gateway can drain and stop.
+    let drain = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut sink = Vec::new();
+        let _ = reader.read_to_end(&mut sink).await;
+    });
+    let _dir = gw.shutdown().await;
+    within("the FIFO to be closed", drain).await.unwrap();
 }

@@ -647,7 +647,8 @@ async fn wait_until_ready(gw: &InProcess) {
             if parts.status == 200 {
                 return;
             }
-            tokio::task::yield_now().await;
+            // A poll over HTTP: a short pause between tries.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
     .await

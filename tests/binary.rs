@@ -92,6 +92,31 @@ fn check_names_an_unknown_key_and_the_file() {
     assert!(stderr.contains("unknown key"), "{stderr}");
 }
 
+/// `serve` refuses a bad config the way `check` does: exit 1, the key and
+/// the file named, nothing bound, and no secret shown.
+#[tokio::test]
+async fn serve_exits_1_on_a_bad_config_naming_the_key_and_the_file() {
+    let dir = TestDir::new();
+    let path = dir.config("https://app.polytomic.com", "[server]\nmax_body_byte = 10");
+    let run = tokio::process::Command::new(binary_path())
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = within("serve to exit on a bad config", run).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`server.max_body_byte`"), "{stderr}");
+    assert!(stderr.contains("unknown key"), "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("gateway listening"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for output in [&*stderr, &*stdout] {
+        assert!(!output.contains(PARTNER_KEY), "{output}");
+    }
+}
+
 #[test]
 fn check_names_each_bad_telemetry_setting_and_the_file() {
     let dir = TestDir::new();
@@ -254,7 +279,7 @@ async fn env_overrides_the_file_and_a_bare_invocation_serves() {
         "2024-02-08"
     );
     gw.signal("TERM");
-    assert!(gw.child.wait().await.unwrap().success());
+    assert!(gw.exit().await.success());
     let output = gw.collect_output().await;
     assert!(!output.contains(PARTNER_KEY), "{output}");
 }
@@ -281,7 +306,7 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     let mut gw = Binary::serve(&path, &[]).await;
     let url = gw.url("/api/organization");
     let in_flight = tokio::spawn(async move { send(&client(), get(&url)).await });
-    arrived.notified().await;
+    within("the request to reach the upstream", arrived.notified()).await;
 
     gw.signal("TERM");
     gw.wait_for_line("listener closed").await;
@@ -292,10 +317,10 @@ async fn sigterm_drains_in_flight_requests_and_refuses_new_connections() {
     );
 
     release.notify_one();
-    let (parts, body) = in_flight.await.unwrap();
+    let (parts, body) = within("the drained response", in_flight).await.unwrap();
     assert_eq!(parts.status, 200);
     assert_eq!(json(&body)["data"]["slow"], true);
-    let status = gw.child.wait().await.unwrap();
+    let status = gw.exit().await;
     assert!(status.success(), "{status}");
     gw.wait_for_line("drained; exiting").await;
 }
@@ -360,7 +385,9 @@ async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
     let dir = TestDir::new();
     let path = dir.config(
         &format!("http://{upstream}"),
-        "[server]\nmax_body_bytes = 104857600",
+        // A fixed worker count: each worker has its own runtime and pool,
+        // so the memory measured must not scale with the machine's cores.
+        "[server]\nmax_body_bytes = 104857600\nworkers = 2",
     );
     let gw = Binary::serve(&path, &[]).await;
     // Warm up: one small request through the whole stack.
@@ -378,25 +405,32 @@ async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
             remaining: FIFTY_MB,
         })
         .unwrap();
-    let response = upload.request(req).await.unwrap();
+    let response = within("the upload's response", upload.request(req))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = within("the upload's response body", response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(json(&body)["bytes"], FIFTY_MB);
 
-    let response = client()
-        .request(
-            Request::get(gw.url("/api/download"))
-                .header("authorization", bearer())
-                .body(Full::<Bytes>::default())
-                .unwrap(),
-        )
+    let download = Request::get(gw.url("/api/download"))
+        .header("authorization", bearer())
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let response = within("the download's response head", client().request(download))
         .await
         .unwrap();
     let mut body = response.into_body();
-    let mut received = 0u64;
-    while let Some(frame) = body.frame().await {
-        received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
-    }
+    let received = within("the 50 MiB download", async {
+        let mut received = 0u64;
+        while let Some(frame) = body.frame().await {
+            received += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+        }
+        received
+    })
+    .await;
     assert_eq!(received, FIFTY_MB);
 
     let hwm_after = gw.proc_kib("VmHWM");
@@ -476,7 +510,7 @@ async fn the_demo_prints_a_curl_that_succeeds() {
     )
     .unwrap();
     demo.signal("INT");
-    assert!(demo.child.wait().await.unwrap().success());
+    assert!(demo.exit().await.success());
     assert!(!demo.collect_output().await.contains(key.trim()));
 }
 

@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 
 #[tokio::test]
 async fn a_refused_connection_is_502_upstream_unreachable() {
-    let port = closed_port().await;
-    let gw = start_gateway(&format!("http://127.0.0.1:{port}"), "").await;
+    let closed = closed_port();
+    let gw = start_gateway(&format!("http://127.0.0.1:{}", closed.port), "").await;
     let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
     assert_gateway_error(&parts, &body, 502, "upstream_unreachable");
     assert!(parts.headers.contains_key("x-request-id"));
@@ -107,37 +107,66 @@ async fn a_declared_oversize_body_is_413_and_never_forwarded() {
     assert_eq!(json(&body)["metadata"]["limit_bytes"], 1024);
     // A follow-up request is forwarded, and is the only one the upstream saw.
     send(&client(), get(&gw.url("/api/organization"))).await;
-    let seen = fake.wait_for_requests(1).await;
+    let seen = within("a request at the upstream", fake.wait_for_requests(1)).await;
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].target, "/api/organization");
 }
 
 #[tokio::test]
 async fn a_chunked_oversize_body_is_413_and_never_completes_upstream() {
-    let fake = FakePolytomic::new(PARTNER_KEY);
-    let addr = fake.spawn().await.unwrap();
+    // An upstream that reads each body to its end before answering, and
+    // keeps how each read ended: its length, or how it broke off.
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::<Result<usize, String>>::new()));
+    let read = Arc::new(Notify::new());
+    let (b, r) = (bodies.clone(), read.clone());
+    let upstream = spawn_upstream(move |req: Request<hyper::body::Incoming>| {
+        let (b, r) = (b.clone(), r.clone());
+        async move {
+            let body = req.into_body().collect().await;
+            b.lock()
+                .unwrap()
+                .push(body.map(|c| c.to_bytes().len()).map_err(|e| e.to_string()));
+            r.notify_one();
+            http::Response::new(upstream_body(r#"{"data":{}}"#))
+        }
+    })
+    .await;
     let gw = start_gateway(
-        &format!("http://{addr}"),
+        &format!("http://{upstream}"),
         "[server]\nmax_body_bytes = 100000",
     )
     .await;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<Zeros>();
-    // No Content-Length: the body arrives chunked and is cut off mid-stream.
-    let req = Request::post(gw.url("/api/organizations"))
+    // No Content-Length, and a route with no schema (the catch-all): the
+    // body streams upstream as it arrives and is cut off at the limit.
+    let req = Request::post(gw.url("/api/connections"))
         .header("authorization", bearer())
         .header("content-type", "application/json")
         .body(Zeros { remaining: 300_000 })
         .unwrap();
-    let response = client.request(req).await.expect("gateway answers");
+    let response = within("the chunked POST's response", client.request(req))
+        .await
+        .expect("gateway answers");
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
+    let body = within("the 413 body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_gateway_error(&parts, &body, 413, "payload_too_large");
-    send(&common::client(), get(&gw.url("/api/organization"))).await;
-    let seen = fake.wait_for_requests(1).await;
+    // The upload was forwarded as it streamed, and the upstream saw it
+    // break off: never a complete request.
+    within("the upstream to finish reading", async {
+        while bodies.lock().unwrap().is_empty() {
+            read.notified().await;
+        }
+    })
+    .await;
+    let seen = bodies.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
     assert!(
-        seen.iter().all(|r| r.method != http::Method::POST),
-        "the truncated upload must not reach the upstream as a whole request"
+        seen[0].is_err(),
+        "the truncated upload reached the upstream whole: {seen:?}"
     );
 }
 
@@ -177,12 +206,14 @@ async fn a_response_cut_off_mid_body_aborts_the_client_body() {
         }
     });
     let gw = start_gateway(&format!("http://{addr}"), "").await;
-    let response = client()
-        .request(get(&gw.url("/api/organization")))
-        .await
-        .unwrap();
+    let response = within(
+        "the response head",
+        client().request(get(&gw.url("/api/organization"))),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
-    let body = response.into_body().collect().await;
+    let body = within("the cut-off body to end", response.into_body().collect()).await;
     assert!(
         body.is_err(),
         "a truncated upstream body must not look complete"

@@ -55,7 +55,7 @@ async fn a_request_without_a_token_is_401_and_never_forwarded() {
     );
     // A later authenticated request is the only one the upstream saw.
     send(&client(), get(&gw.url("/api/organization"))).await;
-    let seen = fake.wait_for_requests(1).await;
+    let seen = within("a request at the upstream", fake.wait_for_requests(1)).await;
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].target, "/api/organization");
 }
@@ -361,4 +361,92 @@ async fn a_client_cannot_name_injected_headers_as_hop_by_hop() {
     let (parts, body) = send(&client(), req).await;
     assert_gateway_error(&parts, &body, 401, "unauthenticated");
     assert_eq!(fake.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn each_route_gets_its_own_credential() {
+    const ORG_KEY: &str = "org_live_CANARY_connections_51c2";
+    let dir = TestDir::new();
+    std::fs::write(dir.path("org-key"), format!("{ORG_KEY}\n")).unwrap();
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    // The partner key for organization endpoints (the default), an
+    // organization key for everything else, as Polytomic requires.
+    let extra = format!(
+        r#"[credentials.org]
+file = {:?}
+
+[[routes]]
+operation = "organization.current"
+methods = ["GET"]
+path = "/api/organization"
+
+[[routes]]
+operation = "connections.list"
+methods = ["GET"]
+path = "/api/connections"
+credential = "org"
+"#,
+        dir.path("org-key").display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &extra);
+    let gw = start_gateway_from(dir, &path).await;
+    for target in ["/api/organization", "/api/connections"] {
+        send(&client(), get(&gw.url(target))).await;
+    }
+    let seen = within("both requests at the upstream", fake.wait_for_requests(2)).await;
+    let sent: Vec<(String, Vec<String>)> = seen
+        .iter()
+        .map(|r| {
+            let auth = r.headers.get_all("authorization").iter();
+            let auth = auth.map(|v| v.to_str().unwrap().to_owned()).collect();
+            (r.target.clone(), auth)
+        })
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            (
+                "/api/organization".to_owned(),
+                vec![format!("Bearer {PARTNER_KEY}")]
+            ),
+            (
+                "/api/connections".to_owned(),
+                vec![format!("Bearer {ORG_KEY}")]
+            ),
+        ]
+    );
+}
+
+/// The shared error assertion's leak check can fail: it finds whatever
+/// token a test sent, whole or as its signature.
+#[test]
+fn the_error_assertion_catches_an_echoed_token() {
+    let parts = http::Response::builder()
+        .status(401)
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap()
+        .into_parts()
+        .0;
+    let signature = token().rsplit('.').next().unwrap().to_owned();
+    for echoed in [token().to_owned(), signature] {
+        let body = serde_json::json!({
+            "status": 401, "key": "unauthenticated",
+            "message": format!("bad token {echoed}"), "metadata": {},
+        })
+        .to_string();
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            assert_gateway_error(&parts, body.as_bytes(), 401, "unauthenticated")
+        }));
+        let message = caught.expect_err("an echoed token passed the check");
+        let message = message
+            .downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_default();
+        assert!(message.contains("a caller token leaked"), "{message}");
+    }
+    // And a clean body passes.
+    let clean = r#"{"status":401,"key":"unauthenticated","message":"invalid token","metadata":{}}"#;
+    assert_gateway_error(&parts, clean.as_bytes(), 401, "unauthenticated");
 }

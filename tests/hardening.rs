@@ -333,7 +333,8 @@ async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
     assert_eq!(health.status, 200);
     release.notify_waiters();
     for request in held {
-        assert_eq!(request.await.unwrap().0.status, 200);
+        let response = within("a held request's response", request).await;
+        assert_eq!(response.unwrap().0.status, 200);
     }
     let after = spawn_get(url.clone());
     // The upstream holds every request: release the next one too.
@@ -342,7 +343,8 @@ async fn requests_past_max_inflight_are_shed_with_503_and_retry_after() {
         .unwrap()
         .unwrap();
     release.notify_waiters();
-    assert_eq!(after.await.unwrap().0.status, 200);
+    let response = within("the response after the shed one", after).await;
+    assert_eq!(response.unwrap().0.status, 200);
 }
 
 #[tokio::test]
@@ -364,15 +366,16 @@ async fn shutdown_drains_requests_in_flight_on_every_worker() {
     let stopped = tokio::spawn(gw.shutdown());
     // Draining has begun once the listener is gone.
     tokio::time::timeout(Duration::from_secs(10), async {
+        // A poll of the listener's state: a short pause between tries.
         while TcpStream::connect(addr).await.is_ok() {
-            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
     .expect("the listener was never closed");
     release.notify_waiters();
     for request in held {
-        let (parts, body) = request.await.unwrap();
+        let (parts, body) = within("a drained response", request).await.unwrap();
         assert_eq!(parts.status, 200);
         assert_eq!(json(&body)["data"]["drained"], true);
     }
@@ -393,25 +396,35 @@ async fn shutdown_drains_requests_in_flight_on_every_worker() {
 async fn a_ten_thousand_connection_flood_keeps_memory_bounded() {
     let (upstream, _) = recording_upstream().await;
     let dir = TestDir::new();
-    // The default limits; a short grace so the flood drains quickly.
+    // The default limits but a fixed worker count, so memory does not scale
+    // with the machine's cores; a short grace so the flood drains quickly.
     let path = dir.config(
         &format!("http://{upstream}"),
-        "[server]\nshutdown_grace = \"1s\"",
+        "[server]\nworkers = 2\nshutdown_grace = \"1s\"",
+    );
+    // 10,000 sockets need an open-file limit above the common default of
+    // 1,024: raise ours (the gateway inherits it) as far as the hard limit
+    // allows, and size the flood to what is left.
+    let limit = raise_open_file_limit();
+    let flood = 10_000.min(limit.saturating_sub(256) as usize);
+    assert!(
+        flood > 4_096 + 1_024,
+        "an open-file limit of {limit} cannot get past max_connections"
     );
     let gateway = Binary::serve(&path, &[]).await;
     let before = gateway.proc_kib("VmRSS");
-    let mut connections = Vec::with_capacity(10_000);
-    for _ in 0..10_000 {
+    let mut connections = Vec::with_capacity(flood);
+    for _ in 0..flood {
         match TcpStream::connect(gateway.addr).await {
             Ok(stream) => connections.push(stream),
             Err(error) => panic!("connect {}: {error}", connections.len()),
         }
     }
     let peak = gateway.proc_kib("VmHWM");
-    eprintln!("RSS idle {before} KiB; peak with 10,000 connections {peak} KiB");
+    eprintln!("RSS idle {before} KiB; peak with {flood} connections {peak} KiB");
     assert!(
         peak < 256 * 1024,
-        "peak RSS {peak} KiB with 10,000 connections (idle {before} KiB)"
+        "peak RSS {peak} KiB with {flood} connections (idle {before} KiB)"
     );
     // Past `max_connections` (4,096) and the 1,024 shed ones, connections
     // were closed at once; the process is still there to be stopped.
@@ -422,6 +435,48 @@ async fn a_ten_thousand_connection_flood_keeps_memory_bounded() {
         gateway.collect_output().await
     };
     assert!(output.contains("drained; exiting"), "{output}");
+}
+
+/// Raises this process's soft open-file limit to its hard limit with
+/// util-linux `prlimit` (no privilege needed), and returns the soft limit
+/// now in force. Children started afterwards inherit it.
+fn raise_open_file_limit() -> u64 {
+    let pid = std::process::id().to_string();
+    let read = || {
+        let out = std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &pid,
+                "--nofile",
+                "--noheadings",
+                "--raw",
+                "--output=SOFT,HARD",
+            ])
+            .output()
+            .expect("prlimit (util-linux) runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut values = text.split_whitespace().map(|v| match v {
+            "unlimited" => u64::MAX,
+            v => v
+                .parse()
+                .unwrap_or_else(|_| panic!("prlimit printed {text:?}")),
+        });
+        (values.next().unwrap(), values.next().unwrap())
+    };
+    let (soft, hard) = read();
+    if soft < hard {
+        let hard_text = if hard == u64::MAX {
+            "unlimited".into()
+        } else {
+            hard.to_string()
+        };
+        let status = std::process::Command::new("prlimit")
+            .args(["--pid", &pid, &format!("--nofile={hard_text}:{hard_text}")])
+            .status()
+            .expect("prlimit (util-linux) runs");
+        assert!(status.success(), "prlimit could not raise the soft limit");
+    }
+    read().0
 }
 
 /// A TLS server whose self-signed certificate nothing trusts.
@@ -475,10 +530,11 @@ async fn raw_upstream(then: &'static [u8]) -> std::net::SocketAddr {
 async fn every_upstream_failure_has_its_status_its_audit_record_and_no_key() {
     let silent = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let silent_addr = silent.local_addr().unwrap();
+    let closed = closed_port();
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
         (
             "refused",
-            format!("http://127.0.0.1:{}", closed_port().await),
+            format!("http://127.0.0.1:{}", closed.port),
             "",
             502,
             "upstream_unreachable",
@@ -534,12 +590,15 @@ async fn every_upstream_failure_has_its_status_its_audit_record_and_no_key() {
     )
     .await;
     let gw = start_gateway(&format!("http://{cut}"), "").await;
-    let response = client()
-        .request(get(&gw.url("/api/organization")))
-        .await
-        .unwrap();
+    let response = within(
+        "the response head",
+        client().request(get(&gw.url("/api/organization"))),
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
-    assert!(response.into_body().collect().await.is_err());
+    let body = within("the cut-off body to end", response.into_body().collect()).await;
+    assert!(body.is_err());
     let dir = gw.shutdown().await;
     let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
     let record: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
@@ -551,9 +610,10 @@ async fn every_upstream_failure_has_its_status_its_audit_record_and_no_key() {
 #[tokio::test]
 async fn only_replayable_requests_are_retried_and_only_after_a_connect_failure() {
     let dir = TestDir::new();
-    let port = closed_port().await;
+    // Reserved, not listening: connections are refused until it listens.
+    let closed = closed_port();
     let path = dir.config(
-        &format!("http://127.0.0.1:{port}"),
+        &format!("http://127.0.0.1:{}", closed.port),
         "[upstream]\nretries = 3",
     );
     let mut gateway = Binary::serve(&path, &[]).await;
@@ -586,7 +646,7 @@ async fn only_replayable_requests_are_retried_and_only_after_a_connect_failure()
         send(&client, retried_put).await
     });
     gateway.wait_for_line("sending the request again").await;
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    let listener = closed.listen();
     let received = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
         let mut received = Vec::new();
@@ -605,9 +665,11 @@ async fn only_replayable_requests_are_retried_and_only_after_a_connect_failure()
             .unwrap();
         String::from_utf8_lossy(&received).into_owned()
     });
-    let (parts, _) = request.await.unwrap();
+    let (parts, _) = within("the retried PUT's response", request).await.unwrap();
     assert_eq!(parts.status, 200);
-    let head = received.await.unwrap();
+    let head = within("the retried PUT at the upstream", received)
+        .await
+        .unwrap();
     assert!(head.contains("idempotency-key: idem-7"), "{head}");
     assert!(
         head.ends_with(body),
@@ -630,9 +692,11 @@ async fn only_replayable_requests_are_retried_and_only_after_a_connect_failure()
 
 #[tokio::test]
 async fn the_connection_pool_recovers_after_the_upstream_restarts() {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    // One listener for both lives of the upstream: rebinding a released
+    // port could race another test that is given it meanwhile.
+    let listener = Arc::new(TcpListener::bind(("127.0.0.1", 0)).await.unwrap());
     let addr = listener.local_addr().unwrap();
-    let serve = |listener: TcpListener| {
+    let serve = |listener: Arc<TcpListener>| {
         tokio::spawn(async move {
             // Aborting the accept loop drops this set, which ends every
             // connection: the upstream is gone entirely.
@@ -650,7 +714,7 @@ async fn the_connection_pool_recovers_after_the_upstream_restarts() {
             }
         })
     };
-    let first = serve(listener);
+    let first = serve(listener.clone());
     let gw = start_gateway(&format!("http://{addr}"), "").await;
     let client = client();
     let url = gw.url("/api/organization");
@@ -661,7 +725,7 @@ async fn the_connection_pool_recovers_after_the_upstream_restarts() {
     // comes back on the same port.
     first.abort();
     let _ = first.await;
-    let second = serve(TcpListener::bind(addr).await.unwrap());
+    let second = serve(listener);
     for _ in 0..3 {
         assert_eq!(send(&client, get(&url)).await.0.status, 200);
     }

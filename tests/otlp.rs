@@ -131,6 +131,22 @@ impl Collector {
     }
 }
 
+/// The shipped offset the gateway persisted beside `spool` (0 before any
+/// acknowledged export), and the records the spool holds.
+fn spool_state_at(spool: &std::path::Path) -> (u64, Vec<Value>) {
+    let mut shipped = spool.as_os_str().to_owned();
+    shipped.push(".shipped");
+    let offset = std::fs::read_to_string(shipped)
+        .map(|text| text.split_whitespace().nth(1).unwrap().parse().unwrap())
+        .unwrap_or(0);
+    let spool = std::fs::read_to_string(spool).unwrap_or_default();
+    let records = spool
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (offset, records)
+}
+
 fn tagged(method: Method, url: &str, id: &str) -> Request<Full<bytes::Bytes>> {
     Request::builder()
         .method(method.clone())
@@ -169,6 +185,7 @@ async fn records_wait_while_the_collector_is_down_and_arrive_once() {
         &format!("http://{addr}"),
         &collector.audit_section(&dir, ""),
     );
+    let spool = dir.path("spool.jsonl");
     let gw = start_gateway_from(dir, &path).await;
     let c = client();
     let update = gw.url(&format!("/api/organizations/{CURRENT_ORG_ID}"));
@@ -189,7 +206,21 @@ async fn records_wait_while_the_collector_is_down_and_arrive_once() {
             c.attempts.load(Ordering::SeqCst) >= 2
         })
         .await;
-    assert!(collector.records.lock().unwrap().is_empty());
+    // A refused export is not acknowledged: nothing counts as shipped, and
+    // all 40 records (30 responses, 10 writes' requests) wait in the spool.
+    let waiting = within("all 40 records in the spool", async {
+        loop {
+            let (offset, waiting) = spool_state_at(&spool);
+            assert_eq!(offset, 0, "a refused export moved the shipped offset");
+            if waiting.len() >= 40 {
+                return waiting.len();
+            }
+            // A poll of a file: a short pause between reads.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(waiting, 40);
 
     collector.down.store(false, Ordering::SeqCst);
     collector
@@ -246,8 +277,11 @@ async fn unshipped_records_survive_a_gateway_restart() {
         );
     }
     gw.signal("TERM");
-    assert!(gw.child.wait().await.unwrap().success());
-    assert!(collector.records.lock().unwrap().is_empty());
+    assert!(gw.exit().await.success());
+    // Nothing was acknowledged before the stop: the 20 records wait, unshipped.
+    let (offset, waiting) = spool_state_at(&dir.path("spool.jsonl"));
+    assert_eq!(offset, 0, "a refused export moved the shipped offset");
+    assert_eq!(waiting.len(), 20);
 
     collector.down.store(false, Ordering::SeqCst);
     let mut gw = Binary::serve(&path, &[]).await;
@@ -265,7 +299,7 @@ async fn unshipped_records_survive_a_gateway_restart() {
         .wait_until("the new record arrived", |c| c.response_ids().len() >= 21)
         .await;
     gw.signal("TERM");
-    assert!(gw.child.wait().await.unwrap().success());
+    assert!(gw.exit().await.success());
     let mut ids = collector.response_ids();
     assert_once_each(&ids, 21);
     ids.sort();
@@ -389,5 +423,5 @@ async fn a_full_spool_stays_full_across_rotation() {
         forwarded
     );
     gw.signal("TERM");
-    assert!(gw.child.wait().await.unwrap().success());
+    assert!(gw.exit().await.success());
 }

@@ -179,17 +179,33 @@ async fn the_decision_matrix_holds_and_denied_requests_never_reach_the_upstream(
     }
 }
 
-/// Sends raw bytes, returns the status code of the first response line.
-async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+/// Sends raw bytes; returns the status code of the first response line and
+/// the `key` of the gateway's JSON error body (`None` for a body that is not
+/// one, such as hyper's own bare 400 for a request line it cannot parse).
+async fn raw_response(addr: std::net::SocketAddr, request: &[u8]) -> (u16, Option<String>) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(request).await.unwrap();
     let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
+    let _ = within(
+        "the gateway to answer and close",
+        stream.read_to_end(&mut response),
+    )
+    .await;
     let text = String::from_utf8_lossy(&response);
-    text.split_whitespace()
+    let status = text
+        .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {text:?}"))
+        .unwrap_or_else(|| panic!("no status in {text:?}"));
+    let key = text
+        .split_once("\r\n\r\n")
+        .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(body).ok())
+        .and_then(|v| v["key"].as_str().map(str::to_owned));
+    (status, key)
+}
+
+async fn raw_status(addr: std::net::SocketAddr, request: &[u8]) -> u16 {
+    raw_response(addr, request).await.0
 }
 
 fn raw_get(target: &[u8], extra: &str) -> Vec<u8> {
@@ -205,15 +221,11 @@ fn raw_get(target: &[u8], extra: &str) -> Vec<u8> {
     request
 }
 
-#[tokio::test]
-async fn path_bypass_attempts_are_refused_and_never_forwarded() {
-    let fake = FakePolytomic::new(PARTNER_KEY);
-    let addr = fake.spawn().await.unwrap();
-    // The platform team may do everything: refusals here are routing's alone.
-    let gw = start_gateway(&format!("http://{addr}"), &shipped_routes_and_policy()).await;
-    let id = ORG_A;
-    let long = format!("/api/organizations/{}", "a".repeat(2100));
-    let targets: Vec<Vec<u8>> = [
+/// Paths the gateway itself refuses as ambiguous (400 `invalid_path`)
+/// before any route is matched: each would reach a catch-all route, or an
+/// upstream that normalizes paths, as a different path than the one checked.
+fn ambiguous_paths(id: &str) -> Vec<String> {
+    vec![
         format!("/api/organizations%2F{id}"),
         format!("/api/organizations%2f{id}"),
         format!("/api/organizations/{id}%2F..%2F..%2Fadmin"),
@@ -232,35 +244,54 @@ async fn path_bypass_attempts_are_refused_and_never_forwarded() {
         "/api\\organizations".into(),
         "/api/organizations%00".into(),
         "/api/organizations%0a".into(),
-        long,
-        "/API/organizations".into(),
-        "/api/Organizations".into(),
-        "/Api/Organization".into(),
         "/api/organizations;jsessionid=x".into(),
         format!("/api/organizations/{id};v=1"),
         "/api/organizations%23fragment".into(),
         "/api/organizations%3Fid=1".into(),
         format!("/api/organizations/{id}%3F"),
-        "/api/organizations/not-a-uuid".into(),
-        format!("/api/organizations/{}", &id[..35]),
         "/api/organizations/%".into(),
         "/api/organizations/%zz".into(),
         "/api/org%61nizations".into(),
         format!("/api/organizations/{}%2D{}", &id[..8], &id[9..]),
+        format!("/api/organizations/{}", "a".repeat(2100)),
     ]
-    .into_iter()
-    .map(String::into_bytes)
-    .chain([
-        b"/api/organizations\x01".to_vec(),
-        b"/api/organiz\xc3\xa4tions".to_vec(),
-        b"/api/organizations\xff".to_vec(),
-    ])
-    .collect();
-    for target in &targets {
-        let status = raw_status(gw.addr, &raw_get(target, "")).await;
-        assert!(
-            matches!(status, 400 | 404),
-            "{:?} got {status}",
+}
+
+#[tokio::test]
+async fn path_bypass_attempts_are_refused_and_never_forwarded() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    // The platform team may do everything: refusals here are routing's alone.
+    let gw = start_gateway(&format!("http://{addr}"), &shipped_routes_and_policy()).await;
+    let id = ORG_A;
+    // Each target with the exact refusal: `invalid_path` for a path refused
+    // as ambiguous or a malformed id, `no_route` for a plain path no route
+    // has, and `None` for bytes hyper refuses before any layer runs.
+    let invalid = Some("invalid_path");
+    let targets: Vec<(Vec<u8>, u16, Option<&str>)> = ambiguous_paths(id)
+        .into_iter()
+        .map(|p| (p.into_bytes(), 400, invalid))
+        .chain([
+            (b"/api/organizations/not-a-uuid".to_vec(), 400, invalid),
+            (
+                format!("/api/organizations/{}", &id[..35]).into_bytes(),
+                400,
+                invalid,
+            ),
+            (b"/API/organizations".to_vec(), 404, Some("no_route")),
+            (b"/api/Organizations".to_vec(), 404, Some("no_route")),
+            (b"/Api/Organization".to_vec(), 404, Some("no_route")),
+            (b"/api/organizations\x01".to_vec(), 400, None),
+            (b"/api/organiz\xc3\xa4tions".to_vec(), 400, invalid),
+            (b"/api/organizations\xff".to_vec(), 400, None),
+        ])
+        .collect();
+    for (target, status, key) in &targets {
+        let got = raw_response(gw.addr, &raw_get(target, "")).await;
+        assert_eq!(
+            got,
+            (*status, key.map(str::to_owned)),
+            "{:?}",
             String::from_utf8_lossy(target)
         );
     }
@@ -304,6 +335,31 @@ async fn path_bypass_attempts_are_refused_and_never_forwarded() {
     let status = raw_status(gw.addr, &raw_get(target.as_bytes(), "")).await;
     assert_eq!(status, 200);
     assert_eq!(fake.requests()[1].target, target);
+}
+
+/// Behind a catch-all route (`/api/{*rest}`), an ambiguous path would be
+/// routed and forwarded if the path check did not refuse it first: "refused
+/// as ambiguous" and "no route" cannot look alike here.
+#[tokio::test]
+async fn ambiguous_paths_are_refused_even_where_a_catch_all_would_route_them() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(&format!("http://{addr}"), "").await;
+    // The catch-all forwards a plain unknown path: it is really there (the
+    // fake API itself answers it).
+    raw_response(gw.addr, &raw_get(b"/api/anything/else", "")).await;
+    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(fake.requests()[0].target, "/api/anything/else");
+    for target in ambiguous_paths(ORG_A) {
+        let got = raw_response(gw.addr, &raw_get(target.as_bytes(), "")).await;
+        assert_eq!(got, (400, Some("invalid_path".to_owned())), "{target}");
+    }
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "an ambiguous path reached the upstream: {:?}",
+        fake.requests().last().map(|r| r.target.clone())
+    );
 }
 
 #[test]
@@ -415,4 +471,34 @@ async fn shadow_mode_forwards_would_be_denials_and_logs_them() {
     let (parts, _) = send(&client(), get(&gw.url("/api/syncs"))).await;
     assert_eq!(parts.status, 404);
     assert_eq!(fake.requests().len(), 1);
+}
+
+/// Deny by default: a `[policy]` with no rules lets nobody do anything.
+#[tokio::test]
+async fn a_policy_with_no_rules_denies_every_request() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let gw = start_gateway(&format!("http://{addr}"), "[policy]\nmode = \"enforce\"\n").await;
+    for (method, path) in [
+        (Method::GET, "/api/organization".to_owned()),
+        (Method::GET, "/api/organizations".to_owned()),
+        (Method::GET, format!("/api/organizations/{ORG_A}")),
+        (Method::DELETE, format!("/api/organizations/{ORG_A}")),
+        (Method::GET, "/api/connections".to_owned()),
+    ] {
+        let req = Request::builder()
+            .method(method.clone())
+            .uri(gw.url(&path))
+            .header("authorization", bearer())
+            .body(Full::default())
+            .unwrap();
+        let (parts, body) = send(&client(), req).await;
+        assert_gateway_error(&parts, &body, 403, "forbidden");
+        let message = json(&body)["message"].as_str().unwrap().to_owned();
+        assert!(
+            message.starts_with("team may not perform"),
+            "{method} {path}: {message}"
+        );
+    }
+    assert!(fake.requests().is_empty(), "a request was forwarded");
 }

@@ -278,7 +278,9 @@ async fn content_type_and_size_are_checked_first() {
         .header("content-type", "application/json")
         .body(Zeros { remaining: 200_000 })
         .unwrap();
-    let response = chunked.request(req).await.unwrap();
+    let response = within("the chunked PUT's response", chunked.request(req))
+        .await
+        .unwrap();
     let (parts, response) = response.into_parts();
     let response = response.collect().await.unwrap().to_bytes();
     assert_gateway_error(&parts, &response, 413, "payload_too_large");
@@ -373,11 +375,16 @@ async fn a_secret_in_a_wrong_field_is_never_echoed_or_logged() {
     }
     assert!(fake.requests().is_empty());
     gw.signal("TERM");
-    gw.child.wait().await.unwrap();
+    gw.exit().await;
     let output = gw.collect_output().await;
     assert!(
         output.contains("\"reason\":\"invalid_body\"") && output.contains("request refused"),
         "the refusals were not logged:\n{output}"
+    );
+    // The leak hunt means something only if debug output was really on.
+    assert!(
+        output.contains("request body refused"),
+        "the gateway did not log at debug:\n{output}"
     );
     assert!(!output.contains(CANARY), "logged: {output}");
     assert!(!output.contains(PARTNER_KEY) && !output.contains(token()));
@@ -448,4 +455,62 @@ async fn bodies_on_get_and_delete_of_the_organization_path_are_refused() {
             "must match the pattern ^https://".to_owned()
         )]
     );
+}
+
+/// A write body that ends before it is complete is 400 `incomplete_body`,
+/// recorded as such, and never forwarded: a chunked body whose chunk size
+/// cannot be parsed, and a body shorter than its `Content-Length` whose
+/// sender then stops sending (the socket's write half is shut).
+#[tokio::test]
+async fn a_body_that_ends_early_is_400_incomplete_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (fake, gw) = setup("").await;
+    let head = |framing: &str, id: &str| {
+        format!(
+            "PUT {} HTTP/1.1\r\nHost: g\r\nAuthorization: {}\r\nContent-Type: application/json\r\nX-Request-Id: {id}\r\n{framing}\r\n",
+            update_path(),
+            bearer()
+        )
+    };
+    let cases = [
+        (
+            "chunked",
+            format!(
+                "{}5\r\n{{\"nam\r\nzzzzzzzzzzzzzzzzzzzzzzzzzz\r\n",
+                head("Transfer-Encoding: chunked\r\n", "chunked")
+            ),
+        ),
+        (
+            "short",
+            format!("{}{{\"name\":", head("Content-Length: 100\r\n", "short")),
+        ),
+    ];
+    for (id, request) in &cases {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let mut response = Vec::new();
+        let _ = within("the refusal", stream.read_to_end(&mut response)).await;
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{id}: {text}");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        assert_eq!(
+            json(body.as_bytes())["key"],
+            "incomplete_body",
+            "{id}: {text}"
+        );
+    }
+    assert!(fake.requests().is_empty(), "a cut-off body was forwarded");
+    let dir = gw.shutdown().await;
+    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    for (id, _) in &cases {
+        let record = audit
+            .lines()
+            .map(|l| json(l.as_bytes()))
+            .find(|r| r["request_id"] == *id && r["stage"] == "response")
+            .unwrap_or_else(|| panic!("no record for {id}: {audit}"));
+        assert_eq!(record["status"], 400, "{record}");
+        assert_eq!(record["error_key"], "incomplete_body", "{record}");
+        assert_eq!(record["outcome"], "invalid", "{record}");
+    }
 }

@@ -82,7 +82,29 @@ pub fn sign_with_kid(
     .unwrap();
     let mut header = jsonwebtoken::Header::new(alg);
     header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, &encoding).unwrap()
+    sent_token(jsonwebtoken::encode(&header, claims, &encoding).unwrap())
+}
+
+/// Every token this test binary made or sent, for the leak check in
+/// [`assert_gateway_error`]: whichever token a test sent, it is in here.
+static SENT_TOKENS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers `token` as sent (hand-built tokens call this; `sign` does it
+/// for every token it makes) and gives it back.
+pub fn sent_token(token: String) -> String {
+    SENT_TOKENS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(token.clone());
+    token
+}
+
+/// The parts of a token that would give it away if echoed: the whole token,
+/// and its payload and signature segments (a header alone identifies little).
+fn token_fragments(token: &str) -> impl Iterator<Item = &str> {
+    std::iter::once(token)
+        .chain(token.split('.').skip(1))
+        .filter(|s| s.len() >= 16)
 }
 
 /// A valid RS256 token for alice of team platform, made once per test binary.
@@ -244,7 +266,10 @@ impl InProcess {
     /// audit record); returns the temp dir, which holds the audit file.
     pub async fn shutdown(mut self) -> TestDir {
         let _ = self.shutdown.take().map(|tx| tx.send(()));
-        self.task.take().unwrap().await.unwrap().unwrap();
+        within("the gateway to drain and stop", self.task.take().unwrap())
+            .await
+            .unwrap()
+            .unwrap();
         self.dir.take().expect("the dir is kept until shutdown")
     }
 }
@@ -293,14 +318,38 @@ pub fn h2c_client() -> TestClient {
         .build_http()
 }
 
+/// How long a test waits for anything outside itself (a response, a line,
+/// a process exit, a notification) before it fails saying what did not
+/// happen. `cargo test` has no per-test timeout: an unbounded await would
+/// hang CI instead of failing.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Awaits `future` for at most [`PATIENCE`]; panics naming `what` if it
+/// does not finish.
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(PATIENCE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {PATIENCE:?} waiting for {what}"),
+    }
+}
+
 /// Sends `req` and returns the status, headers and whole body.
 pub async fn send(
     client: &TestClient,
     req: Request<Full<Bytes>>,
 ) -> (http::response::Parts, Bytes) {
-    let response = client.request(req).await.expect("request failed");
-    let (parts, body) = response.into_parts();
-    (parts, body.collect().await.expect("body").to_bytes())
+    let what = format!("the response to {} {}", req.method(), req.uri());
+    for value in req.headers().get_all("authorization") {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        let token = value.split_once(' ').map_or(&*value, |(_, t)| t);
+        sent_token(token.trim().to_owned());
+    }
+    within(&what, async {
+        let response = client.request(req).await.expect("request failed");
+        let (parts, body) = response.into_parts();
+        (parts, body.collect().await.expect("body").to_bytes())
+    })
+    .await
 }
 
 /// A GET carrying a valid caller token (which the gateway must strip).
@@ -331,11 +380,22 @@ pub fn assert_gateway_error(parts: &http::response::Parts, body: &[u8], status: 
     assert!(value["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(value["metadata"].is_object());
     let text = String::from_utf8_lossy(body);
-    assert!(!text.contains(PARTNER_KEY), "partner key leaked: {text}");
-    assert!(
-        !text.contains("caller-internal-jwt"),
-        "caller token leaked: {text}"
-    );
+    let headers = format!("{:?}", parts.headers);
+    for output in [&*text, &headers] {
+        assert!(
+            !output.contains(PARTNER_KEY),
+            "partner key leaked: {output}"
+        );
+        let tokens = SENT_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+        for token in tokens.iter() {
+            if let Some(fragment) = token_fragments(token).find(|f| output.contains(f)) {
+                panic!(
+                    "a caller token leaked ({}…): {output}",
+                    &fragment[..fragment.len().min(12)]
+                );
+            }
+        }
+    }
 }
 
 /// Serves `handler` on a fresh loopback port (HTTP/1.1 and h2c).
@@ -374,10 +434,26 @@ pub fn upstream_body(bytes: impl Into<Bytes>) -> UpstreamBody {
         .boxed()
 }
 
-/// A port with nothing listening on it.
-pub async fn closed_port() -> u16 {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    listener.local_addr().unwrap().port()
+/// A loopback port with nothing listening on it, reserved for as long as
+/// this lives: the socket is bound but not listening, so a connection to it
+/// is refused, and no other test can be given the port meanwhile.
+pub struct ClosedPort {
+    socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    /// Starts listening on the reserved port (the upstream "comes up").
+    pub fn listen(self) -> TcpListener {
+        self.socket.listen(128).unwrap()
+    }
+}
+
+pub fn closed_port() -> ClosedPort {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    ClosedPort { socket, port }
 }
 
 /// A body of `len` zero bytes produced in 64 KiB chunks, never held whole.
@@ -426,6 +502,8 @@ impl Binary {
     pub async fn serve(path: &Path, envs: &[(&str, &str)]) -> Self {
         let mut cmd = tokio::process::Command::new(binary_path());
         cmd.arg("serve").arg("--config").arg(path);
+        // The harness's default level first, so a test's own RUST_LOG wins.
+        cmd.env("RUST_LOG", "info");
         for (k, v) in envs {
             cmd.env(k, v);
         }
@@ -433,12 +511,15 @@ impl Binary {
     }
 
     /// Spawns `cmd` and waits for a stderr line containing `ready`, which
-    /// must name the listen address as `listen=ADDR`.
+    /// must name the listen address as `listen=ADDR`. Logs at `info` unless
+    /// `cmd` sets `RUST_LOG` itself.
     pub async fn start(mut cmd: tokio::process::Command, ready: &str) -> Self {
+        if !cmd.as_std().get_envs().any(|(k, _)| k == "RUST_LOG") {
+            cmd.env("RUST_LOG", "info");
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .env("RUST_LOG", "info")
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn gateway binary");
         let (tx, lines) = mpsc::unbounded_channel();
@@ -502,12 +583,35 @@ impl Binary {
         )
     }
 
-    /// Every output line so far, after waiting for the process to exit.
+    /// Every output line so far, after waiting (bounded) for the process
+    /// to close its output, which it does when it exits.
     pub async fn collect_output(&mut self) -> String {
-        while let Some(line) = self.lines.recv().await {
-            self.stdout.push(line);
+        let lines = &mut self.lines;
+        let stdout = &mut self.stdout;
+        let closed = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.recv().await {
+                stdout.push(line);
+            }
+        })
+        .await;
+        if closed.is_err() {
+            panic!(
+                "the process did not close its output within {PATIENCE:?}; output so far:\n{}",
+                self.stdout.join("\n")
+            );
         }
         self.stdout.join("\n")
+    }
+
+    /// Waits (bounded) for the process to exit and returns its status.
+    pub async fn exit(&mut self) -> std::process::ExitStatus {
+        match tokio::time::timeout(PATIENCE, self.child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "the process did not exit within {PATIENCE:?}; output so far:\n{}",
+                self.stdout.join("\n")
+            ),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
