@@ -865,65 +865,107 @@ fn audit_metric(scrape: &str, result: &str) -> f64 {
 
 /// When the writer cannot keep up and its queue (65,536 records) is full,
 /// a read's record is dropped and counted, and a write is refused with 503
-/// `audit_unavailable` and never forwarded. The audit path is a FIFO that
-/// the test opens but does not read, so the writer blocks once the pipe's
-/// buffer is full and the queue fills behind it.
+/// `audit_unavailable` and never forwarded, or forwarded all the same with
+/// `on_failure = "continue"`. The audit path is a FIFO that the test opens
+/// but does not read, so the writer blocks once the pipe's buffer is full
+/// and the queue fills behind it.
 #[tokio::test]
-async fn a_full_queue_drops_read_records_and_refuses_writes() {
-    let fake = FakePolytomic::new(PARTNER_KEY);
-    let addr = fake.spawn().await.unwrap();
-    let dir = TestDir::new();
-    let fifo = dir.path("audit.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    // The read end, opened first so the gateway's open for writing succeeds.
-    let mut reader = tokio::net::unix::pipe::OpenOptions::new()
-        .open_receiver(&fifo)
-        .unwrap();
-    // `flush`: a write waits for write(2), which a full pipe blocks.
-    let audit = format!(
-        "[audit]\nsinks = [\"file\"]\npath = {:?}\ndurability = \"flush\"\n",
-        fifo.display().to_string()
-    );
-    let path = dir.config(&format!("http://{addr}"), &audit);
-    let gw = start_gateway_from(dir, &path).await;
-    // One pooled client: its connections are reused across the reads.
-    let c = client();
-    let scrape = || async {
-        let (_, body) = send(&c, get(&gw.url("/metrics"))).await;
-        String::from_utf8(body.to_vec()).unwrap()
-    };
-    // Reads, 64 at a time, until records are being dropped.
-    let url = gw.url("/api/organization");
-    let mut sent = 0;
-    while audit_metric(&scrape().await, "dropped") == 0.0 {
-        assert!(sent < 200_000, "no record was dropped after {sent} reads");
-        let batch: Vec<_> = (0..64)
-            .map(|_| {
-                let (c, url) = (c.clone(), url.clone());
-                tokio::spawn(async move { send(&c, get(&url)).await.0.status })
-            })
-            .collect();
-        for request in batch {
-            assert_eq!(within("a read's response", request).await.unwrap(), 200);
+async fn a_full_queue_drops_read_records_and_refuses_writes_in_reject_mode_only() {
+    for (mode, expect_write) in [("reject", 503), ("continue", 200)] {
+        let fake = FakePolytomic::new(PARTNER_KEY);
+        let addr = fake.spawn().await.unwrap();
+        let dir = TestDir::new();
+        let fifo = dir.path("audit.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // The read end, opened first so the gateway's open for writing succeeds.
+        let mut reader = tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(&fifo)
+            .unwrap();
+        // `flush`: a write waits for write(2), which a full pipe blocks.
+        let audit = format!(
+            "[audit]\nsinks = [\"file\"]\npath = {:?}\ndurability = \"flush\"\non_failure = {mode:?}\n",
+            fifo.display().to_string()
+        );
+        let path = dir.config(&format!("http://{addr}"), &audit);
+        let gw = start_gateway_from(dir, &path).await;
+        // One pooled client: its connections are reused across the reads.
+        let c = client();
+        let scrape = || async {
+            let (_, body) = send(&c, get(&gw.url("/metrics"))).await;
+            String::from_utf8(body.to_vec()).unwrap()
+        };
+        // Reads, 64 at a time, until records are being dropped.
+        let url = gw.url("/api/organization");
+        let mut sent = 0;
+        while audit_metric(&scrape().await, "dropped") == 0.0 {
+            assert!(sent < 200_000, "no record was dropped after {sent} reads");
+            let batch: Vec<_> = (0..64)
+                .map(|_| {
+                    let (c, url) = (c.clone(), url.clone());
+                    tokio::spawn(async move { send(&c, get(&url)).await.0.status })
+                })
+                .collect();
+            for request in batch {
+                assert_eq!(within("a read's response", request).await.unwrap(), 200);
+            }
+            sent += 64;
         }
-        sent += 64;
+        let forwarded = fake.requests().len();
+        let (parts, body) = put_org(gw.addr, "queue-full", r#"{"name":"A"}"#).await;
+        if expect_write == 503 {
+            assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+            assert_eq!(fake.requests().len(), forwarded, "the write was forwarded");
+        } else {
+            assert_eq!(parts.status, 200, "{mode}");
+            assert_eq!(fake.requests().len(), forwarded + 1, "{mode}");
+        }
+        let dropped = audit_metric(&scrape().await, "dropped");
+        assert!(dropped >= 1.0, "{mode}: {dropped}");
+        // Unblock the writer so the gateway can drain and stop.
+        let drain = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink).await;
+        });
+        let _dir = gw.shutdown().await;
+        within("the FIFO to be closed", drain).await.unwrap();
     }
-    let forwarded = fake.requests().len();
-    let (parts, body) = put_org(gw.addr, "queue-full", r#"{"name":"A"}"#).await;
-    assert_gateway_error(&parts, &body, 503, "audit_unavailable");
-    assert_eq!(fake.requests().len(), forwarded, "the write was forwarded");
-    let dropped = audit_metric(&scrape().await, "dropped");
-    assert!(dropped >= 1.0, "{dropped}");
-    // Unblock the writer so the gateway can drain and stop.
-    let drain = tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        let mut sink = Vec::new();
-        let _ = reader.read_to_end(&mut sink).await;
-    });
-    let _dir = gw.shutdown().await;
-    within("the FIFO to be closed", drain).await.unwrap();
+}
+
+/// `on_failure = "continue"` forwards a write whose record could not be
+/// written and says so at `error`; a write whose record was written says
+/// nothing of the kind.
+#[tokio::test]
+async fn a_write_forwarded_without_its_record_is_logged_as_such() {
+    const NOT_DURABLE: &str = "audit record not durable; forwarding";
+    for (trail, expect_line) in [("/nonexistent-dir/audit.jsonl", true), ("", false)] {
+        let fake = FakePolytomic::new(PARTNER_KEY);
+        let addr = fake.spawn().await.unwrap();
+        let dir = TestDir::new();
+        let trail = match trail {
+            "" => dir.path("audit.jsonl").display().to_string(),
+            unwritable => unwritable.to_owned(),
+        };
+        let audit =
+            format!("[audit]\nsinks = [\"file\"]\npath = {trail:?}\non_failure = \"continue\"\n");
+        let path = dir.config(&format!("http://{addr}"), &audit);
+        let mut gw = Binary::serve(&path, &[]).await;
+        let (parts, _) = put_org(gw.addr, "logged", r#"{"name":"A"}"#).await;
+        assert_eq!(parts.status, 200, "{trail}");
+        assert_eq!(fake.requests().len(), 1, "{trail}");
+        gw.signal("TERM");
+        assert!(gw.exit().await.success());
+        let output = gw.collect_output().await;
+        let lines: Vec<_> = output.lines().filter(|l| l.contains(NOT_DURABLE)).collect();
+        if expect_line {
+            assert_eq!(lines.len(), 1, "{output}");
+            assert!(lines[0].contains("\"level\":\"ERROR\""), "{}", lines[0]);
+        } else {
+            assert!(lines.is_empty(), "{output}");
+        }
+    }
 }
