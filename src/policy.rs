@@ -359,6 +359,10 @@ mod tests {
         assert!(glob_match("*.get", "organizations.get"));
         assert!(glob_match("org*s.*e", "organizations.update"));
         assert!(!glob_match("organizations.*", "organization.current"));
+        // Each `*` part consumes what it matched: the middle `.get` and the
+        // final `.get` cannot be the same characters.
+        assert!(!glob_match("*.get*.get", "users.get"));
+        assert!(glob_match("*.get*.get", "users.get.x.get"));
         assert!(!glob_match("organizations.get", "organizations.getx"));
         assert!(!glob_match("*.get", "organizations.list"));
         assert!(!glob_match("a*b*c", "acb"));

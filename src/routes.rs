@@ -743,13 +743,16 @@ mod tests {
             ("/api/organizatiøns", PathError::BadByte),
             ("/api/organizations#x", PathError::Fragment),
             ("api/organizations", PathError::NotAbsolute),
+            // What follows a valid escape is checked too, byte by byte.
+            ("/api/a%20;x", PathError::Semicolon),
+            ("/api/a%20%2F", PathError::EncodedDelimiter),
         ] {
             assert_eq!(check_path(path), Err(error), "{path:?}");
         }
-        assert_eq!(
-            check_path(&format!("/{}", "a".repeat(2048))),
-            Err(PathError::TooLong)
-        );
+        // The limit is inclusive: MAX_PATH_BYTES bytes pass, one more does not.
+        let longest = format!("/{}", "a".repeat(MAX_PATH_BYTES - 1));
+        assert_eq!(check_path(&longest), Ok(()));
+        assert_eq!(check_path(&format!("{longest}a")), Err(PathError::TooLong));
         assert_eq!(check_path("/api/organizations/a%20b~c.d%C3%A9"), Ok(()));
     }
 }
