@@ -715,44 +715,66 @@ mod tests {
         assert!(problems(vec![route("f", &["PTACH"], "/api/x")]).contains("routes[0].methods"));
     }
 
+    /// Runs `check` on its own thread and fails if it has not finished
+    /// within 10 s: a path check that loops forever fails the test instead
+    /// of hanging the suite.
+    fn bounded(check: impl FnOnce() + Send + 'static) {
+        use std::sync::mpsc::RecvTimeoutError;
+        let (done, finished) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            check();
+            let _ = done.send(());
+        });
+        match finished.recv_timeout(std::time::Duration::from_secs(10)) {
+            Err(RecvTimeoutError::Timeout) => panic!("check_path did not return within 10 s"),
+            // Finished, or panicked (the join below re-raises it).
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+        if let Err(panic) = thread.join() {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
     #[test]
     fn ambiguous_paths_are_refused() {
-        for (path, error) in [
-            (
-                "/api/organizations%2F..%2Fadmin",
-                PathError::EncodedDelimiter,
-            ),
-            ("/api/organizations%2f", PathError::EncodedDelimiter),
-            ("/api/%2e%2e/organizations", PathError::EncodedDelimiter),
-            ("/api/%5Corganizations", PathError::EncodedDelimiter),
-            ("/api/organizations%252F", PathError::EncodedDelimiter),
-            ("/api/organizations%3Fx", PathError::EncodedDelimiter),
-            ("/api/organizations%00", PathError::EncodedDelimiter),
-            ("/api/organizations%zz", PathError::BadPercent),
-            ("/api/organizations%2", PathError::BadPercent),
-            ("/api/org%61nizations", PathError::EncodedUnreserved),
-            ("/api/organizations%2D1", PathError::EncodedUnreserved),
-            ("/api/./organizations", PathError::DotSegment),
-            ("/api/../api/organizations", PathError::DotSegment),
-            ("/api//organizations", PathError::EmptySegment),
-            ("/api/organizations/", PathError::EmptySegment),
-            ("/api\\organizations", PathError::Backslash),
-            ("/api/organizations;jsessionid=1", PathError::Semicolon),
-            ("/api/organizations\u{0}", PathError::BadByte),
-            ("/api/organizations\t", PathError::BadByte),
-            ("/api/organizatiøns", PathError::BadByte),
-            ("/api/organizations#x", PathError::Fragment),
-            ("api/organizations", PathError::NotAbsolute),
-            // What follows a valid escape is checked too, byte by byte.
-            ("/api/a%20;x", PathError::Semicolon),
-            ("/api/a%20%2F", PathError::EncodedDelimiter),
-        ] {
-            assert_eq!(check_path(path), Err(error), "{path:?}");
-        }
-        // The limit is inclusive: MAX_PATH_BYTES bytes pass, one more does not.
-        let longest = format!("/{}", "a".repeat(MAX_PATH_BYTES - 1));
-        assert_eq!(check_path(&longest), Ok(()));
-        assert_eq!(check_path(&format!("{longest}a")), Err(PathError::TooLong));
-        assert_eq!(check_path("/api/organizations/a%20b~c.d%C3%A9"), Ok(()));
+        bounded(|| {
+            for (path, error) in [
+                (
+                    "/api/organizations%2F..%2Fadmin",
+                    PathError::EncodedDelimiter,
+                ),
+                ("/api/organizations%2f", PathError::EncodedDelimiter),
+                ("/api/%2e%2e/organizations", PathError::EncodedDelimiter),
+                ("/api/%5Corganizations", PathError::EncodedDelimiter),
+                ("/api/organizations%252F", PathError::EncodedDelimiter),
+                ("/api/organizations%3Fx", PathError::EncodedDelimiter),
+                ("/api/organizations%00", PathError::EncodedDelimiter),
+                ("/api/organizations%zz", PathError::BadPercent),
+                ("/api/organizations%2", PathError::BadPercent),
+                ("/api/org%61nizations", PathError::EncodedUnreserved),
+                ("/api/organizations%2D1", PathError::EncodedUnreserved),
+                ("/api/./organizations", PathError::DotSegment),
+                ("/api/../api/organizations", PathError::DotSegment),
+                ("/api//organizations", PathError::EmptySegment),
+                ("/api/organizations/", PathError::EmptySegment),
+                ("/api\\organizations", PathError::Backslash),
+                ("/api/organizations;jsessionid=1", PathError::Semicolon),
+                ("/api/organizations\u{0}", PathError::BadByte),
+                ("/api/organizations\t", PathError::BadByte),
+                ("/api/organizatiøns", PathError::BadByte),
+                ("/api/organizations#x", PathError::Fragment),
+                ("api/organizations", PathError::NotAbsolute),
+                // What follows a valid escape is checked too, byte by byte.
+                ("/api/a%20;x", PathError::Semicolon),
+                ("/api/a%20%2F", PathError::EncodedDelimiter),
+            ] {
+                assert_eq!(check_path(path), Err(error), "{path:?}");
+            }
+            // The limit is inclusive: MAX_PATH_BYTES bytes pass, one more does not.
+            let longest = format!("/{}", "a".repeat(MAX_PATH_BYTES - 1));
+            assert_eq!(check_path(&longest), Ok(()));
+            assert_eq!(check_path(&format!("{longest}a")), Err(PathError::TooLong));
+            assert_eq!(check_path("/api/organizations/a%20b~c.d%C3%A9"), Ok(()));
+        });
     }
 }

@@ -605,6 +605,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn strict_parsing_keeps_every_value_as_serde_json_reads_it() {
+        // Every JSON type, both integer signs and their extremes, floats,
+        // escapes and nesting: what is validated and audited is what was sent.
+        let doc = br#"{"null":null,"t":true,"f":false,"neg":-7,"min":-9223372036854775808,"pos":7,"max":18446744073709551615,"float":-0.5,"exp":1e3,"s":"a\u00e9\"","arr":[1,-1,[],{}],"obj":{"k":{}}}"#;
+        let strict = parse_strict(doc).unwrap();
+        assert_eq!(strict, serde_json::from_slice::<Value>(doc).unwrap());
+        assert_eq!(strict["neg"], -7);
+    }
+
+    #[test]
     fn strict_parsing_refuses_what_serde_json_lets_through() {
         // serde_json keeps the last duplicate silently; the strict parse refuses.
         assert!(serde_json::from_slice::<Value>(br#"{"a":1,"a":2}"#).is_ok());
