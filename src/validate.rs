@@ -621,14 +621,20 @@ mod tests {
             parse_strict(br#"[{"k":1},{"k":2}]"#).is_ok(),
             "same key in sibling objects is fine"
         );
-        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        assert!(parse_strict(nested(MAX_DEPTH).as_bytes()).is_ok());
-        assert_eq!(
-            parse_strict(nested(MAX_DEPTH + 1).as_bytes())
-                .unwrap_err()
-                .reason,
-            "nesting deeper than 64"
-        );
+        // The depth limit holds for arrays and objects alike, inclusively.
+        let arrays = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        let objects = |n: usize| format!("{}{{}}{}", r#"{"a":"#.repeat(n - 1), "}".repeat(n - 1));
+        let shapes: [&dyn Fn(usize) -> String; 2] = [&arrays, &objects];
+        for nested in shapes {
+            assert!(parse_strict(nested(MAX_DEPTH).as_bytes()).is_ok());
+            assert!(parse_strict(nested(MAX_DEPTH - 1).as_bytes()).is_ok());
+            assert_eq!(
+                parse_strict(nested(MAX_DEPTH + 1).as_bytes())
+                    .unwrap_err()
+                    .reason,
+                "nesting deeper than 64"
+            );
+        }
         assert!(parse_strict(b"{} {}").is_err());
         assert!(parse_strict(b"").is_err());
         assert!(parse_strict(br#""\ud800""#).is_err());
