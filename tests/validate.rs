@@ -321,6 +321,31 @@ async fn bodies_are_refused_on_read_methods_of_schema_routes() {
     assert_eq!(parts.status, 404, "{}", String::from_utf8_lossy(&body));
     let forwarded: Vec<_> = fake.requests().iter().map(|r| r.method.clone()).collect();
     assert_eq!(forwarded, [Method::GET, Method::DELETE]);
+    // Over HTTP/2 a body needs neither Content-Length nor Transfer-Encoding:
+    // a GET whose body's size is unknown up front is refused all the same.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Zeros>();
+    let req = Request::get(gw.url("/api/custom"))
+        .header("authorization", bearer())
+        .header("content-type", "application/json")
+        .body(Zeros { remaining: 10 })
+        .unwrap();
+    let response = within("the h2 GET's response", h2.request(req))
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    let (parts, body) = response.into_parts();
+    let body = within("the h2 GET's body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_gateway_error(&parts, &body, 400, "body_not_allowed");
+    assert_eq!(
+        fake.requests().len(),
+        2,
+        "the h2 GET with a body was forwarded"
+    );
 }
 
 #[tokio::test]
