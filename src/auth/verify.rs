@@ -764,6 +764,22 @@ mod tests {
             format!("Bearer {}", "a".repeat(101)).parse().unwrap(),
         );
         assert_eq!(bearer_token(&headers, 100), Err(AuthError::TooLarge));
+        // The limit is inclusive: a token of exactly max_bytes passes.
+        let longest = "a".repeat(100);
+        headers.insert(
+            "authorization",
+            format!("Bearer {longest}").parse().unwrap(),
+        );
+        assert_eq!(bearer_token(&headers, 100), Ok(longest.as_str()));
+        // A header past the limit is refused before it is read, even when
+        // the token inside it, trimmed, would fit.
+        headers.insert(
+            "authorization",
+            format!("Bearer {}{}", " ".repeat(10), "a".repeat(95))
+                .parse()
+                .unwrap(),
+        );
+        assert_eq!(bearer_token(&headers, 100), Err(AuthError::TooLarge));
     }
 
     #[test]
