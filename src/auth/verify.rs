@@ -259,11 +259,6 @@ impl Verifier {
         })
     }
 
-    /// Whether `alg` is allowed.
-    pub fn allows(&self, alg: Algorithm) -> bool {
-        self.validations.contains_key(&alg)
-    }
-
     /// Authenticates a request's headers against `keys` (of `generation`).
     pub fn verify_headers(
         &self,
@@ -675,6 +670,27 @@ mod tests {
     }
 
     #[test]
+    fn verify_itself_bounds_the_token_length() {
+        // `verify` is public: a caller that skips `bearer_token` is bounded
+        // by auth.max_token_bytes all the same, inclusively.
+        let token = token(serde_json::json!({}));
+        let with_limit = |max_token_bytes| {
+            let config = AuthConfig {
+                max_token_bytes,
+                ..config("teams", 0)
+            };
+            Verifier::from_config(&config)
+                .unwrap()
+                .verify(&token, &keys(), 0, now())
+        };
+        assert!(with_limit(token.len()).is_ok());
+        assert_eq!(
+            with_limit(token.len() - 1).unwrap_err(),
+            VerifyError::Refused(AuthError::TooLarge)
+        );
+    }
+
+    #[test]
     fn the_cache_serves_a_token_until_it_expires_or_the_keys_change() {
         let verifier = Verifier::from_config(&config("teams", 16)).unwrap();
         let token = token(serde_json::json!({"teams": ["p"]}));
@@ -764,6 +780,15 @@ mod tests {
             format!("Bearer {}", "a".repeat(101)).parse().unwrap(),
         );
         assert_eq!(bearer_token(&headers, 100), Err(AuthError::TooLarge));
+        // No token, or one with a space inside, is malformed.
+        for malformed in ["Bearer  ", "Bearer a b"] {
+            headers.insert("authorization", malformed.parse().unwrap());
+            assert_eq!(
+                bearer_token(&headers, 100),
+                Err(AuthError::Malformed),
+                "{malformed:?}"
+            );
+        }
         // The limit is inclusive: a token of exactly max_bytes passes.
         let longest = "a".repeat(100);
         headers.insert(
