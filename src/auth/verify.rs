@@ -290,12 +290,15 @@ impl Verifier {
                 return Ok(principal);
             }
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::InvalidAlgorithmName | ErrorKind::UnsupportedAlgorithm => {
+        // Whatever jsonwebtoken calls the failure (a serde error for an
+        // unknown `alg`, or InvalidAlgorithmName), a header naming an
+        // algorithm it does not know is refused as that.
+        let header = jsonwebtoken::decode_header(token).map_err(|_| {
+            if header_names_another_alg(token) {
                 AuthError::AlgorithmNotAllowed
+            } else {
+                AuthError::Malformed
             }
-            _ if header_names_another_alg(token) => AuthError::AlgorithmNotAllowed,
-            _ => AuthError::Malformed,
         })?;
         let validation = self
             .validations
