@@ -673,6 +673,50 @@ mod tests {
     }
 
     #[test]
+    fn each_jsonwebtoken_failure_has_its_refusal_reason() {
+        use AuthError::*;
+        for (kind, reason) in [
+            (ErrorKind::InvalidSignature, BadSignature),
+            (ErrorKind::ExpiredSignature, Expired),
+            (ErrorKind::ImmatureSignature, NotYetValid),
+            (ErrorKind::InvalidIssuer, WrongIssuer),
+            (ErrorKind::InvalidAudience, WrongAudience),
+            (ErrorKind::MissingRequiredClaim("exp".into()), MissingClaim),
+            (ErrorKind::InvalidClaimFormat("exp".into()), MalformedClaim),
+            (ErrorKind::InvalidAlgorithm, WrongKeyType),
+            (ErrorKind::MissingAlgorithm, WrongKeyType),
+            (ErrorKind::InvalidAlgorithmName, AlgorithmNotAllowed),
+            (ErrorKind::UnsupportedAlgorithm, AlgorithmNotAllowed),
+            (ErrorKind::InvalidEcdsaKey, BadSignature),
+            (ErrorKind::InvalidEddsaKey, BadSignature),
+            (ErrorKind::InvalidRsaKey("n".into()), BadSignature),
+            (ErrorKind::InvalidKeyFormat, BadSignature),
+            (ErrorKind::InvalidToken, Malformed),
+        ] {
+            assert_eq!(
+                map_jwt_error(&kind),
+                VerifyError::Refused(reason),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused_past_the_leeway_only() {
+        // `verify` takes the time, so the boundary is exact: the config's
+        // leeway is 30 s.
+        let verifier = Verifier::from_config(&config("teams", 0)).unwrap();
+        let at = now();
+        let issued =
+            |iat: u64| verifier.verify(&token(serde_json::json!({ "iat": iat })), &keys(), 0, at);
+        assert!(issued(at + 30).is_ok());
+        assert_eq!(
+            issued(at + 31).unwrap_err(),
+            VerifyError::Refused(AuthError::IssuedInFuture)
+        );
+    }
+
+    #[test]
     fn verify_itself_bounds_the_token_length() {
         // `verify` is public: a caller that skips `bearer_token` is bounded
         // by auth.max_token_bytes all the same, inclusively.
