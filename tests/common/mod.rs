@@ -85,17 +85,18 @@ pub fn sign_with_kid(
     sent_token(jsonwebtoken::encode(&header, claims, &encoding).unwrap())
 }
 
-/// Every token this test binary made or sent, for the leak check in
-/// [`assert_gateway_error`]: whichever token a test sent, it is in here.
-static SENT_TOKENS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+/// Every distinct token this test binary made or sent, for the leak check
+/// in [`assert_gateway_error`]: whichever token a test sent, it is in here.
+static SENT_TOKENS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
 
-/// Remembers `token` as sent (hand-built tokens call this; `sign` does it
-/// for every token it makes) and gives it back.
-pub fn sent_token(token: String) -> String {
-    SENT_TOKENS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(token.clone());
+/// Remembers `token` as sent (`sign` calls this for every token it makes,
+/// `send` for every `Authorization` value) and gives it back.
+fn sent_token(token: String) -> String {
+    let mut tokens = SENT_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
+    if !tokens.contains(&token) {
+        tokens.insert(token.clone());
+    }
     token
 }
 
@@ -502,8 +503,6 @@ impl Binary {
     pub async fn serve(path: &Path, envs: &[(&str, &str)]) -> Self {
         let mut cmd = tokio::process::Command::new(binary_path());
         cmd.arg("serve").arg("--config").arg(path);
-        // The harness's default level first, so a test's own RUST_LOG wins.
-        cmd.env("RUST_LOG", "info");
         for (k, v) in envs {
             cmd.env(k, v);
         }
