@@ -61,6 +61,8 @@ pub struct GatewayConfig {
     /// The operations the gateway forwards; anything else is refused.
     #[serde(default)]
     pub routes: Vec<crate::routes::RouteConfig>,
+    /// Every operation of the Polytomic API, from the generated catalog.
+    pub catalog: Option<crate::catalog::CatalogConfig>,
     /// Who may perform which operation; without rules, every request is denied.
     #[serde(default)]
     pub policy: crate::policy::PolicyConfig,

@@ -102,9 +102,12 @@ pub enum GatewayError {
     /// The path is ambiguous or malformed.
     #[error("{0}")]
     InvalidPath(crate::routes::PathError),
-    /// An `{id}` segment is not a UUID.
-    #[error("the organization id in the path must be a UUID")]
-    InvalidId,
+    /// A path parameter documented as a UUID (`{id}`) is not one.
+    #[error("path parameter {{{param}}} must be a UUID")]
+    InvalidId {
+        /// The parameter's name in the route's path template.
+        param: std::sync::Arc<str>,
+    },
     /// A method-override header was sent.
     #[error("method-override header {0} is not allowed")]
     MethodOverride(http::HeaderName),
@@ -152,7 +155,7 @@ impl GatewayError {
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::InvalidPath(_) | Self::InvalidId | Self::MethodOverride(_) => {
+            Self::InvalidPath(_) | Self::InvalidId { .. } | Self::MethodOverride(_) => {
                 StatusCode::BAD_REQUEST
             }
             Self::Forbidden { .. } => StatusCode::FORBIDDEN,
@@ -181,7 +184,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::NoRoute => "no_route",
-            Self::InvalidPath(_) | Self::InvalidId => "invalid_path",
+            Self::InvalidPath(_) | Self::InvalidId { .. } => "invalid_path",
             Self::MethodOverride(_) => "method_override",
             Self::Forbidden { .. } => "forbidden",
             Self::UnsupportedMediaType => "unsupported_media_type",
@@ -204,6 +207,7 @@ impl GatewayError {
             }
             Self::InvalidJson(e) => serde_json::json!({ "line": e.line, "column": e.column }),
             Self::InvalidBody(errors) => serde_json::json!({ "errors": errors }),
+            Self::InvalidId { param } => serde_json::json!({ "parameter": &**param }),
             _ => serde_json::json!({}),
         }
     }

@@ -50,6 +50,7 @@
 pub mod audit;
 pub mod auth;
 pub mod body;
+pub mod catalog;
 pub mod config;
 pub mod credentials;
 pub mod demo;

@@ -42,6 +42,10 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+    /// List every routed operation: its methods, path, credential, whether
+    /// write bodies are validated, and where it comes from (the catalog or
+    /// `[[routes]]`).
+    Routes,
     /// Inspect the route table and policy.
     Policy {
         #[command(subcommand)]
@@ -75,9 +79,14 @@ enum PolicyCommand {
         /// The request method.
         #[arg(long)]
         method: String,
-        /// The request path (a query is ignored, as in routing).
+        /// The request path, with a query if the operation reads an
+        /// organization from it.
         #[arg(long)]
         path: String,
+        /// The JSON body, for operations that name an organization in it
+        /// (`organization_id`); only the organizations in it are read.
+        #[arg(long)]
+        body: Option<String>,
     },
 }
 
@@ -106,6 +115,7 @@ async fn main() -> ExitCode {
                     sub,
                     method,
                     path,
+                    body,
                 },
         } => explain(
             &config::resolve_path(cli.config),
@@ -113,7 +123,9 @@ async fn main() -> ExitCode {
             sub,
             &method,
             &path,
+            body.as_deref(),
         ),
+        Command::Routes => routes(&config::resolve_path(cli.config)),
         Command::Token { sub, teams, ttl } => {
             token(&config::resolve_path(cli.config), &sub, &teams, ttl)
         }
@@ -144,6 +156,9 @@ async fn check(path: PathBuf) -> ExitCode {
     if !config_problems.is_empty() {
         return fail(&config::ConfigErrors::new(&path, config_problems));
     }
+    if let Some(summary) = gateway.catalog().filter(|s| s.enabled) {
+        println!("{}", summary.describe());
+    }
     if let Err(error) = gateway.authenticator().keys().refresh().await {
         let problem = config::ConfigProblem::new(
             "auth.jwks_url",
@@ -161,20 +176,23 @@ fn explain(
     sub: Option<String>,
     method: &str,
     target: &str,
+    body: Option<&str>,
 ) -> ExitCode {
     use polytomic_gateway::policy::{self, Policy};
-    use polytomic_gateway::routes::RouteTable;
     let config = match config::load(config_path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
-    let built = RouteTable::from_config(&config.routes, &|name| {
-        config.credentials.contains_key(name)
-    })
-    .and_then(|table| Policy::from_config(&config.policy, table.operations()).map(|p| (table, p)));
+    let built = polytomic_gateway::catalog::route_table(&config).and_then(|(table, _)| {
+        Policy::from_config(&config.policy, table.operations()).map(|p| (table, p))
+    });
     let (table, policy) = match built {
         Ok(built) => built,
         Err(problems) => return fail(&config::ConfigErrors::new(config_path, problems)),
+    };
+    let body: Option<serde_json::Value> = match body.map(serde_json::from_str).transpose() {
+        Ok(body) => body,
+        Err(e) => return fail(&format!("--body is not JSON: {e}")),
     };
     let method = match http::Method::from_bytes(method.as_bytes()) {
         Ok(m) if polytomic_gateway::routes::STANDARD_METHODS.contains(&m) => m,
@@ -184,9 +202,20 @@ fn explain(
             ))
         }
     };
-    let path = target.split('?').next().unwrap_or_default();
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
     let principal = auth::Principal::new(sub.clone().unwrap_or_default(), teams.clone());
-    let explanation = policy::explain(&table, &policy, &principal, &method, path);
+    let explanation = policy::explain(
+        &table,
+        &policy,
+        &principal,
+        &method,
+        path,
+        query,
+        body.as_ref(),
+    );
     println!("request:   {method} {target}");
     println!(
         "principal: sub={} teams=[{}]",
@@ -199,9 +228,31 @@ fn explain(
             println!("decision:  deny (status {})", refusal.status().as_u16());
         }
         Ok(route) => {
-            println!("route:     {} ({})", route.operation, route.template);
-            if let Some(id) = &route.organization_id {
-                println!("org id:    {id}");
+            println!(
+                "route:     {} ({}, from {})",
+                route.operation,
+                route.template,
+                route.source.as_str()
+            );
+            if !route.organization_ids.is_empty() {
+                let ids: Vec<&str> = route.organization_ids.iter().map(|id| &**id).collect();
+                println!("org id:    {}", ids.join(", "));
+            }
+            if !route.body_organization_fields.is_empty() {
+                let fields: Vec<&str> = route
+                    .body_organization_fields
+                    .iter()
+                    .map(|f| &**f)
+                    .collect();
+                println!(
+                    "body org:  {} ({})",
+                    fields.join(", "),
+                    if body.is_some() {
+                        "read from --body"
+                    } else {
+                        "no --body given: a rule scoped to organizations cannot match"
+                    }
+                );
             }
             let decision = explanation
                 .decision
@@ -223,6 +274,64 @@ fn explain(
     } else {
         ExitCode::from(EXIT_DENY)
     }
+}
+
+/// `routes`: one line per routed operation.
+fn routes(config_path: &Path) -> ExitCode {
+    let config = match config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let (table, summary) = match polytomic_gateway::catalog::route_table(&config) {
+        Ok(built) => built,
+        Err(problems) => return fail(&config::ConfigErrors::new(config_path, problems)),
+    };
+    let rows: Vec<[String; 6]> = table
+        .summaries()
+        .iter()
+        .map(|r| {
+            let methods: Vec<&str> = r.methods.iter().map(http::Method::as_str).collect();
+            [
+                r.operation.to_string(),
+                methods.join(","),
+                r.template.to_string(),
+                r.credential
+                    .as_deref()
+                    .unwrap_or(polytomic_gateway::credentials::DEFAULT_CREDENTIAL)
+                    .to_owned(),
+                if r.has_schema { "schema" } else { "-" }.to_owned(),
+                r.source.as_str().to_owned(),
+            ]
+        })
+        .collect();
+    let header = [
+        "OPERATION",
+        "METHODS",
+        "PATH",
+        "CREDENTIAL",
+        "BODY",
+        "SOURCE",
+    ]
+    .map(String::from);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    println!("{} operations routed", rows.len());
+    if summary.enabled {
+        println!("{}", summary.describe());
+    }
+    ExitCode::SUCCESS
 }
 
 fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {

@@ -3,8 +3,18 @@
 //! Deny by default. A request is allowed when at least one rule matches its
 //! [`Principal`] (any of the rule's `teams`, or any of its `subjects`), its
 //! operation (an `allow` pattern, where `*` matches any run of characters),
-//! and, when the rule lists `organizations`, its `{id}`. Otherwise it is 403
-//! `forbidden`, naming the operation but not the rules.
+//! and, when the rule lists `organizations`, every organization the request
+//! names: the route's organization path parameter (`{id}` of
+//! `/api/organizations/{id}`, `{org_id}`), an `organization_id` query
+//! parameter, and the body's `organization_id` (and `*_organization_id`)
+//! on writes that carry one. A scoped rule never matches a request whose
+//! organization cannot be determined. Otherwise it is 403 `forbidden`,
+//! naming the operation but not the rules.
+//!
+//! Organizations in the body are known only once the body is read, and the
+//! body is read only for callers that some rule lets perform the operation:
+//! [`PolicyLayer`] decides everything it can before the body, and leaves the
+//! rest to [`PolicyBodyLayer`], which sits after validation.
 //!
 //! The [`PolicyDecision`] goes into the request extensions for the audit and
 //! telemetry layers. In `shadow` mode a would-be denial is logged at warn and
@@ -18,6 +28,7 @@ use http::{Request, Response};
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use tower::{Layer, Service};
 
 use crate::auth::Principal;
@@ -27,6 +38,7 @@ use crate::error::GatewayError;
 use crate::future::ResponseFuture;
 use crate::routes::{is_uuid, RouteMatch};
 use crate::telemetry::RequestTrace;
+use crate::validate::ParsedBody;
 
 /// `[policy]`.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -75,7 +87,8 @@ pub struct RuleConfig {
     pub subjects: Vec<String>,
     /// Operation names or patterns (`*` matches any run of characters).
     pub allow: Vec<String>,
-    /// If set, only requests whose `{id}` is one of these UUIDs.
+    /// If set, only requests naming these organizations (UUIDs), and
+    /// nothing else, match.
     pub organizations: Option<Vec<String>>,
 }
 
@@ -200,25 +213,112 @@ impl Policy {
         self.mode
     }
 
-    /// Decides for a principal (if authenticated) and a matched route.
+    /// Decides for a principal (if authenticated) and a matched route, from
+    /// the organizations its path and query name.
     pub fn decide(&self, principal: Option<&Principal>, route: &RouteMatch) -> PolicyDecision {
+        self.decide_with_body(principal, route, None)
+    }
+
+    /// Decides as [`Policy::decide`], adding the organizations `body` names
+    /// in the route's body organization fields.
+    pub fn decide_with_body(
+        &self,
+        principal: Option<&Principal>,
+        route: &RouteMatch,
+        body: Option<&Value>,
+    ) -> PolicyDecision {
+        let mut organizations: Vec<&str> = route.organization_ids.iter().map(|id| &**id).collect();
+        let mut lowered = Vec::new();
+        if let Some(body) = body {
+            for field in route.body_organization_fields.iter() {
+                if let Some(id) = body.get(&**field).and_then(Value::as_str) {
+                    lowered.push(id.to_ascii_lowercase());
+                }
+            }
+        }
+        organizations.extend(lowered.iter().map(String::as_str));
         let rule = principal.and_then(|principal| {
             self.rules.iter().find(|rule| {
-                let who = rule.subjects.contains(principal.sub())
-                    || principal.teams().iter().any(|t| rule.teams.contains(t));
-                let what = rule.allow.iter().any(|p| glob_match(p, &route.operation));
-                let which = match (&rule.organizations, &route.organization_id) {
-                    (None, _) => true,
-                    (Some(allowed), Some(id)) => allowed.contains(&**id),
-                    (Some(_), None) => false,
-                };
-                who && what && which
+                rule.grants(principal, &route.operation)
+                    && match &rule.organizations {
+                        None => true,
+                        // Every organization named, and at least one.
+                        Some(allowed) => {
+                            !organizations.is_empty()
+                                && organizations.iter().all(|id| allowed.contains(*id))
+                        }
+                    }
             })
         });
         PolicyDecision {
             allowed: rule.is_some(),
             rule: rule.map(|r| r.name.clone()),
             mode: self.mode,
+        }
+    }
+
+    /// Whether the decision must wait for the body: the route reads
+    /// organizations from it, and some rule lets the caller perform the
+    /// operation on some organization. (Callers no rule names are refused
+    /// before their body is read.)
+    pub fn needs_body(&self, principal: Option<&Principal>, route: &RouteMatch) -> bool {
+        !route.body_organization_fields.is_empty()
+            && principal.is_some_and(|p| self.rules.iter().any(|r| r.grants(p, &route.operation)))
+    }
+}
+
+impl Rule {
+    /// Whether the rule is for `principal` and allows `operation`, whatever
+    /// the organization.
+    fn grants(&self, principal: &Principal, operation: &str) -> bool {
+        (self.subjects.contains(principal.sub())
+            || principal.teams().iter().any(|t| self.teams.contains(t)))
+            && self.allow.iter().any(|p| glob_match(p, operation))
+    }
+}
+
+/// In the request extensions: the policy decision waits for the body
+/// ([`PolicyBodyLayer`] makes it).
+#[derive(Debug, Clone, Copy)]
+pub struct DecisionAwaitsBody;
+
+/// Records `decision`, and refuses the request when it is an enforced denial.
+fn enforce<B>(
+    decision: &PolicyDecision,
+    req: &Request<B>,
+    route: &RouteMatch,
+) -> Result<(), GatewayError> {
+    let mut span = RequestTrace::child_of(req.extensions(), "policy", SpanKind::Internal, Vec::new);
+    crate::telemetry::set_attribute(&mut span, || {
+        KeyValue::new(
+            "gateway.decision",
+            if decision.allowed { "allow" } else { "deny" },
+        )
+    });
+    if let Some(rule) = &decision.rule {
+        crate::telemetry::set_attribute(&mut span, || {
+            KeyValue::new("gateway.rule", rule.to_string())
+        });
+    }
+    drop(span);
+    crate::notes::record(req.extensions(), |n| n.decision = Some(decision.clone()));
+    if decision.allowed {
+        return Ok(());
+    }
+    let operation = route.operation.clone();
+    let sub = req
+        .extensions()
+        .get::<Principal>()
+        .map(|p| p.sub().to_owned())
+        .unwrap_or_default();
+    match decision.mode {
+        PolicyMode::Enforce => {
+            tracing::debug!(%operation, %sub, "request denied by policy");
+            Err(GatewayError::Forbidden { operation })
+        }
+        PolicyMode::Shadow => {
+            tracing::warn!(%operation, %sub, "policy would deny this request (shadow mode): forwarding");
+            Ok(())
         }
     }
 }
@@ -272,36 +372,80 @@ where
             return ResponseFuture::early(GatewayError::NoRoute.to_response());
         };
         let principal = req.extensions().get::<Principal>();
-        let mut span =
-            RequestTrace::child_of(req.extensions(), "policy", SpanKind::Internal, Vec::new);
-        let decision = self.policy.decide(principal, route);
-        crate::telemetry::set_attribute(&mut span, || {
-            KeyValue::new(
-                "gateway.decision",
-                if decision.allowed { "allow" } else { "deny" },
-            )
-        });
-        if let Some(rule) = &decision.rule {
-            crate::telemetry::set_attribute(&mut span, || {
-                KeyValue::new("gateway.rule", rule.to_string())
-            });
+        if self.policy.needs_body(principal, route) {
+            req.extensions_mut().insert(DecisionAwaitsBody);
+            return ResponseFuture::inner(self.inner.call(req));
         }
-        drop(span);
-        crate::notes::record(req.extensions(), |n| n.decision = Some(decision.clone()));
-        if !decision.allowed {
-            let operation = route.operation.clone();
-            let sub = principal.map(|p| p.sub().to_owned()).unwrap_or_default();
-            match decision.mode {
-                PolicyMode::Enforce => {
-                    tracing::debug!(%operation, %sub, "request denied by policy");
-                    return ResponseFuture::early(
-                        GatewayError::Forbidden { operation }.to_response(),
-                    );
-                }
-                PolicyMode::Shadow => {
-                    tracing::warn!(%operation, %sub, "policy would deny this request (shadow mode): forwarding");
-                }
-            }
+        let decision = self.policy.decide(principal, route);
+        if let Err(refusal) = enforce(&decision, &req, route) {
+            return ResponseFuture::early(refusal.to_response());
+        }
+        req.extensions_mut().insert(decision);
+        ResponseFuture::inner(self.inner.call(req))
+    }
+}
+
+/// Makes the decisions [`PolicyLayer`] left for the body: after validation,
+/// which parsed it ([`ParsedBody`]).
+#[derive(Debug, Clone)]
+pub struct PolicyBodyLayer {
+    policy: Arc<Policy>,
+}
+
+impl PolicyBodyLayer {
+    /// A layer finishing `policy`'s decisions.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self { policy }
+    }
+}
+
+impl<S> Layer<S> for PolicyBodyLayer {
+    type Service = PolicyBody<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PolicyBody {
+            inner,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+/// The service built by [`PolicyBodyLayer`].
+#[derive(Debug, Clone)]
+pub struct PolicyBody<S> {
+    inner: S,
+    policy: Arc<Policy>,
+}
+
+impl<S, B> Service<Request<B>> for PolicyBody<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if req
+            .extensions_mut()
+            .remove::<DecisionAwaitsBody>()
+            .is_none()
+        {
+            return ResponseFuture::inner(self.inner.call(req));
+        }
+        let Some(route) = req.extensions().get::<RouteMatch>() else {
+            return ResponseFuture::early(GatewayError::NoRoute.to_response());
+        };
+        let body = req.extensions().get::<ParsedBody>().map(|b| &*b.0);
+        let decision =
+            self.policy
+                .decide_with_body(req.extensions().get::<Principal>(), route, body);
+        if let Err(refusal) = enforce(&decision, &req, route) {
+            return ResponseFuture::early(refusal.to_response());
         }
         req.extensions_mut().insert(decision);
         ResponseFuture::inner(self.inner.call(req))
@@ -324,21 +468,25 @@ impl Explanation {
     }
 }
 
-/// Explains what the gateway would decide for `principal` calling `method path`.
+/// Explains what the gateway would decide for `principal` calling `method
+/// path?query` with `body` (the organizations a body names count only
+/// when it is given).
 pub fn explain(
     table: &crate::routes::RouteTable,
     policy: &Policy,
     principal: &Principal,
     method: &http::Method,
     path: &str,
+    query: Option<&str>,
+    body: Option<&Value>,
 ) -> Explanation {
-    match table.resolve(method, path, &http::HeaderMap::new()) {
+    match table.resolve(method, path, query, &http::HeaderMap::new()) {
         crate::routes::Routed::Refused(error) => Explanation {
             route: Err(error),
             decision: None,
         },
         crate::routes::Routed::Matched(route) => {
-            let decision = policy.decide(Some(principal), &route);
+            let decision = policy.decide_with_body(Some(principal), &route, body);
             Explanation {
                 route: Ok(route),
                 decision: Some(decision),
@@ -372,10 +520,16 @@ mod tests {
         RouteMatch {
             operation: operation.into(),
             template: "/t".into(),
+            source: crate::routes::RouteSource::Routes,
             organization_id: id.map(Into::into),
+            organization_ids: id.map(Into::into).into_iter().collect(),
+            body_organization_fields: Arc::new([]),
+            secret_query: Arc::new([]),
             credential: None,
             schema: None,
             path_has_schema: false,
+            bodyless: false,
+            secret_headers: Arc::new([]),
         }
     }
 

@@ -174,6 +174,159 @@ pub fn is_uuid(s: &str) -> bool {
         })
 }
 
+/// Where a route comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    /// A `[[routes]]` entry of the config file.
+    Routes,
+    /// The generated catalog of the Polytomic API (`[catalog]`).
+    Catalog,
+}
+
+impl RouteSource {
+    /// `[[routes]]` or `catalog`, as `routes` and `policy explain` print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Routes => "[[routes]]",
+            Self::Catalog => "catalog",
+        }
+    }
+}
+
+/// A place where a request names an organization, for organization-scoped
+/// policy rules.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(tag = "in", content = "name", rename_all = "lowercase")]
+pub enum OrganizationSource {
+    /// A path parameter (`{id}` of `/api/organizations/{id}`, `{org_id}`).
+    Path(String),
+    /// A query parameter (`?organization_id=`).
+    Query(String),
+    /// A top-level field of the JSON body (`organization_id`), known only
+    /// once the body is read and validated.
+    Body(String),
+}
+
+/// One route to compile, from `[[routes]]` or from the catalog.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    /// The operation's name.
+    pub operation: String,
+    /// Its methods, as configured (checked when compiled).
+    pub methods: Vec<String>,
+    /// Its path template.
+    pub path: String,
+    /// The `[credentials.*]` injected upstream (`None`: the default one).
+    pub credential: Option<String>,
+    /// The schema write bodies must satisfy.
+    pub schema: Option<Arc<CompiledSchema>>,
+    /// Where it comes from.
+    pub source: RouteSource,
+    /// Path parameters that must be UUIDs.
+    pub uuid_params: Vec<String>,
+    /// Where requests name an organization.
+    pub organizations: Vec<OrganizationSource>,
+    /// Query parameters whose values are secret.
+    pub secret_query: Vec<String>,
+    /// Request headers whose values are secret (lower case; a trailing `*`
+    /// matches any suffix).
+    pub secret_headers: Vec<String>,
+    /// The operation takes no body: any body is refused rather than
+    /// forwarded unvalidated.
+    pub bodyless: bool,
+    /// The config key it came from, for errors (`routes[3]`, `catalog`).
+    pub key: String,
+}
+
+impl RouteSpec {
+    /// The spec of a `[[routes]]` entry, its schema loaded through `schemas`.
+    /// As documented for `[[routes]]`, an `{id}` must be a UUID and names
+    /// the organization.
+    fn from_config(
+        index: usize,
+        route: &RouteConfig,
+        schemas: &mut SchemaCache,
+    ) -> Result<Self, ConfigProblem> {
+        let key = format!("routes[{index}]");
+        let schema = match &route.schema {
+            None => None,
+            Some(path) => Some(schemas.get(path).map_err(|e| {
+                ConfigProblem::new(
+                    format!("{key}.schema"),
+                    format!("route {:?} ({key}): {e}", route.operation),
+                )
+            })?),
+        };
+        let has_id = route.path.split('/').any(|s| s == "{id}");
+        Ok(Self {
+            operation: route.operation.clone(),
+            methods: route.methods.clone(),
+            path: route.path.clone(),
+            credential: route.credential.clone(),
+            schema,
+            source: RouteSource::Routes,
+            uuid_params: if has_id { vec!["id".into()] } else { vec![] },
+            organizations: if has_id {
+                vec![OrganizationSource::Path("id".into())]
+            } else {
+                vec![]
+            },
+            secret_query: vec![],
+            secret_headers: vec![],
+            bodyless: false,
+            key,
+        })
+    }
+}
+
+/// A template's parameter names, in path order (`{*rest}` as `rest`).
+fn template_params(template: &str) -> Vec<String> {
+    template
+        .split('/')
+        .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+        .map(|s| s.trim_start_matches('*').to_owned())
+        .collect()
+}
+
+/// The key a template is routed under: its parameters renamed by position
+/// (`/api/syncs/{p0}/executions`), since the API names one parameter
+/// differently on different methods (`GET /api/syncs/{sync_id}/executions`,
+/// `POST /api/syncs/{id}/executions`) and the router allows one name per
+/// place.
+fn router_key(template: &str) -> String {
+    let mut i = 0;
+    template
+        .split('/')
+        .map(|segment| {
+            if !segment.starts_with('{') {
+                return segment.to_owned();
+            }
+            let star = if segment.starts_with("{*") { "*" } else { "" };
+            i += 1;
+            format!("{{{star}p{}}}", i - 1)
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The shape of a path template: its parameters unnamed, so that
+/// `/api/organizations/{id}` and `/api/organizations/{org}` are one path.
+pub fn template_shape(template: &str) -> String {
+    template
+        .split('/')
+        .map(|segment| {
+            if segment.starts_with("{*") {
+                "{*}"
+            } else if segment.starts_with('{') {
+                "{}"
+            } else {
+                segment
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
 /// A matched route, stored in the request extensions.
 #[derive(Debug, Clone)]
 pub struct RouteMatch {
@@ -181,15 +334,31 @@ pub struct RouteMatch {
     pub operation: Arc<str>,
     /// The route's path template (the `http.route` of traces).
     pub template: Arc<str>,
-    /// The `{id}` value, lowercased, if the template has one.
+    /// Where the route comes from.
+    pub source: RouteSource,
+    /// The first organization the path or query names, lowercased (the
+    /// `organization_id` of audit records and traces).
     pub organization_id: Option<Arc<str>>,
+    /// Every organization the path and query name, lowercased.
+    pub organization_ids: Vec<Arc<str>>,
+    /// Top-level body fields that name organizations; the policy checks
+    /// them once the body is read.
+    pub body_organization_fields: Arc<[Box<str>]>,
+    /// Query parameters whose values the audit trail redacts.
+    pub secret_query: Arc<[Box<str>]>,
     /// The credential name injected upstream (`None`: the default one).
     pub credential: Option<Arc<str>>,
     /// The schema write bodies must satisfy, if the route names one.
     pub schema: Option<Arc<CompiledSchema>>,
-    /// Whether any route on this path template has a schema: bodies on other
-    /// methods here are refused rather than forwarded unvalidated.
+    /// Whether any route on this path template has a schema (or comes from
+    /// the catalog): bodies on other methods here are refused rather than
+    /// forwarded unvalidated.
     pub path_has_schema: bool,
+    /// The operation takes no body: any body is refused.
+    pub bodyless: bool,
+    /// Request headers whose values are secret (lower case; a trailing `*`
+    /// matches any suffix).
+    pub secret_headers: Arc<[Box<str>]>,
 }
 
 /// One compiled route.
@@ -197,8 +366,21 @@ pub struct RouteMatch {
 struct Route {
     operation: Arc<str>,
     template: Arc<str>,
+    source: RouteSource,
     credential: Option<Arc<str>>,
     schema: Option<Arc<CompiledSchema>>,
+    /// The template's parameter names, in path order: the router matches
+    /// positional names (see [`router_key`]).
+    param_names: Box<[Box<str>]>,
+    /// Positions of the parameters that must be UUIDs.
+    uuid_params: Box<[usize]>,
+    /// Positions of the parameters naming organizations.
+    path_organizations: Box<[usize]>,
+    query_organizations: Box<[Box<str>]>,
+    body_organization_fields: Arc<[Box<str>]>,
+    secret_query: Arc<[Box<str>]>,
+    secret_headers: Arc<[Box<str>]>,
+    bodyless: bool,
 }
 
 /// All the routes of one template, by method.
@@ -207,10 +389,28 @@ struct TemplateRoutes {
     by_method: BTreeMap<Method, Arc<Route>>,
     /// The `Allow` header value for a 405.
     allow: http::HeaderValue,
-    /// Whether the template has an `{id}` parameter (a UUID).
-    has_id: bool,
-    /// Whether any route on the template has a schema.
+    /// Whether any route on the template has a schema or comes from the
+    /// catalog, which knows every operation's body.
     has_schema: bool,
+    /// Whether the template ends with `/`, which then is no empty segment.
+    trailing_slash: bool,
+}
+
+/// One routed operation, as `polytomic-gateway routes` lists it.
+#[derive(Debug, Clone)]
+pub struct RouteSummary {
+    /// The operation's name.
+    pub operation: Arc<str>,
+    /// Its methods.
+    pub methods: Vec<Method>,
+    /// Its path template.
+    pub template: Arc<str>,
+    /// The `[credentials.*]` it is sent with (`None`: the default one).
+    pub credential: Option<Arc<str>>,
+    /// Whether write bodies are validated against a schema.
+    pub has_schema: bool,
+    /// Where it comes from.
+    pub source: RouteSource,
 }
 
 /// The compiled route table.
@@ -218,6 +418,7 @@ struct TemplateRoutes {
 pub struct RouteTable {
     router: matchit::Router<TemplateRoutes>,
     operations: Vec<Arc<str>>,
+    summaries: Vec<RouteSummary>,
 }
 
 /// The outcome of routing a request.
@@ -229,6 +430,10 @@ pub enum Routed {
     Refused(GatewayError),
 }
 
+fn boxed(items: &[String]) -> Box<[Box<str>]> {
+    items.iter().map(|s| s.as_str().into()).collect()
+}
+
 impl RouteTable {
     /// Compiles `[[routes]]`. `credential_exists` says whether a
     /// `[credentials.NAME]` is configured.
@@ -236,33 +441,82 @@ impl RouteTable {
         routes: &[RouteConfig],
         credential_exists: &dyn Fn(&str) -> bool,
     ) -> Result<Self, Vec<ConfigProblem>> {
+        Self::build(routes, Vec::new(), credential_exists)
+    }
+
+    /// Compiles `[[routes]]` and the catalog's routes together. A
+    /// `[[routes]]` entry replaces the catalog's route for the same method
+    /// on the same path (parameter names aside), so names already in use
+    /// keep working.
+    pub fn build(
+        routes: &[RouteConfig],
+        catalog: Vec<RouteSpec>,
+        credential_exists: &dyn Fn(&str) -> bool,
+    ) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
+        let mut schemas = SchemaCache::default();
+        let mut specs = Vec::with_capacity(routes.len() + catalog.len());
+        for (i, route) in routes.iter().enumerate() {
+            match RouteSpec::from_config(i, route, &mut schemas) {
+                Ok(spec) => specs.push(spec),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        let overridden: HashSet<(String, String)> = routes
+            .iter()
+            .flat_map(|r| {
+                let shape = template_shape(&r.path);
+                r.methods
+                    .iter()
+                    .map(move |m| (shape.clone(), m.to_ascii_uppercase()))
+            })
+            .collect();
+        for mut spec in catalog {
+            let shape = template_shape(&spec.path);
+            spec.methods
+                .retain(|m| !overridden.contains(&(shape.clone(), m.clone())));
+            if !spec.methods.is_empty() {
+                specs.push(spec);
+            }
+        }
+        match Self::compile(&specs, credential_exists, problems) {
+            Ok(table) => Ok(table),
+            Err(problems) => Err(problems),
+        }
+    }
+
+    fn compile(
+        specs: &[RouteSpec],
+        credential_exists: &dyn Fn(&str) -> bool,
+        mut problems: Vec<ConfigProblem>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
         let mut templates: BTreeMap<String, BTreeMap<Method, Arc<Route>>> = BTreeMap::new();
         let mut operations = Vec::new();
         let mut seen_operations = HashSet::new();
-        let mut schemas = SchemaCache::default();
-        for (i, route) in routes.iter().enumerate() {
-            let key = format!("routes[{i}]");
-            let name = format!("route {:?} (routes[{i}])", route.operation);
+        let mut summaries = Vec::new();
+        for spec in specs {
+            let key = &spec.key;
+            let name = format!("route {:?} ({key})", spec.operation);
             let mut fail = |field: &str, message: String| {
-                problems.push(ConfigProblem::new(
-                    format!("{key}.{field}"),
-                    format!("{name}: {message}"),
-                ));
+                let key = match spec.source {
+                    RouteSource::Routes => format!("{key}.{field}"),
+                    RouteSource::Catalog => key.clone(),
+                };
+                problems.push(ConfigProblem::new(key, format!("{name}: {message}")));
             };
-            if !is_operation_name(&route.operation) {
+            if !is_operation_name(&spec.operation) {
                 fail(
                     "operation",
                     "must be a non-empty name of letters, digits, '.', '_' and '-'".into(),
                 );
-            } else if !seen_operations.insert(route.operation.clone()) {
+            } else if !seen_operations.insert(spec.operation.clone()) {
                 fail("operation", "is defined twice".into());
             }
-            if let Err(e) = check_template(&route.path) {
+            if let Err(e) = check_template(&spec.path) {
                 fail("path", e);
                 continue;
             }
-            if let Some(credential) = &route.credential {
+            if let Some(credential) = &spec.credential {
                 if !credential_exists(credential) {
                     fail(
                         "credential",
@@ -270,38 +524,70 @@ impl RouteTable {
                     );
                 }
             }
-            let schema = match &route.schema {
-                None => None,
-                Some(path) => match schemas.get(path) {
-                    Ok(schema) => Some(schema),
-                    Err(e) => {
-                        fail("schema", e);
-                        None
-                    }
-                },
-            };
-            if route.methods.is_empty() {
+            if spec.methods.is_empty() {
                 fail("methods", "must list at least one method".into());
             }
+            let param_names = template_params(&spec.path);
+            let positions = |names: &[&String]| -> Box<[usize]> {
+                names
+                    .iter()
+                    .filter_map(|n| param_names.iter().position(|p| p == *n))
+                    .collect()
+            };
+            let organizations = |pick: fn(&OrganizationSource) -> Option<&String>| {
+                spec.organizations
+                    .iter()
+                    .filter_map(pick)
+                    .map(|s| s.as_str().into())
+                    .collect::<Vec<Box<str>>>()
+            };
             let compiled = Arc::new(Route {
-                operation: route.operation.as_str().into(),
-                template: route.path.as_str().into(),
-                credential: route.credential.as_deref().map(Into::into),
-                schema,
+                operation: spec.operation.as_str().into(),
+                template: spec.path.as_str().into(),
+                source: spec.source,
+                credential: spec.credential.as_deref().map(Into::into),
+                schema: spec.schema.clone(),
+                param_names: boxed(&param_names),
+                uuid_params: positions(&spec.uuid_params.iter().collect::<Vec<_>>()),
+                path_organizations: positions(
+                    &spec
+                        .organizations
+                        .iter()
+                        .filter_map(|o| match o {
+                            OrganizationSource::Path(p) => Some(p),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                query_organizations: organizations(|o| match o {
+                    OrganizationSource::Query(p) => Some(p),
+                    _ => None,
+                })
+                .into(),
+                body_organization_fields: organizations(|o| match o {
+                    OrganizationSource::Body(p) => Some(p),
+                    _ => None,
+                })
+                .into(),
+                secret_query: boxed(&spec.secret_query).into(),
+                secret_headers: boxed(&spec.secret_headers).into(),
+                bodyless: spec.bodyless,
             });
-            let entry = templates.entry(route.path.clone()).or_default();
-            for method in &route.methods {
+            let entry = templates.entry(router_key(&spec.path)).or_default();
+            let mut methods = Vec::new();
+            for method in &spec.methods {
                 match Method::from_bytes(method.as_bytes()) {
                     Ok(m) if STANDARD_METHODS.contains(&m) => {
-                        if let Some(other) = entry.insert(m, compiled.clone()) {
+                        if let Some(other) = entry.insert(m.clone(), compiled.clone()) {
                             fail(
                                 "methods",
                                 format!(
                                     "{method} {} is also routed to {:?}",
-                                    route.path, other.operation
+                                    spec.path, other.operation
                                 ),
                             );
                         }
+                        methods.push(m);
                     }
                     _ => fail(
                         "methods",
@@ -312,6 +598,14 @@ impl RouteTable {
                 }
             }
             operations.push(compiled.operation.clone());
+            summaries.push(RouteSummary {
+                operation: compiled.operation.clone(),
+                methods,
+                template: compiled.template.clone(),
+                credential: compiled.credential.clone(),
+                has_schema: compiled.schema.is_some(),
+                source: spec.source,
+            });
         }
         let mut router = matchit::Router::new();
         for (template, by_method) in templates {
@@ -321,8 +615,9 @@ impl RouteTable {
                 .collect::<Vec<_>>()
                 .join(", ");
             let allow = http::HeaderValue::from_str(&allow).expect("method names are header-safe");
-            let has_id = template.split('/').any(|s| s == "{id}");
-            let has_schema = by_method.values().any(|r| r.schema.is_some());
+            let has_schema = by_method
+                .values()
+                .any(|r| r.schema.is_some() || r.source == RouteSource::Catalog);
             let operations: Vec<String> = by_method
                 .values()
                 .map(|r| r.operation.to_string())
@@ -332,8 +627,8 @@ impl RouteTable {
                 TemplateRoutes {
                     by_method,
                     allow,
-                    has_id,
                     has_schema,
+                    trailing_slash: template.len() > 1 && template.ends_with('/'),
                 },
             ) {
                 problems.push(ConfigProblem::new(
@@ -346,49 +641,107 @@ impl RouteTable {
             }
         }
         if problems.is_empty() {
-            Ok(Self { router, operations })
+            Ok(Self {
+                router,
+                operations,
+                summaries,
+            })
         } else {
             Err(problems)
         }
     }
 
-    /// Every operation name, in configuration order.
+    /// Every operation name, in configuration order (`[[routes]]`, then the
+    /// catalog).
     pub fn operations(&self) -> &[Arc<str>] {
         &self.operations
     }
 
-    /// Routes a method and path (the path already passed [`check_path`]).
-    pub fn route(&self, method: &Method, path: &str) -> Routed {
+    /// Every routed operation, in configuration order.
+    pub fn summaries(&self) -> &[RouteSummary] {
+        &self.summaries
+    }
+
+    /// Routes a method and path (the path already passed [`check_path`],
+    /// or failed it only by a trailing slash). `query` supplies
+    /// organizations a route reads from the query.
+    pub fn route(&self, method: &Method, path: &str, query: Option<&str>) -> Routed {
+        let trailing_slash = path.len() > 1 && path.ends_with('/');
         let Ok(matched) = self.router.at(path) else {
-            return Routed::Refused(GatewayError::NoRoute);
+            return Routed::Refused(if trailing_slash {
+                GatewayError::InvalidPath(PathError::EmptySegment)
+            } else {
+                GatewayError::NoRoute
+            });
         };
         let routes = matched.value;
+        if trailing_slash != routes.trailing_slash {
+            // Only a template that ends with `/` takes a trailing slash.
+            return Routed::Refused(GatewayError::InvalidPath(PathError::EmptySegment));
+        }
         let Some(route) = routes.by_method.get(method) else {
             return Routed::Refused(GatewayError::MethodNotAllowed {
                 method: method.clone(),
                 allow: routes.allow.clone(),
             });
         };
-        let organization_id = match matched.params.get("id") {
-            Some(id) if is_uuid(id) => Some(id.to_ascii_lowercase().into()),
-            Some(_) => return Routed::Refused(GatewayError::InvalidId),
-            None => None,
-        };
-        debug_assert_eq!(routes.has_id, organization_id.is_some());
+        // The router's parameters are positional (`p0`, `p1`, …), in path order.
+        let param = |i: usize| matched.params.iter().nth(i).map(|(_, value)| value);
+        if let Some(&i) = route
+            .uuid_params
+            .iter()
+            .find(|&&i| !param(i).is_some_and(is_uuid))
+        {
+            return Routed::Refused(GatewayError::InvalidId {
+                param: route.param_names[i].as_ref().into(),
+            });
+        }
+        let mut organization_ids: Vec<Arc<str>> = route
+            .path_organizations
+            .iter()
+            .filter_map(|&i| param(i))
+            .map(|id| id.to_ascii_lowercase().into())
+            .collect();
+        if let (false, Some(query)) = (route.query_organizations.is_empty(), query) {
+            organization_ids.extend(
+                url::form_urlencoded::parse(query.as_bytes())
+                    .filter(|(name, _)| route.query_organizations.iter().any(|q| **q == **name))
+                    .map(|(_, id)| id.to_ascii_lowercase().into()),
+            );
+        }
         Routed::Matched(RouteMatch {
             operation: route.operation.clone(),
             template: route.template.clone(),
-            organization_id,
+            source: route.source,
+            organization_id: organization_ids.first().cloned(),
+            organization_ids,
+            body_organization_fields: route.body_organization_fields.clone(),
+            secret_query: route.secret_query.clone(),
             credential: route.credential.clone(),
             schema: route.schema.clone(),
             path_has_schema: routes.has_schema,
+            bodyless: route.bodyless,
+            secret_headers: route.secret_headers.clone(),
         })
     }
 
-    /// Everything [`RouteLayer`] checks, for a method, path and headers.
-    pub fn resolve(&self, method: &Method, path: &str, headers: &http::HeaderMap) -> Routed {
-        if let Err(e) = check_path(path) {
-            return Routed::Refused(GatewayError::InvalidPath(e));
+    /// Everything [`RouteLayer`] checks, for a method, path, query and headers.
+    pub fn resolve(
+        &self,
+        method: &Method,
+        path: &str,
+        query: Option<&str>,
+        headers: &http::HeaderMap,
+    ) -> Routed {
+        match check_path(path) {
+            Ok(()) => {}
+            // A trailing slash is an empty segment, unless the template
+            // has it: `route` decides.
+            Err(PathError::EmptySegment)
+                if path.len() > 1
+                    && path.ends_with('/')
+                    && check_path(&path[..path.len() - 1]).is_ok() => {}
+            Err(e) => return Routed::Refused(GatewayError::InvalidPath(e)),
         }
         if let Some(name) = METHOD_OVERRIDE_HEADERS
             .iter()
@@ -396,7 +749,7 @@ impl RouteTable {
         {
             return Routed::Refused(GatewayError::MethodOverride(name.clone()));
         }
-        self.route(method, path)
+        self.route(method, path, query)
     }
 }
 
@@ -408,17 +761,23 @@ fn is_operation_name(name: &str) -> bool {
 }
 
 /// Checks a path template: `/`-separated literal segments, `{param}`
-/// segments, and at most a final `{*rest}`.
+/// segments, and at most a final `{*rest}`. A trailing `/` is part of the
+/// template (the API has `POST /api/connections/connect/`): only paths with
+/// it match.
 fn check_template(template: &str) -> Result<(), String> {
     if !template.starts_with('/') {
         return Err(format!("{template:?} must start with /"));
     }
-    if check_path(&template.replace(['{', '}', '*'], "x")).is_err() {
+    let trimmed = match template.strip_suffix('/') {
+        Some(rest) if !rest.is_empty() && !rest.ends_with('}') => rest,
+        _ => template,
+    };
+    if check_path(&trimmed.replace(['{', '}', '*'], "x")).is_err() {
         return Err(format!(
             "{template:?} has an empty, dot or ambiguous segment"
         ));
     }
-    let segments: Vec<&str> = template[1..].split('/').collect();
+    let segments: Vec<&str> = trimmed[1..].split('/').collect();
     let mut params = HashSet::new();
     for (i, segment) in segments.iter().enumerate() {
         if let Some(inner) = segment.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
@@ -456,6 +815,21 @@ fn check_template(template: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Marks the values of `secret` headers sensitive, so that no `Debug` print
+/// of the request shows them (they are never logged or recorded either).
+fn mark_sensitive(headers: &mut http::HeaderMap, secret: &[Box<str>]) {
+    for (name, value) in headers.iter_mut() {
+        let name = name.as_str();
+        let is_secret = secret.iter().any(|s| match s.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == &**s,
+        });
+        if is_secret {
+            value.set_sensitive(true);
+        }
+    }
 }
 
 /// Routes every request, refusing what it does not know.
@@ -505,10 +879,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        match self
-            .table
-            .resolve(req.method(), req.uri().path(), req.headers())
-        {
+        match self.table.resolve(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+        ) {
             Routed::Refused(error) => {
                 tracing::debug!(key = error.key(), reason = %error, "request refused by routing");
                 ResponseFuture::early(error.to_response())
@@ -523,6 +899,9 @@ where
                         // Validated at startup; never forward with the wrong key.
                         None => return ResponseFuture::early(GatewayError::Internal.to_response()),
                     }
+                }
+                if !matched.secret_headers.is_empty() {
+                    mark_sensitive(req.headers_mut(), &matched.secret_headers);
                 }
                 crate::notes::record(req.extensions(), |n| n.route = Some(matched.clone()));
                 req.extensions_mut().insert(matched);
@@ -612,7 +991,7 @@ mod tests {
             ),
         ];
         for (method, path, operation) in cases {
-            match t.route(&method, &path) {
+            match t.route(&method, &path, None) {
                 Routed::Matched(m) => assert_eq!(&*m.operation, operation),
                 Routed::Refused(e) => panic!("{method} {path}: {e}"),
             }
@@ -620,6 +999,7 @@ mod tests {
         let Routed::Matched(m) = t.route(
             &Method::GET,
             &format!("/api/organizations/{}", ORG.to_uppercase()),
+            None,
         ) else {
             panic!()
         };
@@ -630,22 +1010,22 @@ mod tests {
     fn unknown_paths_wrong_methods_and_bad_ids_are_refused() {
         let t = table(&organization_routes());
         assert!(matches!(
-            t.route(&Method::GET, "/api/syncs"),
+            t.route(&Method::GET, "/api/syncs", None),
             Routed::Refused(GatewayError::NoRoute)
         ));
         assert!(matches!(
-            t.route(&Method::GET, "/API/organization"),
+            t.route(&Method::GET, "/API/organization", None),
             Routed::Refused(GatewayError::NoRoute)
         ));
-        match t.route(&Method::POST, &format!("/api/organizations/{ORG}")) {
+        match t.route(&Method::POST, &format!("/api/organizations/{ORG}"), None) {
             Routed::Refused(GatewayError::MethodNotAllowed { allow, .. }) => {
                 assert_eq!(allow, "DELETE, GET, PATCH, PUT")
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            t.route(&Method::GET, "/api/organizations/not-a-uuid"),
-            Routed::Refused(GatewayError::InvalidId)
+            t.route(&Method::GET, "/api/organizations/not-a-uuid", None),
+            Routed::Refused(GatewayError::InvalidId { .. })
         ));
     }
 
@@ -653,16 +1033,16 @@ mod tests {
     fn a_catch_all_must_be_explicit_and_yields_to_specific_routes() {
         let mut routes = organization_routes();
         assert!(matches!(
-            table(&routes).route(&Method::GET, "/api/syncs/1"),
+            table(&routes).route(&Method::GET, "/api/syncs/1", None),
             Routed::Refused(GatewayError::NoRoute)
         ));
         routes.push(route("api.other", &["GET"], "/api/{*rest}"));
         let t = table(&routes);
-        let Routed::Matched(m) = t.route(&Method::GET, "/api/syncs/1") else {
+        let Routed::Matched(m) = t.route(&Method::GET, "/api/syncs/1", None) else {
             panic!()
         };
         assert_eq!(&*m.operation, "api.other");
-        let Routed::Matched(m) = t.route(&Method::GET, "/api/organizations") else {
+        let Routed::Matched(m) = t.route(&Method::GET, "/api/organizations", None) else {
             panic!()
         };
         assert_eq!(&*m.operation, "organizations.list");
@@ -693,7 +1073,10 @@ mod tests {
             route("a", &["GET"], "/api/{id}"),
             route("b", &["GET"], "/api/{name}"),
         ]);
-        assert!(text.contains("conflicts"), "{text}");
+        assert!(
+            text.contains("GET /api/{name} is also routed to \"a\""),
+            "{text}"
+        );
         let mut bad = route("c", &["GET"], "/api/x");
         bad.credential = Some("nope".into());
         assert!(problems(vec![bad]).contains("[credentials.nope]"));

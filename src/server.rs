@@ -31,6 +31,7 @@ use tower::ServiceBuilder;
 use crate::audit::Audit;
 use crate::auth::Authenticator;
 use crate::body::GatewayBody;
+use crate::catalog::CatalogSummary;
 use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
 use crate::credentials::CredentialSet;
 use crate::error::GatewayError;
@@ -38,7 +39,6 @@ use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::Upstream;
-use crate::routes::RouteTable;
 use crate::stack::{self, StackParts};
 use crate::version::VersionPolicy;
 
@@ -108,6 +108,8 @@ pub struct Gateway {
     server: ServerConfig,
     /// The stack's parts, assembled when serving.
     parts: StackParts,
+    /// What `[catalog]` routes, for `check`.
+    catalog: CatalogSummary,
 }
 
 impl Gateway {
@@ -136,11 +138,13 @@ impl Gateway {
                     .map_err(|p| problems.extend(p))
             }
         };
-        let routes = RouteTable::from_config(&config.routes, &|name| {
-            config.credentials.contains_key(name)
-        })
-        .map(Arc::new)
-        .map_err(|p| problems.extend(p));
+        let mut catalog = CatalogSummary::default();
+        let routes = crate::catalog::route_table(&config)
+            .map(|(table, summary)| {
+                catalog = summary;
+                Arc::new(table)
+            })
+            .map_err(|p| problems.extend(p));
         let policy = match &routes {
             Ok(routes) => Policy::from_config(&config.policy, routes.operations())
                 .map(Arc::new)
@@ -178,8 +182,17 @@ impl Gateway {
         else {
             return Err(ConfigErrors::new(file, problems));
         };
-        if config.routes.is_empty() {
-            tracing::warn!("no [[routes]] are configured: every request will be refused with 404");
+        if catalog.enabled {
+            if catalog.unrouted.is_empty() {
+                tracing::info!("{}", catalog.describe());
+            } else {
+                tracing::warn!("{}", catalog.describe());
+            }
+        }
+        if routes.operations().is_empty() {
+            tracing::warn!(
+                "no [[routes]] or [catalog] operations are configured: every request will be refused with 404"
+            );
         } else if config.policy.rules.is_empty() {
             tracing::warn!(
                 "no [[policy.rules]] are configured: every request will be refused with 403"
@@ -229,6 +242,7 @@ impl Gateway {
                 upstream,
             },
             server: config.server,
+            catalog,
         })
     }
 
@@ -240,6 +254,11 @@ impl Gateway {
     /// What `/readyz` reports.
     pub fn readiness(&self) -> &Readiness {
         &self.parts.readiness
+    }
+
+    /// What `[catalog]` routes (`enabled` is false without it).
+    pub fn catalog(&self) -> Option<&CatalogSummary> {
+        Some(&self.catalog)
     }
 
     /// The caller authenticator (e.g. for `check` to fetch the JWKS once).
@@ -278,7 +297,7 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let Gateway { server, parts } = self;
+        let Gateway { server, parts, .. } = self;
         let readiness = parts.readiness.clone();
         let audit = parts.audit.clone();
         let watcher = parts.credentials.watch();

@@ -22,7 +22,7 @@ use crate::error::RescueLayer;
 use crate::health::{HealthLayer, Readiness};
 use crate::limit::{BodyLimitLayer, HeadLimitLayer, HeadLimits};
 use crate::metrics::Metrics;
-use crate::policy::{Policy, PolicyLayer};
+use crate::policy::{Policy, PolicyBodyLayer, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
 use crate::routes::{RouteLayer, RouteTable};
 use crate::telemetry::TelemetryLayer;
@@ -155,13 +155,19 @@ where
             Some(parts.credentials.clone()),
         ))
         // Needs both the principal (auth) and the operation (routing).
-        .layer(PolicyLayer::new(parts.policy))
+        .layer(PolicyLayer::new(parts.policy.clone()))
         // Before anything reads the body; also boxes it into the one body
         // type the inner layers share.
         .layer(BodyLimitLayer::new(parts.max_body_bytes))
         // Inside the body limit, so a body it reads is bounded; after policy,
         // so only allowed callers make the gateway read and parse a body.
         .layer(ValidateLayer::new())
+        // Organizations named in the body (`organization_id` on a catalog
+        // write) are checked once validation has parsed it; the policy layer
+        // above let through only callers some rule grants the operation.
+        // Before the audit's request record, so a refusal is never recorded
+        // as a forwarded write.
+        .layer(PolicyBodyLayer::new(parts.policy.clone()))
         // Last before anything is sent: the `request` record of a write is
         // durable before the credential swap and the upstream call, and it
         // holds the validated body.

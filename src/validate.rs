@@ -26,6 +26,7 @@
 //! `DELETE` or `OPTIONS` with a body is refused (400) on any path that has a
 //! schema route, so a body never reaches the upstream unvalidated there.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -192,17 +193,78 @@ pub struct CompiledSchema {
     document: Value,
     /// The compiled validator (formats asserted).
     validator: jsonschema::Validator,
-    /// Property paths marked `"writeOnly": true`, for audit redaction.
-    write_only: Vec<Vec<String>>,
+    /// Paths of the fields marked secret (see [`collect_secrets`]), for
+    /// audit redaction.
+    secrets: Vec<Vec<String>>,
+    /// A member whose schema depends on a sibling field's value: a
+    /// connection `configuration` and its connection `type`.
+    discriminated: Option<Discriminated>,
+}
+
+/// A member validated against the schema its discriminator names.
+#[derive(Debug)]
+struct Discriminated {
+    /// The member (`configuration`).
+    field: String,
+    /// The sibling naming its schema (`type`).
+    type_field: String,
+    /// The schemas, by discriminator value.
+    types: Arc<SchemaSet>,
+    /// Whether a value the set does not know passes (unvalidated, and
+    /// redacted whole in the audit trail) rather than being refused.
+    allow_unknown: bool,
+}
+
+/// Schemas by name, such as the connection types' configuration schemas.
+#[derive(Debug, Default)]
+pub struct SchemaSet {
+    schemas: HashMap<String, CompiledSchema>,
+}
+
+impl SchemaSet {
+    /// Compiles every `(name, document)`, naming each `{label} {name}` in errors.
+    pub fn compile<'a>(
+        label: &str,
+        documents: impl IntoIterator<Item = (&'a String, &'a Value)>,
+    ) -> Result<Self, String> {
+        let mut schemas = HashMap::new();
+        for (name, document) in documents {
+            let schema = CompiledSchema::compile(&format!("{label} {name}"), document.clone())?;
+            schemas.insert(name.clone(), schema);
+        }
+        Ok(Self { schemas })
+    }
+
+    /// The schema named `name`.
+    pub fn get(&self, name: &str) -> Option<&CompiledSchema> {
+        self.schemas.get(name)
+    }
+
+    /// How many schemas the set holds.
+    pub fn len(&self) -> usize {
+        self.schemas.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.schemas.is_empty()
+    }
 }
 
 impl fmt::Debug for CompiledSchema {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompiledSchema")
             .field("path", &self.path)
-            .field("write_only", &self.write_only)
+            .field("secrets", &self.secrets)
+            .field("discriminated", &self.discriminated)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether a string is one JSON document: the `json` format that connection
+/// type schemas use for fields holding JSON text.
+fn is_json_text(text: &str) -> bool {
+    serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
 }
 
 impl CompiledSchema {
@@ -221,52 +283,218 @@ impl CompiledSchema {
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
             .should_ignore_unknown_formats(false)
+            .with_format("json", is_json_text)
             .build(&document)
             .map_err(|e| format!("{name} is not a valid JSON Schema: {e}"))?;
-        let mut write_only = Vec::new();
-        collect_write_only(&document, &mut Vec::new(), &mut write_only);
+        let mut secrets = Vec::new();
+        collect_secrets(
+            &document,
+            &document,
+            &mut Vec::new(),
+            &mut Vec::new(),
+            &mut secrets,
+        );
+        secrets.sort();
+        secrets.dedup();
         Ok(Self {
             path: name.into(),
             document,
             validator,
-            write_only,
+            secrets,
+            discriminated: None,
         })
     }
 
-    /// The file the schema came from.
+    /// Validates the member `field` against the schema in `types` that the
+    /// sibling `type_field` names. An unknown or missing name is refused
+    /// unless `allow_unknown`.
+    pub fn with_discriminated(
+        mut self,
+        field: &str,
+        type_field: &str,
+        types: Arc<SchemaSet>,
+        allow_unknown: bool,
+    ) -> Self {
+        self.discriminated = Some(Discriminated {
+            field: field.to_owned(),
+            type_field: type_field.to_owned(),
+            types,
+            allow_unknown,
+        });
+        self
+    }
+
+    /// The file it came from.
     pub fn path(&self) -> &str {
         &self.path
     }
 
-    /// The property paths marked `"writeOnly": true` (e.g. `["client_secret"]`).
+    /// The paths of the fields this schema marks secret, whatever the body:
+    /// `"*"` stands for any array item or map key.
     pub fn write_only_paths(&self) -> &[Vec<String>] {
-        &self.write_only
+        &self.secrets
+    }
+
+    /// The paths of the secret fields of `instance`: the schema's own, and
+    /// those of the discriminated member's schema (or the whole member when
+    /// its schema is unknown).
+    pub fn secret_paths_for(&self, instance: &Value) -> Cow<'_, [Vec<String>]> {
+        let Some(d) = &self.discriminated else {
+            return Cow::Borrowed(&self.secrets);
+        };
+        if instance.get(&d.field).is_none() {
+            return Cow::Borrowed(&self.secrets);
+        }
+        let mut paths = self.secrets.clone();
+        match d.schema_for(instance) {
+            Some(schema) => paths.extend(schema.secrets.iter().map(|p| {
+                let mut full = Vec::with_capacity(p.len() + 1);
+                full.push(d.field.clone());
+                full.extend(p.iter().cloned());
+                full
+            })),
+            None => paths.push(vec![d.field.clone()]),
+        }
+        Cow::Owned(paths)
     }
 
     /// Every violation of the schema by `instance`.
     pub fn validate(&self, instance: &Value) -> Result<(), Vec<Violation>> {
-        if self.validator.is_valid(instance) {
-            return Ok(());
-        }
         let mut violations = Vec::new();
-        for error in self.validator.iter_errors(instance) {
-            describe(&self.document, &error, &mut violations);
+        if !self.validator.is_valid(instance) {
+            for error in self.validator.iter_errors(instance) {
+                describe(&self.document, &error, &mut violations);
+            }
         }
-        Err(violations)
+        if let Some(d) = &self.discriminated {
+            d.validate(instance, &mut violations);
+        }
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(violations)
+        }
     }
 }
 
-/// Collects the property paths whose subschema is `"writeOnly": true`.
-fn collect_write_only(schema: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
-    let Some(properties) = schema.get("properties").and_then(Value::as_object) else {
+impl Discriminated {
+    /// The schema the instance's discriminator names, if known.
+    fn schema_for(&self, instance: &Value) -> Option<&CompiledSchema> {
+        let name = instance.get(&self.type_field)?.as_str()?;
+        self.types.get(name)
+    }
+
+    fn validate(&self, instance: &Value, violations: &mut Vec<Violation>) {
+        let Some(member) = instance.get(&self.field) else {
+            return; // absent: the root schema says whether it is required
+        };
+        let pointer = pointer_join("", &self.field);
+        match self.schema_for(instance) {
+            Some(schema) => {
+                if let Err(inner) = schema.validate(member) {
+                    violations.extend(inner.into_iter().map(|v| Violation {
+                        pointer: format!("{pointer}{}", v.pointer),
+                        ..v
+                    }));
+                }
+            }
+            None if self.allow_unknown => {}
+            None => {
+                let named = instance
+                    .get(&self.type_field)
+                    .is_some_and(|t| t.as_str().is_some());
+                violations.push(Violation {
+                    pointer: pointer_join("", &self.type_field),
+                    keyword: "connectionType".into(),
+                    message: if named {
+                        format!(
+                            "must name a known connection type, so that {} can be checked",
+                            self.field
+                        )
+                    } else {
+                        format!("is required, so that {} can be checked", self.field)
+                    },
+                });
+            }
+        }
+    }
+}
+
+/// Collects the paths of fields whose schema is marked secret, `writeOnly:
+/// true` (JSON Schema) or `sensitive: true` (Polytomic's connection types),
+/// wherever the field sits: under `properties`, inside `items`,
+/// `prefixItems`, `additionalProperties` and `patternProperties` (as `"*"`),
+/// behind a local `$ref`, and in every branch of `allOf`, `anyOf`, `oneOf`
+/// and `if`/`then`/`else`. `refs` holds the references being followed, so a
+/// recursive schema ends.
+fn collect_secrets(
+    root: &Value,
+    schema: &Value,
+    prefix: &mut Vec<String>,
+    refs: &mut Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) {
+    let Some(object) = schema.as_object() else {
         return;
     };
-    for (name, subschema) in properties {
-        prefix.push(name.clone());
-        if subschema.get("writeOnly") == Some(&Value::Bool(true)) {
-            out.push(prefix.clone());
+    let marked = |key: &str| object.get(key) == Some(&Value::Bool(true));
+    if !prefix.is_empty() && (marked("writeOnly") || marked("sensitive")) {
+        out.push(prefix.clone());
+        return; // the whole value is secret
+    }
+    if prefix.len() >= MAX_DEPTH {
+        return; // deeper than any accepted body
+    }
+    if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
+        let target = reference
+            .strip_prefix('#')
+            .and_then(|pointer| root.pointer(pointer));
+        if let (Some(target), false) = (target, refs.iter().any(|r| r == reference)) {
+            refs.push(reference.to_owned());
+            collect_secrets(root, target, prefix, refs, out);
+            refs.pop();
         }
-        collect_write_only(subschema, prefix, out);
+    }
+    let branches = ["allOf", "anyOf", "oneOf"]
+        .into_iter()
+        .filter_map(|k| object.get(k).and_then(Value::as_array))
+        .flatten()
+        .chain(
+            ["if", "then", "else"]
+                .into_iter()
+                .filter_map(|k| object.get(k)),
+        );
+    for branch in branches {
+        collect_secrets(root, branch, prefix, refs, out);
+    }
+    if let Some(properties) = object.get("properties").and_then(Value::as_object) {
+        for (name, subschema) in properties {
+            prefix.push(name.clone());
+            collect_secrets(root, subschema, prefix, refs, out);
+            prefix.pop();
+        }
+    }
+    // Members without a fixed name: any array item, any map value.
+    let unnamed = ["items", "additionalProperties"]
+        .into_iter()
+        .filter_map(|k| object.get(k))
+        .chain(
+            object
+                .get("prefixItems")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten(),
+        )
+        .chain(
+            object
+                .get("patternProperties")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flat_map(|patterns| patterns.values()),
+        );
+    for subschema in unnamed {
+        prefix.push("*".into());
+        collect_secrets(root, subschema, prefix, refs, out);
         prefix.pop();
     }
 }
@@ -489,10 +717,12 @@ where
         let Some(route) = req.extensions().get::<RouteMatch>() else {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         };
-        if route.path_has_schema
-            && !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH)
-            && has_body(&req)
-        {
+        // An operation that takes no body (a catalog operation without a
+        // request body) never forwards one, whatever the method.
+        let refuse_body = route.bodyless
+            || (route.path_has_schema
+                && !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH));
+        if refuse_body && has_body(&req) {
             return ResponseFuture::early(
                 GatewayError::BodyNotAllowed(req.method().clone()).to_response(),
             );

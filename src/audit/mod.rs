@@ -444,14 +444,21 @@ impl Audit {
     }
 
     fn redacted_body(&self, notes: &crate::notes::Notes) -> Option<serde_json::Value> {
-        let write_only: &[Vec<String>] = notes
-            .route
-            .as_ref()
-            .and_then(|r| r.schema.as_ref())
-            .map_or(&[], |s| s.write_only_paths());
+        let schema = notes.route.as_ref().and_then(|r| r.schema.as_ref());
         record::body_value(notes.body.as_ref(), |v| {
-            self.inner.redactor.redact_json(v, write_only)
+            let secrets = schema.map(|s| s.secret_paths_for(v));
+            self.inner
+                .redactor
+                .redact_json(v, secrets.as_deref().unwrap_or_default())
         })
+    }
+
+    /// The query, redacted: by name, and by the route's secret parameters.
+    fn redacted_query(&self, info: &RequestInfo, notes: &crate::notes::Notes) -> Option<String> {
+        let secret = notes.route.as_ref().map_or(&[][..], |r| &r.secret_query);
+        info.raw_query
+            .as_deref()
+            .map(|q| self.inner.redactor.redact_query(q, secret))
     }
 }
 
@@ -525,10 +532,7 @@ where
                 .unwrap_or_default(),
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
-            query: req
-                .uri()
-                .query()
-                .map(|q| self.audit.redactor().redact_query(q)),
+            raw_query: req.uri().query().map(str::to_owned),
             client_ip: req
                 .extensions()
                 .get::<ClientAddr>()
@@ -564,12 +568,14 @@ impl Pending {
     fn write(self, status: Option<u16>, error_key: Option<&'static str>) {
         let notes = self.notes.snapshot();
         let body = self.audit.redacted_body(&notes);
+        let query = self.audit.redacted_query(&self.info, &notes);
         let line = record::line(
             "response",
             &self.info,
             &notes,
             status,
             error_key,
+            query,
             body,
             Some(self.info.started.elapsed()),
         );
@@ -753,7 +759,8 @@ where
             });
         let snapshot = notes.snapshot();
         let body = self.audit.redacted_body(&snapshot);
-        let line = record::line("request", &info, &snapshot, None, None, body, None);
+        let query = self.audit.redacted_query(&info, &snapshot);
+        let line = record::line("request", &info, &snapshot, None, None, query, body, None);
         let wait = self.audit.inner.durability != Durability::None;
         let reject = self.audit.inner.on_failure == OnFailure::Reject;
         if reject && self.audit.inner.ship_state.full.load(Ordering::Relaxed) {

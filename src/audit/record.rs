@@ -20,8 +20,9 @@ pub struct RequestInfo {
     pub method: String,
     /// The raw path (never normalized).
     pub path: String,
-    /// The query, redacted.
-    pub query: Option<String>,
+    /// The query as received. It may hold a secret: records hold it only
+    /// redacted, once the route (and so its secret parameters) is known.
+    pub raw_query: Option<String>,
     /// The peer address's IP.
     pub client_ip: Option<String>,
     /// The `User-Agent` header.
@@ -116,6 +117,7 @@ pub fn line(
     notes: &Notes,
     status: Option<u16>,
     error_key: Option<&'static str>,
+    query: Option<String>,
     request_body: Option<Value>,
     duration: Option<std::time::Duration>,
 ) -> Vec<u8> {
@@ -130,7 +132,7 @@ pub fn line(
         operation: route.map(|r| &*r.operation),
         method: &info.method,
         path: &info.path,
-        query: info.query.as_deref(),
+        query: query.as_deref(),
         organization_id: route.and_then(|r| r.organization_id.as_deref()),
         principal: principal.map(|p| PrincipalRecord {
             sub: p.sub(),

@@ -1,9 +1,15 @@
 //! Redaction: no secret reaches the audit trail.
 //!
-//! A value is replaced by `"[REDACTED]"` when its key is marked
-//! `"writeOnly": true` in the route's schema, or when its key is one of
-//! `audit.redact_fields`, at any depth and case-insensitively. Redaction works
-//! on the parsed value, so escaped key spellings are caught too. With a
+//! A value is replaced by `"[REDACTED]"` when the route's schema marks its
+//! field secret (`"writeOnly": true`, or `"sensitive": true` in a connection
+//! type's schema), wherever the schema puts it (see
+//! [`crate::validate::CompiledSchema::secret_paths_for`]), or when its key
+//! matches one of `audit.redact_fields` at any depth. A key matches a name
+//! when, ignoring case, `_` and `-`, it ends with it: `token` also catches
+//! `access_token` and `oauthRefreshToken`, `api_key` catches `apikey` and
+//! `tracking_api_key`. The schema is the first net, the names the second.
+//! Redaction works on the parsed value, so escaped key spellings are caught
+//! too. With a
 //! fingerprint key the replacement is `"[REDACTED hmac:<12 hex>]"`, so an
 //! auditor can see that a secret changed without seeing it.
 
@@ -12,7 +18,7 @@ use serde_json::{Map, Value};
 use crate::notes::hex;
 
 /// The default `audit.redact_fields`.
-pub const DEFAULT_REDACT_FIELDS: [&str; 8] = [
+pub const DEFAULT_REDACT_FIELDS: [&str; 10] = [
     "client_secret",
     "password",
     "secret",
@@ -21,11 +27,13 @@ pub const DEFAULT_REDACT_FIELDS: [&str; 8] = [
     "partner_key",
     "private_key",
     "authorization",
+    "secret_access_key",
+    "passphrase",
 ];
 
 /// What to redact, prepared once.
 pub struct Redactor {
-    /// Lower-cased field names redacted anywhere.
+    /// Field names redacted anywhere, lower-cased and without `_` or `-`.
     fields: Vec<String>,
     /// HMAC-SHA256 key for fingerprints, if configured.
     fingerprint: Option<aws_lc_rs::hmac::Key>,
@@ -44,14 +52,14 @@ impl Redactor {
     /// Redacts `fields` (any case), fingerprinting with `fingerprint_key`.
     pub fn new(fields: &[String], fingerprint_key: Option<&[u8]>) -> Self {
         Self {
-            fields: fields.iter().map(|f| f.to_ascii_lowercase()).collect(),
+            fields: fields.iter().map(|f| normalized(f)).collect(),
             fingerprint: fingerprint_key
                 .map(|key| aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key)),
         }
     }
 
     fn is_redacted_field(&self, key: &str) -> bool {
-        self.fields.iter().any(|f| f.eq_ignore_ascii_case(key))
+        self.fields.iter().any(|f| ends_with_name(key, f))
     }
 
     /// The replacement for a redacted value.
@@ -67,7 +75,8 @@ impl Redactor {
     }
 
     /// A copy of `value` with every secret replaced. `write_only` holds the
-    /// schema's `writeOnly` property paths.
+    /// paths of the fields the schema marks secret; a `"*"` segment matches
+    /// any key or array item.
     pub fn redact_json(&self, value: &Value, write_only: &[Vec<String>]) -> Value {
         self.redact_at(value, write_only, &mut Vec::new())
     }
@@ -83,10 +92,7 @@ impl Redactor {
                 let mut out = Map::with_capacity(object.len());
                 for (key, child) in object {
                     path.push(key);
-                    let secret = self.is_redacted_field(key)
-                        || write_only
-                            .iter()
-                            .any(|p| p.iter().map(String::as_str).eq(path.iter().copied()));
+                    let secret = self.is_redacted_field(key) || matches_any(write_only, path);
                     let redacted = if secret {
                         self.replacement(child)
                     } else {
@@ -97,24 +103,33 @@ impl Redactor {
                 }
                 Value::Object(out)
             }
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .map(|item| self.redact_at(item, write_only, path))
-                    .collect(),
-            ),
+            Value::Array(items) => {
+                path.push("*");
+                let out = if matches_any(write_only, path) {
+                    items.iter().map(|item| self.replacement(item)).collect()
+                } else {
+                    items
+                        .iter()
+                        .map(|item| self.redact_at(item, write_only, path))
+                        .collect()
+                };
+                path.pop();
+                Value::Array(out)
+            }
             other => other.clone(),
         }
     }
 
-    /// A query string with the values of redacted parameters replaced.
-    pub fn redact_query(&self, query: &str) -> String {
+    /// A query string with the values of redacted parameters replaced:
+    /// those matching `audit.redact_fields`, and those named in `secret`
+    /// (the operation's secret parameters, matched exactly).
+    pub fn redact_query(&self, query: &str, secret: &[Box<str>]) -> String {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
         // Some servers also split pairs at `;`: split there too, so a secret
         // after one (`?a=1;token=x`) is not recorded as part of a value.
         let pairs = query.replace(';', "&");
         for (name, value) in url::form_urlencoded::parse(pairs.as_bytes()) {
-            if self.is_redacted_field(&name) {
+            if self.is_redacted_field(&name) || secret.iter().any(|s| **s == *name) {
                 out.append_pair(&name, "[REDACTED]");
             } else {
                 out.append_pair(&name, &value);
@@ -122,6 +137,33 @@ impl Redactor {
         }
         out.finish()
     }
+}
+
+/// `name` lower-cased, without `_` and `-`.
+fn normalized(name: &str) -> String {
+    name.chars()
+        .filter(|c| !matches!(c, '_' | '-'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Whether `key`, lower-cased and without `_` and `-`, ends with `name`
+/// (already normalized). Compares from the end, allocating nothing.
+fn ends_with_name(key: &str, name: &str) -> bool {
+    let mut key = key
+        .bytes()
+        .rev()
+        .filter(|b| !matches!(b, b'_' | b'-'))
+        .map(|b| b.to_ascii_lowercase());
+    !name.is_empty() && name.bytes().rev().all(|n| key.next() == Some(n))
+}
+
+/// Whether `path` is one of `patterns`, where a `"*"` pattern segment
+/// matches any segment.
+fn matches_any(patterns: &[Vec<String>], path: &[&str]) -> bool {
+    patterns
+        .iter()
+        .any(|p| p.len() == path.len() && p.iter().zip(path).all(|(p, s)| p == "*" || p == s))
 }
 
 #[cfg(test)]
@@ -187,7 +229,7 @@ mod tests {
     fn query_parameters_are_redacted_by_name() {
         let r = Redactor::new(&defaults(), None);
         assert_eq!(
-            r.redact_query("a=1&Token=abc&api%5Fkey=k&b=x+y"),
+            r.redact_query("a=1&Token=abc&api%5Fkey=k&b=x+y", &[]),
             "a=1&Token=%5BREDACTED%5D&api_key=%5BREDACTED%5D&b=x+y"
         );
     }
@@ -195,7 +237,7 @@ mod tests {
     #[test]
     fn a_secret_after_a_semicolon_in_a_query_is_redacted() {
         let r = Redactor::new(&defaults(), None);
-        let out = r.redact_query("a=1;token=abc123&b=2");
+        let out = r.redact_query("a=1;token=abc123&b=2", &[]);
         assert!(!out.contains("abc123"), "{out}");
         assert!(
             out.contains("token=%5BREDACTED%5D") && out.contains("b=2"),
