@@ -5,6 +5,8 @@
 #   catalog/generate.sh           regenerate the committed file
 #   catalog/generate.sh --check   fail if the committed file is not what the
 #                                 pinned SDK generates (used by .ci/run)
+#   catalog/generate.sh --venv    only make sure the venv exists, and print its
+#                                 python (for tests/sdk.rs)
 #
 # The SDK and its dependencies live in a venv at
 # ${POLYTOMIC_SDK_VENV:-<repo>/target/sdk-venv} (also used by the end-to-end
@@ -20,12 +22,18 @@ requirements="$here/requirements.txt"
 stamp="$venv/polytomic-catalog-requirements.txt"
 
 check=0
+venv_only=0
 case "${1:-}" in
     "") ;;
     --check) check=1 ;;
-    *) echo "usage: catalog/generate.sh [--check]" >&2; exit 2 ;;
+    --venv) venv_only=1 ;;
+    *) echo "usage: catalog/generate.sh [--check | --venv]" >&2; exit 2 ;;
 esac
 
+# One builder at a time (CI's check and the SDK test may start together).
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
 if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
     # Rebuild from scratch (--clear) so no package from older pins lingers, but
     # never clear a directory that is not a venv.
@@ -40,6 +48,12 @@ if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
     python3 -m venv --clear "$venv"
     "$venv/bin/pip" install --disable-pip-version-check -q -r "$requirements"
     cp "$requirements" "$stamp"
+fi
+flock -u 9
+
+if [ "$venv_only" = 1 ]; then
+    echo "$venv/bin/python"
+    exit 0
 fi
 
 if [ "$check" = 0 ]; then

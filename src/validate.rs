@@ -306,8 +306,10 @@ impl CompiledSchema {
     }
 
     /// Validates the member `field` against the schema in `types` that the
-    /// sibling `type_field` names. An unknown or missing name is refused
-    /// unless `allow_unknown`.
+    /// sibling `type_field` names. A name the set does not know is refused
+    /// unless `allow_unknown`; without a name (an update keeping the
+    /// connection's type) the member is not checked. Either way, a member
+    /// whose schema is not known is redacted whole in the audit trail.
     pub fn with_discriminated(
         mut self,
         field: &str,
@@ -400,20 +402,23 @@ impl Discriminated {
             }
             None if self.allow_unknown => {}
             None => {
-                let named = instance
+                // No type at all (a connection update may leave it out: the
+                // connection keeps its own): nothing to check against, so
+                // the member passes, and the audit trail redacts it whole.
+                if instance
                     .get(&self.type_field)
-                    .is_some_and(|t| t.as_str().is_some());
+                    .and_then(Value::as_str)
+                    .is_none()
+                {
+                    return;
+                }
                 violations.push(Violation {
                     pointer: pointer_join("", &self.type_field),
                     keyword: "connectionType".into(),
-                    message: if named {
-                        format!(
-                            "must name a known connection type, so that {} can be checked",
-                            self.field
-                        )
-                    } else {
-                        format!("is required, so that {} can be checked", self.field)
-                    },
+                    message: format!(
+                        "must name a known connection type, so that {} can be checked",
+                        self.field
+                    ),
                 });
             }
         }

@@ -25,6 +25,19 @@ use tokio::sync::{mpsc, oneshot};
 
 /// The partner key every test gateway injects; a canary for leak checks.
 pub const PARTNER_KEY: &str = "pk_live_CANARY_partner_7f3a9c";
+/// The organization API key ([credentials.acme]) that catalog tests inject
+/// for everything but the organization and user operations; a canary too.
+pub const ORG_KEY: &str = "ok_live_CANARY_orgkey_4e81d0";
+
+/// `[credentials.acme]` and a `[catalog]` sending organization and user
+/// operations with the partner key and everything else with [`ORG_KEY`], as
+/// the shipped config does. `TestDir::config` adds no test routes with it.
+pub fn catalog_section(dir: &TestDir) -> String {
+    format!(
+        "[credentials.acme]\nfile = {:?}\n\n[catalog]\n\n[[catalog.credentials]]\noperations = [\"organization.*\", \"users.*\"]\ncredential = \"partner\"\n\n[[catalog.credentials]]\noperations = [\"*\"]\ncredential = \"acme\"\n",
+        dir.path("org-key").display().to_string()
+    )
+}
 /// The issuer and audience test tokens carry and test gateways expect.
 pub const ISSUER: &str = "https://idp.test.invalid";
 pub const AUDIENCE: &str = "polytomic-gateway";
@@ -190,6 +203,7 @@ impl TestDir {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("partner-key"), format!("{PARTNER_KEY}\n")).unwrap();
+        std::fs::write(dir.path().join("org-key"), format!("{ORG_KEY}\n")).unwrap();
         std::fs::write(
             dir.path().join("jwks.json"),
             jwks(&["rsa-a", "ec-a", "ed-a"]),
@@ -222,7 +236,7 @@ impl TestDir {
         if !extra.contains("[auth]") {
             text.push_str(&self.auth_section(""));
         }
-        if !extra.contains("[[routes]]") {
+        if !extra.contains("[[routes]]") && !extra.contains("[catalog]") {
             text.push_str(&routes_with_schemas(TEST_ROUTES));
         }
         if !extra.contains("[policy]") && !extra.contains("[[policy.rules]]") {
@@ -383,10 +397,9 @@ pub fn assert_gateway_error(parts: &http::response::Parts, body: &[u8], status: 
     let text = String::from_utf8_lossy(body);
     let headers = format!("{:?}", parts.headers);
     for output in [&*text, &headers] {
-        assert!(
-            !output.contains(PARTNER_KEY),
-            "partner key leaked: {output}"
-        );
+        for key in [PARTNER_KEY, ORG_KEY] {
+            assert!(!output.contains(key), "a credential leaked: {output}");
+        }
         let tokens = SENT_TOKENS.lock().unwrap_or_else(|p| p.into_inner());
         for token in tokens.iter() {
             if let Some(fragment) = token_fragments(token).find(|f| output.contains(f)) {
