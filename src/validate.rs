@@ -196,6 +196,10 @@ pub struct CompiledSchema {
     /// Paths of the fields marked secret (see [`collect_secrets`]), for
     /// audit redaction.
     secrets: Vec<Vec<String>>,
+    /// Whether a `$ref` refers back into itself, so that secrets may sit
+    /// deeper than any fixed list of paths reaches: bodies are then walked
+    /// along the schema ([`instance_secrets`]).
+    recursive: bool,
     /// A member whose schema depends on a sibling field's value: a
     /// connection `configuration` and its connection `type`.
     discriminated: Option<Discriminated>,
@@ -287,12 +291,13 @@ impl CompiledSchema {
             .build(&document)
             .map_err(|e| format!("{name} is not a valid JSON Schema: {e}"))?;
         let mut secrets = Vec::new();
+        let mut recursive = false;
         collect_secrets(
             &document,
             &document,
             &mut Vec::new(),
             &mut Vec::new(),
-            &mut secrets,
+            &mut (&mut secrets, &mut recursive),
         );
         secrets.sort();
         secrets.dedup();
@@ -301,6 +306,7 @@ impl CompiledSchema {
             document,
             validator,
             secrets,
+            recursive,
             discriminated: None,
         })
     }
@@ -332,24 +338,47 @@ impl CompiledSchema {
     }
 
     /// The paths of the fields this schema marks secret, whatever the body:
-    /// `"*"` stands for any array item or map key.
+    /// `"*"` stands for any array item or map key. A recursive schema's
+    /// recursion is followed once here; [`CompiledSchema::secret_paths_for`]
+    /// follows it as deep as a body goes.
     pub fn write_only_paths(&self) -> &[Vec<String>] {
         &self.secrets
+    }
+
+    /// The secret paths of `instance` under this schema alone.
+    fn own_secret_paths_for(&self, instance: &Value) -> Cow<'_, [Vec<String>]> {
+        if !self.recursive {
+            return Cow::Borrowed(&self.secrets);
+        }
+        let mut schemas = Vec::new();
+        applicable(&self.document, &self.document, &mut schemas);
+        let mut paths = Vec::new();
+        instance_secrets(
+            &self.document,
+            &schemas,
+            instance,
+            &mut Vec::new(),
+            &mut paths,
+        );
+        paths.sort();
+        paths.dedup();
+        Cow::Owned(paths)
     }
 
     /// The paths of the secret fields of `instance`: the schema's own, and
     /// those of the discriminated member's schema (or the whole member when
     /// its schema is unknown).
     pub fn secret_paths_for(&self, instance: &Value) -> Cow<'_, [Vec<String>]> {
+        let own = self.own_secret_paths_for(instance);
         let Some(d) = &self.discriminated else {
-            return Cow::Borrowed(&self.secrets);
+            return own;
         };
-        if instance.get(&d.field).is_none() {
-            return Cow::Borrowed(&self.secrets);
-        }
-        let mut paths = self.secrets.clone();
+        let Some(member) = instance.get(&d.field) else {
+            return own;
+        };
+        let mut paths = own.into_owned();
         match d.schema_for(instance) {
-            Some(schema) => paths.extend(schema.secrets.iter().map(|p| {
+            Some(schema) => paths.extend(schema.own_secret_paths_for(member).iter().map(|p| {
                 let mut full = Vec::with_capacity(p.len() + 1);
                 full.push(d.field.clone());
                 full.extend(p.iter().cloned());
@@ -437,14 +466,14 @@ fn collect_secrets(
     schema: &Value,
     prefix: &mut Vec<String>,
     refs: &mut Vec<String>,
-    out: &mut Vec<Vec<String>>,
+    out: &mut (&mut Vec<Vec<String>>, &mut bool),
 ) {
     let Some(object) = schema.as_object() else {
         return;
     };
     let marked = |key: &str| object.get(key) == Some(&Value::Bool(true));
     if !prefix.is_empty() && (marked("writeOnly") || marked("sensitive")) {
-        out.push(prefix.clone());
+        out.0.push(prefix.clone());
         return; // the whole value is secret
     }
     if prefix.len() >= MAX_DEPTH {
@@ -454,7 +483,9 @@ fn collect_secrets(
         let target = reference
             .strip_prefix('#')
             .and_then(|pointer| root.pointer(pointer));
-        if let (Some(target), false) = (target, refs.iter().any(|r| r == reference)) {
+        if refs.iter().any(|r| r == reference) {
+            *out.1 = true; // recursive: followed once here
+        } else if let Some(target) = target {
             refs.push(reference.to_owned());
             collect_secrets(root, target, prefix, refs, out);
             refs.pop();
@@ -501,6 +532,109 @@ fn collect_secrets(
         prefix.push("*".into());
         collect_secrets(root, subschema, prefix, refs, out);
         prefix.pop();
+    }
+}
+
+/// Whether a schema marks its value secret.
+fn is_secret_schema(schema: &Value) -> bool {
+    ["writeOnly", "sensitive"]
+        .iter()
+        .any(|k| schema.get(k) == Some(&Value::Bool(true)))
+}
+
+/// Collects into `out` the schemas that apply at one place: `schema`, and
+/// those it pulls in through a local `$ref`, `allOf`, `anyOf`, `oneOf` and
+/// `if`/`then`/`else` (each once, so a reference cycle ends).
+fn applicable<'s>(root: &'s Value, schema: &'s Value, out: &mut Vec<&'s Value>) {
+    let Some(object) = schema.as_object() else {
+        return;
+    };
+    if out.iter().any(|s| std::ptr::eq(*s, schema)) {
+        return;
+    }
+    out.push(schema);
+    if let Some(target) = object
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|pointer| root.pointer(pointer))
+    {
+        applicable(root, target, out);
+    }
+    let branches = ["allOf", "anyOf", "oneOf"]
+        .into_iter()
+        .filter_map(|k| object.get(k).and_then(Value::as_array))
+        .flatten()
+        .chain(
+            ["if", "then", "else"]
+                .into_iter()
+                .filter_map(|k| object.get(k)),
+        );
+    for branch in branches {
+        applicable(root, branch, out);
+    }
+}
+
+/// Walks `value` along the schemas that apply to it, collecting the paths
+/// of the members a schema marks secret (array items as `"*"`). Unlike
+/// [`collect_secrets`], it follows a recursive schema as deep as the value
+/// goes. Pattern properties are taken to match every key: redacting too
+/// much is safe, too little is not.
+fn instance_secrets(
+    root: &Value,
+    schemas: &[&Value],
+    value: &Value,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) {
+    let mut visit =
+        |segment: &str, child: &Value, subschemas: Vec<&Value>, prefix: &mut Vec<String>| {
+            prefix.push(segment.to_owned());
+            if subschemas.iter().any(|s| is_secret_schema(s)) {
+                out.push(prefix.clone());
+            } else if !subschemas.is_empty() {
+                instance_secrets(root, &subschemas, child, prefix, out);
+            }
+            prefix.pop();
+        };
+    match value {
+        Value::Object(members) => {
+            for (key, child) in members {
+                let mut subschemas = Vec::new();
+                for schema in schemas {
+                    match schema.get("properties").and_then(|p| p.get(key)) {
+                        Some(named) => applicable(root, named, &mut subschemas),
+                        None => {
+                            let patterns = schema
+                                .get("patternProperties")
+                                .and_then(Value::as_object)
+                                .into_iter()
+                                .flat_map(|p| p.values());
+                            for other in patterns.chain(schema.get("additionalProperties")) {
+                                applicable(root, other, &mut subschemas);
+                            }
+                        }
+                    }
+                }
+                visit(key, child, subschemas, prefix);
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                let mut subschemas = Vec::new();
+                for schema in schemas {
+                    let positional = schema
+                        .get("prefixItems")
+                        .and_then(Value::as_array)
+                        .and_then(|p| p.get(i));
+                    if let Some(item_schema) = positional.or_else(|| schema.get("items")) {
+                        applicable(root, item_schema, &mut subschemas);
+                    }
+                }
+                visit("*", item, subschemas, prefix);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -927,4 +1061,143 @@ mod tests {
         );
         assert!(text.contains("/a~1b~0c"), "pointers are escaped: {text}");
     }
+
+    #[test]
+    fn secrets_are_found_wherever_the_schema_puts_them() {
+        let schema = CompiledSchema::compile(
+            "test",
+            serde_json::json!({
+                "$defs": {
+                    "Call": {"type": "object", "properties": {
+                        "headers": {"type": "object", "writeOnly": true},
+                        "next": {"$ref": "#/$defs/Call"}
+                    }},
+                    "Key": {"type": "string", "sensitive": true}
+                },
+                "type": "object",
+                "properties": {
+                    "request": {"$ref": "#/$defs/Call"},
+                    "items": {"type": "array", "items": {"type": "object", "properties": {"pass": {"writeOnly": true}}}},
+                    "maybe": {"anyOf": [{"type": "object", "properties": {"a": {"writeOnly": true}}}, {"type": "null"}]},
+                    "both": {"allOf": [{"properties": {"b": {"$ref": "#/$defs/Key"}}}]},
+                    "one": {"oneOf": [{"properties": {"c": {"writeOnly": true}}}]},
+                    "map": {"type": "object", "additionalProperties": {"properties": {"d": {"writeOnly": true}}}},
+                    "tuple": {"prefixItems": [{"writeOnly": true}]},
+                    "plain": {"type": "string", "writeOnly": false}
+                }
+            }),
+        )
+        .unwrap();
+        let paths: Vec<String> = schema
+            .write_only_paths()
+            .iter()
+            .map(|p| p.join("/"))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "both/b",
+                "items/*/pass",
+                "map/*/d",
+                "maybe/a",
+                "one/c",
+                "request/headers",
+                "tuple/*",
+            ],
+            "a recursive $ref is followed once here, and ends"
+        );
+        // A body is walked along the schema as deep as it goes.
+        let body = serde_json::json!({
+            "request": {"headers": {"a": "s"}, "next": {"next": {"headers": {"b": "s"}, "other": 1}}},
+            "items": [{"pass": "s"}, {"name": "n"}],
+            "unknown": {"headers": "kept"}
+        });
+        let paths: Vec<String> = schema
+            .secret_paths_for(&body)
+            .iter()
+            .map(|p| p.join("/"))
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                "items/*/pass",
+                "request/headers",
+                "request/next/next/headers"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_discriminated_member_is_checked_and_redacted_by_its_type() {
+        let types: BTreeMapForTest = [(
+            "pg".to_owned(),
+            serde_json::json!({"type": "object", "required": ["host"], "properties": {
+                "host": {"type": "string"},
+                "password": {"type": "string", "sensitive": true},
+                "tunnels": {"type": "array", "items": {"properties": {"key": {"sensitive": true}}}}
+            }}),
+        )]
+        .into_iter()
+        .collect();
+        let types = Arc::new(SchemaSet::compile("type", &types).unwrap());
+        let root = serde_json::json!({"type": "object", "properties": {
+            "type": {"type": ["string", "null"]}, "configuration": {"type": "object"}
+        }});
+        let strict = CompiledSchema::compile("root", root.clone())
+            .unwrap()
+            .with_discriminated("configuration", "type", types.clone(), false);
+        let body =
+            serde_json::json!({"type": "pg", "configuration": {"host": "h", "password": "p"}});
+        assert!(strict.validate(&body).is_ok());
+        let paths = strict.secret_paths_for(&body);
+        assert!(
+            paths.contains(&vec!["configuration".into(), "password".into()]),
+            "{paths:?}"
+        );
+        assert!(paths.contains(&vec![
+            "configuration".into(),
+            "tunnels".into(),
+            "*".into(),
+            "key".into()
+        ]));
+        let missing = strict
+            .validate(&serde_json::json!({"type": "pg", "configuration": {}}))
+            .unwrap_err();
+        assert_eq!(missing[0].pointer, "/configuration/host");
+        let unknown = serde_json::json!({"type": "nope", "configuration": {"x": 1}});
+        let violations = strict.validate(&unknown).unwrap_err();
+        assert_eq!(
+            (
+                violations[0].pointer.as_str(),
+                violations[0].keyword.as_str()
+            ),
+            ("/type", "connectionType")
+        );
+        // Without a type there is nothing to check against; the member is
+        // then a secret as a whole, as it is for an allowed unknown type.
+        let untyped = serde_json::json!({"configuration": {"password": "p"}});
+        assert!(strict.validate(&untyped).is_ok());
+        assert!(strict
+            .secret_paths_for(&untyped)
+            .contains(&vec!["configuration".into()]));
+        let lenient = CompiledSchema::compile("root", root)
+            .unwrap()
+            .with_discriminated("configuration", "type", types, true);
+        assert!(lenient.validate(&unknown).is_ok());
+        assert!(lenient
+            .secret_paths_for(&unknown)
+            .contains(&vec!["configuration".into()]));
+        // A string holding JSON: the connection types' own format.
+        let json_format = CompiledSchema::compile(
+            "json format",
+            serde_json::json!({"type": "string", "format": "json"}),
+        )
+        .unwrap();
+        assert!(json_format
+            .validate(&serde_json::json!("{\"a\": 1}"))
+            .is_ok());
+        assert!(json_format.validate(&serde_json::json!("{nope")).is_err());
+    }
+
+    type BTreeMapForTest = std::collections::BTreeMap<String, Value>;
 }

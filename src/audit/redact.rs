@@ -244,4 +244,67 @@ mod tests {
             "{out}"
         );
     }
+
+    #[test]
+    fn compound_spellings_of_listed_names_are_redacted() {
+        let r = Redactor::new(&defaults(), None);
+        let body = json!({
+            "access_token": "s", "refreshToken": "s", "id_token": "s", "apikey": "s",
+            "api-token": "s", "aws_secret_access_key": "s", "oauth_refresh_token": "s",
+            "encryption_passphrase": "s", "ssh_private_key": "s", "tracking_api_key": "s",
+            "client_id": "kept", "token_endpoint": "kept", "public_key": "kept", "name": "kept"
+        });
+        let out = r.redact_json(&body, &[]);
+        for (key, value) in out.as_object().unwrap() {
+            let expected = if body[key] == "kept" {
+                "kept"
+            } else {
+                "[REDACTED]"
+            };
+            assert_eq!(value, expected, "{key}");
+        }
+        assert_eq!(
+            r.redact_query("page=2&access_token=s&apiKey=s", &[]),
+            "page=2&access_token=%5BREDACTED%5D&apiKey=%5BREDACTED%5D"
+        );
+    }
+
+    #[test]
+    fn schema_paths_with_wildcards_reach_array_items_and_map_values() {
+        let r = Redactor::new(&[], None);
+        let paths = [
+            vec!["fields".to_owned(), "*".to_owned(), "pass".to_owned()],
+            vec!["headers".to_owned(), "*".to_owned()],
+            vec!["list".to_owned(), "*".to_owned()],
+        ];
+        let out = r.redact_json(
+            &json!({
+                "fields": [{"pass": "s", "name": "a"}, {"name": "b"}],
+                "headers": {"X-Api": "s", "Other": "s"},
+                "list": ["s", "s"],
+                "pass": "kept at the root"
+            }),
+            &paths,
+        );
+        assert_eq!(
+            out,
+            json!({
+                "fields": [{"pass": "[REDACTED]", "name": "a"}, {"name": "b"}],
+                "headers": {"X-Api": "[REDACTED]", "Other": "[REDACTED]"},
+                "list": ["[REDACTED]", "[REDACTED]"],
+                "pass": "kept at the root"
+            })
+        );
+    }
+
+    #[test]
+    fn an_operations_secret_query_parameters_are_redacted_exactly() {
+        let r = Redactor::new(&defaults(), None);
+        let secret: [Box<str>; 1] = ["query".into()];
+        assert_eq!(
+            r.redact_query("query=select+*+from+t&querystring=x", &secret),
+            "query=%5BREDACTED%5D&querystring=x"
+        );
+        assert_eq!(r.redact_query("query=select", &[]), "query=select");
+    }
 }
