@@ -24,6 +24,8 @@ WORKDIR /src
 # builds only the binary; examples and tests are not copied.
 COPY Cargo.toml Cargo.lock ./
 COPY src/ src/
+# The generated API catalog, embedded in the binary (src/catalog.rs).
+COPY catalog/polytomic-*.json catalog/
 COPY benches/ benches/
 RUN cargo build --release --locked --bin polytomic-gateway
 
