@@ -319,17 +319,23 @@ fn routes(config_path: &Path) -> ExitCode {
             *w = (*w).max(cell.len());
         }
     }
+    // Written, not printed: `routes | head` closing the pipe ends the
+    // listing quietly instead of panicking.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for row in std::iter::once(&header).chain(&rows) {
         let cells: Vec<String> = row
             .iter()
             .zip(widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        if writeln!(out, "{}", cells.join("  ").trim_end()).is_err() {
+            return ExitCode::SUCCESS;
+        }
     }
-    println!("{} operations routed", rows.len());
+    let _ = writeln!(out, "{} operations routed", rows.len());
     if summary.enabled {
-        println!("{}", summary.describe());
+        let _ = writeln!(out, "{}", summary.describe());
     }
     ExitCode::SUCCESS
 }

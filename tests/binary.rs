@@ -73,7 +73,10 @@ fn check_accepts_the_shipped_configs() {
     // Unreachable as shipped: `check` says so, naming the key.
     let (ok, _, stderr) = check(
         &root.join("config/gateway.toml"),
-        &[("POLYTOMIC_PARTNER_KEY", "pk_x"), ("POLYTOMIC_ORG_KEY", "ok_x")],
+        &[
+            ("POLYTOMIC_PARTNER_KEY", "pk_x"),
+            ("POLYTOMIC_ORG_KEY", "ok_x"),
+        ],
     );
     assert!(
         !ok && stderr.contains("`auth.jwks_url`: fetching the JWKS failed"),
