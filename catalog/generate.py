@@ -94,6 +94,8 @@ SECRETS: dict[str, dict[str, list[str]]] = {
     # `parameters` is a partial connection configuration (credentials included).
     "connections.get_type_parameter_values": {"body": ["/parameters"]},
     "query_runner.run_query": {"query": ["query"]},  # the SQL text
+    # The SQL a Harbor runs, as query_runner.run_query's is.
+    "harbors.run_query": {"body": ["/query"]},
 }
 # Request headers that are secrets on every operation whose SDK call sends them
 # (matched case-insensitively; listed lower-cased). Each must occur somewhere.
@@ -745,13 +747,55 @@ def no_conflicting_keys(pairs):
     return out
 
 
+# Connection-type fields that carry credentials but that the published
+# schemas do not mark `"sensitive": true`: the generic HTTP types send
+# whatever header, query parameter or form value the user configures, so
+# their values are secrets. Marked sensitive in the generated catalog (the
+# vendored files stay verbatim). Paths as in SECRETS (`*`: any array item);
+# the generator fails if one no longer exists.
+_HTTP_AUTH = [
+    "/auth/header/value",
+    "/auth/query/*/value",
+    "/auth/oauth/extra_form_data/*/value",
+    "/headers/*/value",
+    "/parameters/*/value",
+]
+CONNECTION_TYPE_SECRETS: dict[str, list[str]] = {
+    "api": _HTTP_AUTH,
+    "csv": _HTTP_AUTH,
+    "httpenrichment": _HTTP_AUTH,
+    "webhook": [
+        "/header/value",
+        "/query/*/value",
+        "/oauth/extra_form_data/*/value",
+        "/headers/*/value",
+    ],
+}
+
+
+def mark_connection_type_secrets(name: str, schema: dict) -> None:
+    """Applies CONNECTION_TYPE_SECRETS to one connection type's schema."""
+    for path in CONNECTION_TYPE_SECRETS.get(name, []):
+        node = schema
+        for segment in path.strip("/").split("/"):
+            node = node.get("items") if segment == "*" else (node.get("properties") or {}).get(segment)
+            if not isinstance(node, dict):
+                fail(f"connection type {name}: CONNECTION_TYPE_SECRETS names {path}, which it does not have")
+        node["sensitive"] = True
+
+
 def read_connection_types() -> dict[str, typing.Any]:
-    """Each connection-types/<name>.json, parsed and otherwise untouched."""
+    """Each connection-types/<name>.json, parsed; only CONNECTION_TYPE_SECRETS
+    changes them."""
     types = {}
     for f in sorted(CONNECTION_TYPES.glob("*.json")):
         types[f.stem] = json.loads(f.read_text(encoding="utf-8"), object_pairs_hook=no_conflicting_keys)
     if not types:
         fail(f"no connection-type schemas in {CONNECTION_TYPES}")
+    for name in CONNECTION_TYPE_SECRETS:
+        if name not in types:
+            fail(f"CONNECTION_TYPE_SECRETS names connection type {name}, which does not exist")
+        mark_connection_type_secrets(name, types[name])
     return types
 
 
