@@ -114,6 +114,8 @@ def run(args, tmp, procs):
         "client_secret": "bench-secret-" + "x" * 40, "issuer": "https://idp.example.com/oauth2/default",
         "sso_domain": "bench.example.com", "sso_org_id": "org_0123456789abcdef0123",
     })
+    with open(f"{tmp}/put.json", "w") as f:  # wrk.lua reads the body from a file
+        f.write(put_body)
 
     ports = {n: b.free_port() for n in ("upstream", "six", "catalog")}
     with open(f"{tmp}/upstream.conf", "w") as f:
@@ -165,7 +167,7 @@ def run(args, tmp, procs):
             runs[(name, "GET")].append(load.wrk(ports[name], [pids[name]], tokens=f"{tmp}/one.txt",
                                                 peak_pid=pids[name]))
             runs[(name, "PUT")].append(load.wrk(ports[name], [pids[name]], method="PUT",
-                                                tokens=f"{tmp}/one.txt", body=put_body,
+                                                tokens=f"{tmp}/one.txt", body=f"{tmp}/put.json",
                                                 peak_pid=pids[name]))
         b.log(f"round {r + 1}/{args.rounds} done")
 
