@@ -251,30 +251,45 @@ fn canary(label: &str) -> String {
 /// with its own canary, each request is sent valid (forwarded) and once made
 /// invalid (refused: 422, or 400 for a body where none is allowed), and then
 /// no canary may appear in the audit file, the gateway's stdout and stderr,
-/// or any response; each must have reached the upstream (so the test really
-/// sent it). The records hold `"[REDACTED]"` exactly where the secrets were
-/// and everything else in clear.
+/// the spans it exports over OTLP, or any response; each must have reached
+/// the upstream (so the test really sent it). The records hold
+/// `"[REDACTED]"` exactly where the secrets were and everything else in
+/// clear.
 ///
-/// Traces are not searched here: the gateway puts no body, query or header
-/// value in a span (the server span has the method, `url.path`, host and
-/// user agent; the inner spans decisions and keys: src/telemetry), and no
-/// secret of the catalog is in a path. tests/audit.rs hunts the OTLP export.
-///
-/// The catalog marks no secret reachable through an array: no operation's
-/// secret body path has a `*`, and no connection type marks a field
-/// `sensitive` below its top level (see
-/// `api_connection_auth_values_are_redacted` for what that misses). So the
-/// canary inside an array item relies on the name net: `fields[1].api_token`
-/// of model_sync.create (its items allow extra keys). The canary behind a
+/// Here the canary inside an array item relies on the name net:
+/// `fields[1].api_token` of model_sync.create (its items allow extra keys);
+/// `api_connection_auth_values_are_redacted` has array items the schema
+/// itself marks (`auth.query[].value` of the `api` connection type). The canary behind a
 /// `$ref` is the proxy call's `request`, and nested objects are covered by
 /// the `api` connection type's `auth.basic.password` and
 /// `auth.oauth.client_secret` inside `configuration`.
 #[tokio::test]
 async fn every_secret_class_is_redacted_in_audit_logs_and_errors() {
     let upstream = Upstream::spawn().await;
+    // An OTLP/HTTP collector keeping the raw export requests: protobuf
+    // carries strings as their UTF-8 bytes, so a canary in any span
+    // attribute would show up as is.
+    let exported: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let collector = spawn_upstream({
+        let exported = exported.clone();
+        move |req: Request<Incoming>| {
+            let exported = exported.clone();
+            async move {
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                exported.lock().unwrap().extend_from_slice(&body);
+                Response::new(upstream_body(""))
+            }
+        }
+    })
+    .await;
     let dir = TestDir::new();
     let audit_path = dir.path("audit.jsonl");
-    let path = catalog_config(&dir, &upstream, "", "");
+    let path = catalog_config(
+        &dir,
+        &upstream,
+        "",
+        &format!("[telemetry]\notlp_endpoint = \"http://{collector}\"\nsample_ratio = 1.0\n"),
+    );
     let mut gw = Binary::serve(&path, &[("RUST_LOG", "debug")]).await;
 
     let planted = RefCell::new(Vec::<String>::new());
@@ -659,6 +674,12 @@ async fn every_secret_class_is_redacted_in_audit_logs_and_errors() {
         "the gateway did not log at debug:\n{output}"
     );
     let trail = std::fs::read_to_string(&audit_path).unwrap();
+    // The gateway exports its spans before it exits; they are really there.
+    let traces = String::from_utf8_lossy(&exported.lock().unwrap()).into_owned();
+    assert!(
+        traces.contains("url.path") && traces.contains("connections.proxy.execute_proxy"),
+        "no spans reached the collector"
+    );
 
     // Every canary was really sent: the upstream has each forwarded one...
     let received: Vec<String> = upstream.requests().iter().map(Seen::text).collect();
@@ -685,6 +706,7 @@ async fn every_secret_class_is_redacted_in_audit_logs_and_errors() {
         ("responses", &responses),
         ("stdout and stderr", &output),
         ("audit file", &trail),
+        ("exported traces", &traces),
     ] {
         for secret in forwarded.iter().chain(&refused).map(String::as_str).chain([
             PARTNER_KEY,
@@ -775,9 +797,10 @@ async fn every_secret_class_is_redacted_in_audit_logs_and_errors() {
 /// The `api` connection type (and `csv`, `httpenrichment`, `webhook`, which
 /// share its shape) carries credentials in `auth.header.value` (an API key
 /// sent as a header), `auth.query[].value` (one sent in the query string)
-/// and `headers[].value`. The vendored schema marks none of them
-/// `sensitive` and their key, `value`, is on no name list, so nothing
-/// redacts them: they must not reach the audit trail in clear all the same.
+/// and `headers[].value`. The published schema marks none of them
+/// `sensitive` and their key, `value`, is on no name list; the catalog marks
+/// them (CONNECTION_TYPE_SECRETS in catalog/generate.py), so the schema
+/// redacts them, array items included, and the name beside each stays.
 #[tokio::test]
 async fn api_connection_auth_values_are_redacted() {
     let upstream = Upstream::spawn().await;
@@ -816,6 +839,11 @@ async fn api_connection_auth_values_are_redacted() {
             record["request_body"]["configuration"]["url"], "https://api.acme.test",
             "{record}"
         );
+        let auth = &record["request_body"]["configuration"]["auth"];
+        assert_eq!(auth["header"]["value"], "[REDACTED]", "{record}");
+        assert_eq!(auth["header"]["name"], "X-Api-Key", "{record}");
+        assert_eq!(auth["query"][0]["value"], "[REDACTED]", "{record}");
+        assert_eq!(auth["query"][0]["name"], "key", "{record}");
         let text = record.to_string();
         for secret in [&header_key, &query_key] {
             assert!(
