@@ -491,16 +491,7 @@ fn collect_secrets(
             refs.pop();
         }
     }
-    let branches = ["allOf", "anyOf", "oneOf"]
-        .into_iter()
-        .filter_map(|k| object.get(k).and_then(Value::as_array))
-        .flatten()
-        .chain(
-            ["if", "then", "else"]
-                .into_iter()
-                .filter_map(|k| object.get(k)),
-        );
-    for branch in branches {
+    for branch in branches(object) {
         collect_secrets(root, branch, prefix, refs, out);
     }
     if let Some(properties) = object.get("properties").and_then(Value::as_object) {
@@ -535,6 +526,20 @@ fn collect_secrets(
     }
 }
 
+/// The subschemas that apply at the same place as `object` itself: the
+/// branches of `allOf`, `anyOf`, `oneOf` and `if`/`then`/`else`.
+fn branches(object: &Map<String, Value>) -> impl Iterator<Item = &Value> {
+    ["allOf", "anyOf", "oneOf"]
+        .into_iter()
+        .filter_map(|k| object.get(k).and_then(Value::as_array))
+        .flatten()
+        .chain(
+            ["if", "then", "else"]
+                .into_iter()
+                .filter_map(|k| object.get(k)),
+        )
+}
+
 /// Whether a schema marks its value secret.
 fn is_secret_schema(schema: &Value) -> bool {
     ["writeOnly", "sensitive"]
@@ -561,16 +566,7 @@ fn applicable<'s>(root: &'s Value, schema: &'s Value, out: &mut Vec<&'s Value>) 
     {
         applicable(root, target, out);
     }
-    let branches = ["allOf", "anyOf", "oneOf"]
-        .into_iter()
-        .filter_map(|k| object.get(k).and_then(Value::as_array))
-        .flatten()
-        .chain(
-            ["if", "then", "else"]
-                .into_iter()
-                .filter_map(|k| object.get(k)),
-        );
-    for branch in branches {
+    for branch in branches(object) {
         applicable(root, branch, out);
     }
 }
