@@ -736,11 +736,12 @@ impl RouteTable {
         match check_path(path) {
             Ok(()) => {}
             // A trailing slash is an empty segment, unless the template
-            // has it: `route` decides.
+            // the path matches ends with one.
             Err(PathError::EmptySegment)
                 if path.len() > 1
                     && path.ends_with('/')
-                    && check_path(&path[..path.len() - 1]).is_ok() => {}
+                    && check_path(&path[..path.len() - 1]).is_ok()
+                    && self.router.at(path).is_ok_and(|m| m.value.trailing_slash) => {}
             Err(e) => return Routed::Refused(GatewayError::InvalidPath(e)),
         }
         if let Some(name) = METHOD_OVERRIDE_HEADERS

@@ -6,10 +6,13 @@
 //! The required invariant, for bodies and queries alike: the redacted output
 //! never contains a value found under a redacted key of the input. Secrets
 //! are collected independently of the redactor, with its documented rules:
-//! a key is redacted when it equals one of `DEFAULT_REDACT_FIELDS` ignoring
-//! ASCII case, at any depth (arrays are transparent), or when its path of
-//! object keys is a schema `writeOnly` path; everything under such a key
-//! (string and number leaves, and keys of nested objects) is secret. A secret
+//! a key is redacted when, ignoring ASCII case, `_` and `-`, it ends with one
+//! of `DEFAULT_REDACT_FIELDS`, at any depth, or when its path (object keys,
+//! and `*` for an array item) is a schema secret path, where a `*` in the
+//! schema path matches any segment; an array item is redacted when its path
+//! is; a query parameter also when it is one of the operation's secret
+//! parameters. Everything under such a key (string and number leaves, and
+//! keys of nested objects) is secret. A secret
 //! shorter than `MIN_SECRET` bytes is ignored (it can occur by coincidence),
 //! and so is one that the output still contains when every secret of the
 //! input is blanked first (it also appears outside redacted keys, or in the
@@ -55,6 +58,9 @@ fn setup() -> &'static Setup {
         let mut write_only = schema.write_only_paths().to_vec();
         assert!(!write_only.is_empty());
         write_only.push(vec!["sso".into(), "signing".into(), "key".into()]);
+        // Array items and map values, as the catalog's schemas have them.
+        write_only.push(vec!["fields".into(), "*".into(), "material".into()]);
+        write_only.push(vec!["headers".into(), "*".into()]);
         Setup {
             plain: Redactor::new(&fields, None),
             fingerprinted: Redactor::new(&fields, Some(b"fuzz-fingerprint-key")),
@@ -63,10 +69,29 @@ fn setup() -> &'static Setup {
     })
 }
 
+/// The operation's own secret query parameters (`query_runner.run_query`'s).
+const SECRET_QUERY: &[&str] = &["query"];
+
+/// `s` lower-cased, without `_` and `-`.
+fn folded(s: &str) -> String {
+    s.chars()
+        .filter(|c| !matches!(c, '_' | '-'))
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
 fn is_field(key: &str) -> bool {
+    let key = folded(key);
     DEFAULT_REDACT_FIELDS
         .iter()
-        .any(|f| f.eq_ignore_ascii_case(key))
+        .any(|f| key.ends_with(&folded(f)))
+}
+
+/// Whether `path` is a schema secret path (`*` there matches any segment).
+fn is_secret_path(write_only: &[Vec<String>], path: &[String]) -> bool {
+    write_only
+        .iter()
+        .any(|p| p.len() == path.len() && p.iter().zip(path).all(|(p, s)| p == "*" || p == s))
 }
 
 /// Every string and number leaf, and every object key, under `value`.
@@ -99,7 +124,7 @@ fn split(
             let mut blanked = Map::new();
             for (key, child) in object {
                 path.push(key.clone());
-                if is_field(key) || write_only.iter().any(|p| p == path) {
+                if is_field(key) || is_secret_path(write_only, path) {
                     secrets.push((path.clone(), child.clone()));
                     expected.insert(key.clone(), Value::String(REPLACEMENT.into()));
                     blanked.insert(key.clone(), Value::Null);
@@ -113,10 +138,20 @@ fn split(
             (Value::Object(expected), Value::Object(blanked))
         }
         Value::Array(items) => {
-            let (e, b) = items
-                .iter()
-                .map(|item| split(item, write_only, path, secrets))
-                .unzip();
+            path.push("*".into());
+            let (e, b) = if is_secret_path(write_only, path) {
+                for item in items {
+                    secrets.push((path.clone(), item.clone()));
+                }
+                let replaced = vec![Value::String(REPLACEMENT.into()); items.len()];
+                (replaced, vec![Value::Null; items.len()])
+            } else {
+                items
+                    .iter()
+                    .map(|item| split(item, write_only, path, secrets))
+                    .unzip()
+            };
+            path.pop();
             (Value::Array(e), Value::Array(b))
         }
         other => (other.clone(), other.clone()),
@@ -196,16 +231,18 @@ fn check_query(query: &str) {
         url::form_urlencoded::parse(query.replace(';', "&").as_bytes())
             .map(|(k, v)| (k.into_owned(), v.into_owned()))
             .collect();
-    let out = s.plain.redact_query(query);
+    let secret_query: Vec<Box<str>> = SECRET_QUERY.iter().map(|q| (*q).into()).collect();
+    let is_secret = |k: &str| is_field(k) || SECRET_QUERY.contains(&k);
+    let out = s.plain.redact_query(query, &secret_query);
     let blanked: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(
             pairs
                 .iter()
-                .map(|(k, v)| (k.as_str(), if is_field(k) { "" } else { v.as_str() })),
+                .map(|(k, v)| (k.as_str(), if is_secret(k) { "" } else { v.as_str() })),
         )
         .finish();
-    let baseline = s.plain.redact_query(&blanked);
-    for (name, value) in pairs.iter().filter(|(k, _)| is_field(k)) {
+    let baseline = s.plain.redact_query(&blanked, &secret_query);
+    for (name, value) in pairs.iter().filter(|(k, _)| is_secret(k)) {
         if value.len() < MIN_SECRET {
             continue;
         }
@@ -220,7 +257,11 @@ fn check_query(query: &str) {
     let expected: Vec<(String, String)> = pairs
         .iter()
         .map(|(k, v)| {
-            let v = if is_field(k) { REPLACEMENT } else { v.as_str() };
+            let v = if is_secret(k) {
+                REPLACEMENT
+            } else {
+                v.as_str()
+            };
             (k.clone(), v.to_owned())
         })
         .collect();

@@ -4,7 +4,8 @@
 //! is sent), then the request target's path-and-query. Targets that
 //! `http::uri::PathAndQuery` refuses never reach the gateway and are skipped.
 //!
-//! Two tables are built once: the routes of `config/gateway.toml`, and the
+//! Two tables are built once: the six organization routes of
+//! `config/demo.toml` (the first round's `config/gateway.toml`), and the
 //! same plus an explicit catch-all `/api/{*rest}`. Invariants:
 //! - nothing panics;
 //! - a path `check_path` refuses is refused by `resolve` with that error, and
@@ -27,7 +28,7 @@ use polytomic_gateway::GatewayError;
 /// One route as configured: (operation, methods, template, has schema).
 type Spec = (&'static str, &'static [&'static str], &'static str, bool);
 
-/// The `[[routes]]` of config/gateway.toml.
+/// The `[[routes]]` of config/demo.toml.
 const GATEWAY_TOML_ROUTES: &[Spec] = &[
     ("organization.current", &["GET"], "/api/organization", false),
     ("organizations.list", &["GET"], "/api/organizations", false),
@@ -186,7 +187,7 @@ fn check(table: &Table, method_name: &str, path: &str, override_header: bool) {
         headers.insert("x-http-method-override", HeaderValue::from_static("GET"));
     }
     let checked = check_path(path);
-    let routed = table.table.resolve(&method, path, &headers);
+    let routed = table.table.resolve(&method, path, None, &headers);
     if let Err(e) = checked {
         match &routed {
             Routed::Refused(GatewayError::InvalidPath(got)) => assert_eq!(*got, e, "{path:?}"),
@@ -254,7 +255,7 @@ fn check(table: &Table, method_name: &str, path: &str, override_header: bool) {
         },
         Routed::Refused(GatewayError::NoRoute) => Expect::NoRoute,
         Routed::Refused(GatewayError::MethodNotAllowed { .. }) => Expect::MethodNotAllowed,
-        Routed::Refused(GatewayError::InvalidId) => Expect::InvalidId,
+        Routed::Refused(GatewayError::InvalidId { .. }) => Expect::InvalidId,
         Routed::Refused(other) => panic!("unexpected refusal of {method_name} {path:?}: {other:?}"),
     };
     assert_eq!(got, expected, "{method_name} {path:?}");
