@@ -156,8 +156,8 @@ async fn check(path: PathBuf) -> ExitCode {
     if !config_problems.is_empty() {
         return fail(&config::ConfigErrors::new(&path, config_problems));
     }
-    if let Some(summary) = gateway.catalog().filter(|s| s.enabled) {
-        println!("{}", summary.describe());
+    if gateway.catalog().enabled {
+        println!("{}", gateway.catalog().describe());
     }
     if let Err(error) = gateway.authenticator().keys().refresh().await {
         let problem = config::ConfigProblem::new(

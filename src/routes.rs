@@ -479,10 +479,7 @@ impl RouteTable {
                 specs.push(spec);
             }
         }
-        match Self::compile(&specs, credential_exists, problems) {
-            Ok(table) => Ok(table),
-            Err(problems) => Err(problems),
-        }
+        Self::compile(&specs, credential_exists, problems)
     }
 
     fn compile(

@@ -257,8 +257,8 @@ impl Gateway {
     }
 
     /// What `[catalog]` routes (`enabled` is false without it).
-    pub fn catalog(&self) -> Option<&CatalogSummary> {
-        Some(&self.catalog)
+    pub fn catalog(&self) -> &CatalogSummary {
+        &self.catalog
     }
 
     /// The caller authenticator (e.g. for `check` to fetch the JWKS once).
