@@ -20,7 +20,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
@@ -138,6 +138,10 @@ pub enum GatewayError {
     /// A bug or an unexpected failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
+    /// A layer panicked while handling the request (a bug); caught at the
+    /// edge so the client still gets an answer and the audit trail a record.
+    #[error("the gateway failed while handling this request")]
+    Panicked,
 }
 
 impl GatewayError {
@@ -164,7 +168,7 @@ impl GatewayError {
                 StatusCode::BAD_REQUEST
             }
             Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal | Self::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -194,6 +198,7 @@ impl GatewayError {
             Self::IncompleteBody => "incomplete_body",
             Self::AuditUnavailable => "audit_unavailable",
             Self::Internal => "internal_error",
+            Self::Panicked => "internal",
         }
     }
 
@@ -278,10 +283,16 @@ pub fn error_response(error: &BoxError, request_timeout: Duration) -> Response<G
     GatewayError::Internal.to_response()
 }
 
-/// Turns every `Err` from the inner service into a JSON error response.
+/// Turns every `Err` from the inner service into a JSON error response, and
+/// every panic below it into a 500 `internal`.
 ///
-/// This is the outermost layer of the stack: the service it builds is
-/// infallible, as hyper requires (see axum's `docs/error_handling.md`).
+/// The service it builds is infallible, as hyper requires (see axum's
+/// `docs/error_handling.md`). A panic in a layer's `call` or in its future is
+/// caught here ([`std::panic::catch_unwind`], as tower-http's
+/// `CatchPanicLayer` does), so the connection gets an answer in Polytomic's
+/// error shape and the layers outside (audit, telemetry) see a response.
+/// The panic is logged by [`install_panic_hook`]'s hook, without its
+/// message unless that is a literal.
 #[derive(Debug, Clone)]
 pub struct RescueLayer {
     request_timeout: Duration,
@@ -331,8 +342,11 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
+        let inner = &mut self.inner;
+        let future =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.call(req))).ok();
         RescueFuture {
-            future: self.inner.call(req),
+            future,
             request_timeout: self.request_timeout,
         }
     }
@@ -341,8 +355,9 @@ where
 pin_project! {
     /// Response future of [`Rescue`].
     pub struct RescueFuture<F> {
+        // `None`: the inner `call` panicked.
         #[pin]
-        future: F,
+        future: Option<F>,
         request_timeout: Duration,
     }
 }
@@ -355,15 +370,51 @@ where
     type Output = Result<Response<GatewayBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        match ready!(this.future.poll(cx)) {
-            Ok(response) => Poll::Ready(Ok(response)),
-            Err(error) => {
+        let mut this = self.project();
+        let Some(future) = this.future.as_mut().as_pin_mut() else {
+            return Poll::Ready(Ok(GatewayError::Panicked.to_response()));
+        };
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.poll(cx)));
+        match polled {
+            Err(_panic) => {
+                // Never poll it again; the hook has logged the panic.
+                this.future.set(None);
+                Poll::Ready(Ok(GatewayError::Panicked.to_response()))
+            }
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(Ok(response))) => Poll::Ready(Ok(response)),
+            Ok(Poll::Ready(Err(error))) => {
                 let error: BoxError = error.into();
                 Poll::Ready(Ok(error_response(&error, *this.request_timeout)))
             }
         }
     }
+}
+
+/// What a panic's log line says of it: its message only when that is a
+/// literal (`panic!("...")`); a formatted message could hold request data,
+/// such as a secret, so it is withheld. The location is always given.
+pub fn describe_panic(payload: &(dyn std::any::Any + Send), location: Option<String>) -> String {
+    let message = payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .unwrap_or("(formatted message withheld: it may hold request data)");
+    match location {
+        Some(at) => format!("{message} at {at}"),
+        None => message.to_owned(),
+    }
+}
+
+/// Replaces the default panic hook (which prints the whole message to
+/// stderr) by one that logs an `error` line through `tracing`, as
+/// [`describe_panic`] writes it. Called once by the binary.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()));
+        tracing::error!(panic = %describe_panic(info.payload(), location), "a panic was caught");
+    }));
 }
 
 #[cfg(test)]

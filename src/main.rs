@@ -97,6 +97,9 @@ const EXIT_DENY: u8 = 3;
 // `Gateway::serve`); this runtime only accepts and runs background work.
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    // Before anything can panic: a panic's message may hold request data,
+    // so it is logged without it (see `error::install_panic_hook`).
+    polytomic_gateway::error::install_panic_hook();
     let cli = Cli::parse();
     // `serve` and `demo` log as `[telemetry]` says, once the config is read.
     if !matches!(

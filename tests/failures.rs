@@ -260,3 +260,108 @@ async fn a_silent_connection_is_cut_and_releases_its_slot() {
     let (parts, _) = send(&client(), get(&gw.url("/api/organization"))).await;
     assert_eq!(parts.status, 200, "the slot was released");
 }
+
+/// A layer that panics (a bug) still gets the client a 500 `internal` in
+/// Polytomic's error shape, over a real socket, and the audit trail a record
+/// with outcome `error`; the panic's formatted message, which here holds a
+/// secret, is not what is reported of it.
+#[tokio::test]
+async fn a_panic_in_a_layer_is_a_json_500_and_an_error_record() {
+    use polytomic_gateway::audit::{Audit, AuditConfig, AuditLayer, Durability, SinkKind};
+    use polytomic_gateway::error::{describe_panic, RescueLayer};
+    use tower::ServiceBuilder;
+
+    let dir = tempfile::tempdir().unwrap();
+    let audit_path = dir.path().join("audit.jsonl");
+    let audit = Audit::from_config(
+        &AuditConfig {
+            sinks: vec![SinkKind::File],
+            path: Some(audit_path.clone()),
+            durability: Durability::Fsync,
+            ..AuditConfig::default()
+        },
+        None,
+    )
+    .unwrap();
+    // The edge of the real stack (audit outside Rescue), over a layer that
+    // panics: one request panics in its future, one in `call` itself.
+    let svc = ServiceBuilder::new()
+        .layer(AuditLayer::new(audit.clone()))
+        .layer(RescueLayer::new(std::time::Duration::from_secs(5)))
+        .service(PanicsOnPath);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let svc = hyper_util::service::TowerToHyperService::new(svc.clone());
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+            });
+        }
+    });
+    for (path, id) in [("/in-future", "panic-future"), ("/in-call", "panic-call")] {
+        let req = http::Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .header("x-request-id", id)
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let (parts, body) = send(&client(), req).await;
+        assert_gateway_error(&parts, &body, 500, "internal");
+        assert!(!String::from_utf8_lossy(&body).contains(PANIC_SECRET));
+    }
+    audit.close().await;
+    let trail = std::fs::read_to_string(&audit_path).unwrap();
+    for id in ["panic-future", "panic-call"] {
+        let record: serde_json::Value = trail
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("no record for {id}: {trail}"));
+        assert_eq!(record["outcome"], "error", "{record}");
+        assert_eq!(record["status"], 500, "{record}");
+        assert_eq!(record["error_key"], "internal", "{record}");
+    }
+    assert!(!trail.contains(PANIC_SECRET));
+    // What the panic hook logs: a literal message, never a formatted one.
+    let formatted: Box<dyn std::any::Any + Send> = Box::new(format!("key {PANIC_SECRET}"));
+    let described = describe_panic(&*formatted, Some("src/x.rs:1".into()));
+    assert!(!described.contains(PANIC_SECRET) && described.ends_with("at src/x.rs:1"));
+    let literal: Box<dyn std::any::Any + Send> = Box::new("invariant broken");
+    assert_eq!(describe_panic(&*literal, None), "invariant broken");
+}
+
+const PANIC_SECRET: &str = "sk_live_CANARY_panic_52c1";
+
+/// A service that panics: in its future for `/in-future`, in `call` for
+/// anything else.
+#[derive(Clone)]
+struct PanicsOnPath;
+
+impl<B> tower::Service<http::Request<B>> for PanicsOnPath {
+    type Response = http::Response<polytomic_gateway::body::GatewayBody>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() == "/in-future" {
+            return Box::pin(async { panic!("bug while holding {PANIC_SECRET}") });
+        }
+        panic!("bug in call while holding {PANIC_SECRET}")
+    }
+}

@@ -77,6 +77,7 @@ pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'
         None => "allowed",
         Some("unauthenticated") => "unauthenticated",
         Some("client_disconnected") => "cancelled",
+        Some("internal") => "error",
         Some("forbidden") => "denied",
         Some("no_route" | "method_not_allowed") => "no_route",
         Some(
