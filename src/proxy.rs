@@ -39,6 +39,9 @@ use crate::error::GatewayError;
 use crate::server::ClientAddr;
 use crate::telemetry::RequestTrace;
 
+/// The W3C trace-state header.
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -379,6 +382,17 @@ impl Service<Request<GatewayBody>> for Proxy {
         if let Some(span) = &span {
             TraceContextPropagator::new()
                 .inject_context(&span.context(), &mut HeaderInjector(&mut parts.headers));
+        }
+        // The propagator writes `tracestate` even when the state is empty,
+        // and a caller may send an empty one: an empty header means nothing
+        // and is not sent.
+        if parts
+            .headers
+            .get_all(TRACESTATE)
+            .iter()
+            .all(|v| v.as_bytes().trim_ascii().is_empty())
+        {
+            parts.headers.remove(TRACESTATE);
         }
         Box::pin(async move {
             parts.uri = uri.map_err(|e| {

@@ -799,3 +799,69 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
     .await;
     assert_gateway_error(&parts, &body, 405, "method_not_allowed");
 }
+
+/// `tracestate` goes upstream only with content: the caller's (continued)
+/// state as sent, never an empty header, whether the caller sent none, an
+/// empty one, or no trace context at all.
+#[tokio::test]
+async fn an_empty_tracestate_is_never_sent_upstream() {
+    let (_receiver, collector) = Receiver::http().await;
+    let seen: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+    let upstream = spawn_upstream({
+        let seen = seen.clone();
+        move |req: Request<hyper::body::Incoming>| {
+            let seen = seen.clone();
+            async move {
+                let states: Vec<String> = req
+                    .headers()
+                    .get_all("tracestate")
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect();
+                seen.lock().unwrap().push(if states.is_empty() {
+                    None
+                } else {
+                    Some(states.join(","))
+                });
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(upstream_body(r#"{"data":{}}"#))
+                    .unwrap()
+            }
+        }
+    })
+    .await;
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{upstream}"),
+        &telemetry_section(&format!("http://{collector}"), ""),
+    );
+    let gateway = Binary::serve(&path, &[]).await;
+    let client = client();
+    let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    let url = gateway.url("/api/organization");
+    let cases: [(Option<&str>, Option<&str>); 4] = [
+        (None, None),
+        (Some(&caller), None),
+        (Some(&caller), Some("")),
+        (Some(&caller), Some("vendor=opaque")),
+    ];
+    for (traceparent, tracestate) in cases {
+        let mut req = Request::builder()
+            .uri(&url)
+            .header("authorization", bearer());
+        if let Some(traceparent) = traceparent {
+            req = req.header("traceparent", traceparent);
+        }
+        if let Some(tracestate) = tracestate {
+            req = req.header("tracestate", tracestate);
+        }
+        let (parts, _) = send(&client, req.body(Full::new(Bytes::new())).unwrap()).await;
+        assert_eq!(parts.status, 200);
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [None, None, None, Some("vendor=opaque".to_owned())]
+    );
+    stop(gateway).await;
+}
