@@ -68,6 +68,7 @@ struct Inner {
     audit_records: IntCounterVec,
     audit_spool_bytes: IntGauge,
     spans: IntCounterVec,
+    connections_shed: IntCounterVec,
     /// Copy component counters into the families above, before a scrape.
     syncs: Mutex<Vec<SyncFn>>,
 }
@@ -198,6 +199,12 @@ impl Metrics {
             "Spans handed to the trace exporter, by result (exported, dropped).",
             &["result"],
         );
+        let connections_shed = counter(
+            &registry,
+            "gateway_connections_shed_total",
+            "Connections refused past server.max_connections, by how (answered: one 503 overloaded; closed: at once, past the cap on connections being answered).",
+            &["how"],
+        );
         Self {
             inner: Arc::new(Inner {
                 registry,
@@ -211,9 +218,17 @@ impl Metrics {
                 audit_records,
                 audit_spool_bytes,
                 spans,
+                connections_shed,
                 syncs: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Counts a connection refused past `server.max_connections`: answered
+    /// with a 503, or closed at once.
+    pub fn connection_shed(&self, answered: bool) {
+        let how = if answered { "answered" } else { "closed" };
+        self.inner.connections_shed.with_label_values(&[how]).inc();
     }
 
     /// Counts a request as started; the guard counts it finished when dropped.

@@ -324,6 +324,8 @@ impl Gateway {
         let builder = Arc::new(builder);
         let permits = Arc::new(Semaphore::new(server.max_connections));
         let shed_permits = Arc::new(Semaphore::new(MAX_SHED_CONNECTIONS));
+        let metrics = parts.metrics.clone();
+        let mut shed_log = ShedLog::default();
 
         let workers = server.workers.unwrap_or_else(default_workers);
         let mut queues = Vec::with_capacity(workers);
@@ -376,16 +378,21 @@ impl Gateway {
             let _ = stream.set_nodelay(true);
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 // Shedding is bounded too: past its own cap, close at once.
-                match shed_permits.clone().try_acquire_owned() {
+                let answered = match shed_permits.clone().try_acquire_owned() {
                     Ok(shed_permit) => {
-                        tracing::warn!(%peer, "connection limit reached; shedding");
                         let header_timeout = server.header_timeout;
                         tokio::spawn(async move {
                             let _ = tokio::time::timeout(header_timeout, shed(stream)).await;
                             drop(shed_permit);
                         });
+                        true
                     }
-                    Err(_) => tracing::warn!(%peer, "connection limit reached; closing"),
+                    Err(_) => false,
+                };
+                metrics.connection_shed(answered);
+                // A flood must not become a flood of log lines too.
+                if let Some(shed) = shed_log.note(tokio::time::Instant::now()) {
+                    tracing::warn!(%peer, shed, "connection limit reached; shedding (count since the last such line)");
                 }
                 continue;
             };
@@ -560,6 +567,30 @@ async fn shed(stream: tokio::net::TcpStream) {
 
 /// The most over-limit connections being answered 503 at once.
 const MAX_SHED_CONNECTIONS: usize = 1024;
+
+/// Rate-limits the shedding warning to one line a second, each with how
+/// many connections were shed since the last (`gateway_connections_shed_total`
+/// counts them all).
+#[derive(Debug, Default)]
+struct ShedLog {
+    last: Option<tokio::time::Instant>,
+    unlogged: u64,
+}
+
+impl ShedLog {
+    /// Notes one shed connection; `Some(count)` when a line is due.
+    fn note(&mut self, now: tokio::time::Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
 
 /// The most connections `server.max_connections` may allow.
 const MAX_CONNECTIONS_LIMIT: usize = 1 << 20;

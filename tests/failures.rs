@@ -365,3 +365,45 @@ impl<B> tower::Service<http::Request<B>> for PanicsOnPath {
         panic!("bug in call while holding {PANIC_SECRET}")
     }
 }
+
+/// A flood of connections past `server.max_connections` is counted in
+/// `gateway_connections_shed_total`, and logged as a few lines with counts,
+/// not one warning per connection.
+#[tokio::test]
+async fn shed_connections_are_counted_and_their_warning_is_rate_limited() {
+    const FLOOD: usize = 20;
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(&format!("http://{addr}"), "[server]\nmax_connections = 1");
+    let mut gw = Binary::serve(&path, &[]).await;
+    // One client holds the only permit (its pool keeps the connection).
+    let kept = client();
+    let (parts, _) = send(&kept, get(&gw.url("/api/organization"))).await;
+    assert_eq!(parts.status, 200);
+    for _ in 0..FLOOD {
+        let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
+        assert_gateway_error(&parts, &body, 503, "overloaded");
+    }
+    let (parts, metrics) = send(&kept, get(&gw.url("/metrics"))).await;
+    assert_eq!(parts.status, 200);
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(&format!(
+            "gateway_connections_shed_total{{how=\"answered\"}} {FLOOD}"
+        )),
+        "{metrics}"
+    );
+    gw.signal("TERM");
+    assert!(gw.exit().await.success());
+    let output = gw.collect_output().await;
+    let warnings = output
+        .lines()
+        .filter(|l| l.contains("connection limit reached"))
+        .count();
+    // One line a second at most: the flood takes well under a few seconds.
+    assert!(
+        (1..FLOOD / 2).contains(&warnings),
+        "{warnings} warnings for {FLOOD} shed connections:\n{output}"
+    );
+}
