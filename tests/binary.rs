@@ -602,3 +602,43 @@ fn token_refuses_without_a_development_secret() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// A JWKS URL never shows its credentials or query: one with userinfo is
+/// refused, naming the key but not the password; the warning about plain
+/// http to loopback shows the URL without its query (which may hold a token).
+#[test]
+fn a_jwks_url_never_shows_its_credentials_or_query() {
+    const PASSWORD: &str = "pw_CANARY_jwks_7d21";
+    const QUERY_TOKEN: &str = "qt_CANARY_jwks_5e90";
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let jwks_addr = rt.block_on(spawn_upstream(|_req| async {
+        http::Response::new(upstream_body(jwks(&["rsa-a"])))
+    }));
+    let dir = TestDir::new();
+    let auth = |url: &str| {
+        format!("[auth]\nissuers = [{ISSUER:?}]\naudiences = [{AUDIENCE:?}]\njwks_url = {url:?}\n")
+    };
+    let path = dir.config(
+        "https://app.polytomic.com",
+        &auth(&format!("http://admin:{PASSWORD}@{jwks_addr}/jwks.json")),
+    );
+    let (ok, stdout, stderr) = check(&path, &[]);
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("`auth.jwks_url`: must not hold credentials"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(PASSWORD), "{stderr}");
+
+    let path = dir.config(
+        "https://app.polytomic.com",
+        &auth(&format!("http://{jwks_addr}/jwks.json?token={QUERY_TOKEN}")),
+    );
+    let (ok, stdout, stderr) = check(&path, &[("RUST_LOG", "info")]);
+    assert!(ok && stdout.trim() == "ok", "{stderr}");
+    assert!(
+        stderr.contains(&format!("http://{jwks_addr}/jwks.json?…")),
+        "the warning names the URL: {stderr}"
+    );
+    assert!(!stderr.contains(QUERY_TOKEN), "{stderr}");
+}

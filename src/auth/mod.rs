@@ -238,9 +238,17 @@ impl Authenticator {
     }
 }
 
-/// Checks `auth.jwks_url`: https, or http to a loopback address (warned).
+/// Checks `auth.jwks_url`: https, or http to a loopback address (warned);
+/// no credentials in it. Neither an error nor a log line repeats the URL's
+/// query or userinfo (see [`url_for_logs`]).
 fn jwks_uri(raw: &str) -> Result<http::Uri, String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    let url = url::Url::parse(raw).map_err(|e| format!("is not a URL: {e}"))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not hold credentials (user:password@): the identity provider's JWKS is public"
+                .into(),
+        );
+    }
     // An IP literal only: a name could resolve anywhere.
     let loopback = match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -251,7 +259,7 @@ fn jwks_uri(raw: &str) -> Result<http::Uri, String> {
         "https" => {}
         "http" if loopback => {
             tracing::warn!(
-                url = raw,
+                url = %url_for_logs(&url),
                 "auth.jwks_url uses plain http to a loopback address"
             );
         }
@@ -263,8 +271,21 @@ fn jwks_uri(raw: &str) -> Result<http::Uri, String> {
         }
         other => return Err(format!("scheme {other:?} is not supported; use https")),
     }
-    raw.parse()
-        .map_err(|e| format!("{raw:?} is not a valid URI: {e}"))
+    raw.parse().map_err(|e| format!("is not a valid URI: {e}"))
+}
+
+/// A URL as logs may show it: scheme, host, port and path; a query (which
+/// may carry a token) only as `?…`.
+pub fn url_for_logs(url: &url::Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or_default());
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path());
+    if url.query().is_some() {
+        shown.push_str("?…");
+    }
+    shown
 }
 
 /// Requires a valid internal JWT on every request but the health paths.
