@@ -77,6 +77,7 @@ fn verifier(token_cache_size: usize) -> Verifier {
         team_claim: "teams".into(),
         jwks_refresh: Duration::from_secs(300),
         jwks_min_refresh_interval: Duration::from_secs(30),
+        jwks_max_stale: Duration::from_secs(86400),
         max_token_bytes: MAX_TOKEN_BYTES,
         token_cache_size,
     })

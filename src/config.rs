@@ -161,6 +161,11 @@ pub struct AuthConfig {
     /// The fastest an unknown `kid` may trigger a JWKS refetch.
     #[serde(with = "humantime_serde", default = "default_jwks_min_refresh")]
     pub jwks_min_refresh_interval: Duration,
+    /// How long the last good JWKS from `jwks_url` is used while refreshes
+    /// keep failing; past it, tokens are refused (503 `jwks_unavailable`)
+    /// and `/readyz` fails.
+    #[serde(with = "humantime_serde", default = "default_jwks_max_stale")]
+    pub jwks_max_stale: Duration,
     /// Longer bearer tokens are refused unread.
     #[serde(default = "default_max_token_bytes")]
     pub max_token_bytes: usize,
@@ -186,6 +191,9 @@ fn default_jwks_refresh() -> Duration {
 }
 fn default_jwks_min_refresh() -> Duration {
     Duration::from_secs(30)
+}
+fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
 }
 fn default_max_token_bytes() -> usize {
     8192

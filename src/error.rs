@@ -135,6 +135,12 @@ pub enum GatewayError {
     /// The audit record of a write request could not be made durable.
     #[error("the audit trail cannot record this request; it was not forwarded")]
     AuditUnavailable,
+    /// The signing keys from `auth.jwks_url` are older than
+    /// `auth.jwks_max_stale`: every refresh since failed.
+    #[error(
+        "the identity provider's signing keys could not be refreshed; tokens cannot be verified"
+    )]
+    JwksUnavailable,
     /// A bug or an unexpected failure inside the gateway.
     #[error("internal gateway error")]
     Internal,
@@ -151,9 +157,11 @@ impl GatewayError {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) | Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            Self::Draining | Self::Overloaded | Self::NotReady(_) | Self::AuditUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Draining
+            | Self::Overloaded
+            | Self::NotReady(_)
+            | Self::AuditUnavailable
+            | Self::JwksUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
@@ -185,6 +193,7 @@ impl GatewayError {
             Self::HeadersTooLarge { .. } => "headers_too_large",
             Self::UriTooLong { .. } => "uri_too_long",
             Self::NotReady(_) => "not_ready",
+            Self::JwksUnavailable => "jwks_unavailable",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::NoRoute => "no_route",

@@ -753,6 +753,58 @@ async fn an_idp_outage_keeps_the_last_good_keys() {
     );
 }
 
+/// When refreshes keep failing past `auth.jwks_max_stale`, the last good
+/// keys stop serving: tokens get 503 `jwks_unavailable` (nothing is
+/// forwarded) and `/readyz` fails, until a refresh succeeds again.
+#[tokio::test]
+async fn keys_older_than_jwks_max_stale_are_refused_until_a_refresh_succeeds() {
+    let idp = JwksServer::start(&["rsa-a"]).await;
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let gw = idp
+        .gateway(
+            &fake,
+            "jwks_refresh = \"50ms\"\njwks_min_refresh_interval = \"1h\"\njwks_max_stale = \"300ms\"\ntoken_cache_size = 0",
+        )
+        .await;
+    let token = sign("rsa-a", RS256, &claims("alice@corp", &["platform"]));
+    assert_eq!(status_with(&gw, &token).await, 200);
+    let readyz = || async {
+        let (parts, _) = send(
+            &client(),
+            Request::get(gw.url("/readyz"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        parts.status.as_u16()
+    };
+    // Each refresh attempt is a fetch the IdP sees; the keys go stale once
+    // 300 ms have passed since the last good one.
+    idp.down.store(true, Ordering::SeqCst);
+    within("the keys to go stale", async {
+        while readyz().await != 503 {
+            idp.wait_for_fetches(idp.count() + 1).await;
+        }
+    })
+    .await;
+    let (parts, body) = request_with(&gw, &[&format!("Bearer {token}")]).await;
+    assert_gateway_error(&parts, &body, 503, "jwks_unavailable");
+    assert_eq!(
+        fake.requests().len(),
+        1,
+        "a stale-keys refusal is not forwarded"
+    );
+    // The IdP recovers: the next refresh makes the keys current again.
+    idp.down.store(false, Ordering::SeqCst);
+    within("the keys to be refreshed", async {
+        while readyz().await != 200 {
+            idp.wait_for_fetches(idp.count() + 1).await;
+        }
+    })
+    .await;
+    assert_eq!(status_with(&gw, &token).await, 200);
+}
+
 #[tokio::test]
 async fn concurrent_forged_kids_cause_at_most_one_fetch() {
     let idp = JwksServer::start(&["rsa-a"]).await;

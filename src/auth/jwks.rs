@@ -8,6 +8,9 @@
 //!   in between, unknown `kid`s are refused without a network call.
 //! - Keys removed from the JWKS stop being trusted at the next successful
 //!   fetch.
+//! - When refreshes keep failing, the last good set serves for at most
+//!   `auth.jwks_max_stale`; past it, tokens are refused with 503
+//!   `jwks_unavailable` and `/readyz` fails, until a fetch succeeds.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -87,6 +90,12 @@ pub struct KeyStore {
     fetcher: Option<JwksFetcher>,
     /// Whether a fetch has succeeded (always true without a URL).
     loaded: AtomicBool,
+    /// When the store was made: the origin of `last_fetch_ok_ms`.
+    created: Instant,
+    /// When a fetch last succeeded, in ms since `created` (0: never).
+    last_fetch_ok_ms: AtomicU64,
+    /// `auth.jwks_max_stale`: how long the last good fetch may serve.
+    max_stale: Duration,
     /// Serializes fetches; holds when an unknown-`kid` refetch last ran.
     refetch: tokio::sync::Mutex<Option<Instant>>,
     /// `auth.jwks_min_refresh_interval`.
@@ -113,11 +122,15 @@ impl KeyStore {
         fetcher: Option<JwksFetcher>,
         refresh_interval: Duration,
         min_refresh_interval: Duration,
+        max_stale: Duration,
     ) -> Self {
         let static_keys: Vec<_> = static_keys.into_iter().map(Arc::new).collect();
         let current = KeySet::new(static_keys.iter().cloned());
         Self {
             loaded: AtomicBool::new(fetcher.is_none()),
+            created: Instant::now(),
+            last_fetch_ok_ms: AtomicU64::new(0),
+            max_stale,
             static_keys,
             current: RwLock::new(Arc::new((current, 0))),
             generation: AtomicU64::new(0),
@@ -153,6 +166,16 @@ impl KeyStore {
         self.loaded.load(Ordering::Acquire)
     }
 
+    /// Whether the keys from the URL are older than `auth.jwks_max_stale`:
+    /// every refresh since the last good one failed. Never for static keys.
+    pub fn is_stale(&self) -> bool {
+        if self.fetcher.is_none() || !self.is_loaded() {
+            return false;
+        }
+        let last_ok = Duration::from_millis(self.last_fetch_ok_ms.load(Ordering::Acquire));
+        self.created.elapsed().saturating_sub(last_ok) > self.max_stale
+    }
+
     /// Fetches now and installs the result; the caller holds `refetch`.
     async fn fetch_and_install(&self) -> Result<(), String> {
         let Some(fetcher) = &self.fetcher else {
@@ -161,6 +184,8 @@ impl KeyStore {
         let (fetched, digest) = match fetcher.fetch().await {
             Ok(fetched) => {
                 self.stats.fetch_ok.fetch_add(1, Ordering::Relaxed);
+                let now_ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+                self.last_fetch_ok_ms.store(now_ms, Ordering::Release);
                 fetched
             }
             Err(error) => {

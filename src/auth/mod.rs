@@ -206,6 +206,12 @@ impl Authenticator {
                 problems.push(ConfigProblem::new(key, "must be greater than zero"));
             }
         }
+        if config.jwks_max_stale < config.jwks_refresh {
+            problems.push(ConfigProblem::new(
+                "auth.jwks_max_stale",
+                "must be at least auth.jwks_refresh, or the keys would go stale between two refreshes",
+            ));
+        }
         match verifier {
             Some(verifier) if problems.is_empty() => Ok(Self {
                 verifier,
@@ -214,6 +220,7 @@ impl Authenticator {
                     fetcher,
                     config.jwks_refresh,
                     config.jwks_min_refresh_interval,
+                    config.jwks_max_stale,
                 )),
             }),
             _ => Err(problems),
@@ -225,9 +232,9 @@ impl Authenticator {
         &self.keys
     }
 
-    /// Whether signing keys are loaded, for `/readyz`.
+    /// Whether signing keys are loaded and not stale, for `/readyz`.
     pub fn is_ready(&self) -> bool {
-        self.keys.is_loaded()
+        self.keys.is_loaded() && !self.keys.is_stale()
     }
 
     /// Authenticates with the keys at hand, without waiting.
@@ -350,10 +357,13 @@ where
         if UNAUTHENTICATED_PATHS.contains(&req.uri().path()) {
             return ResponseFuture::inner(Either::Left(self.inner.call(req)));
         }
-        if !self.auth.is_ready() {
+        if !self.auth.keys.is_loaded() {
             return ResponseFuture::early(
                 GatewayError::NotReady("signing keys are not loaded yet").to_response(),
             );
+        }
+        if self.auth.keys.is_stale() {
+            return ResponseFuture::early(GatewayError::JwksUnavailable.to_response());
         }
         // The span covers verification only: the inner call is not its child.
         let mut span =

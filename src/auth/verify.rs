@@ -587,6 +587,7 @@ mod tests {
             team_claim: team_claim.into(),
             jwks_refresh: Duration::from_secs(300),
             jwks_min_refresh_interval: Duration::from_secs(30),
+            jwks_max_stale: Duration::from_secs(86400),
             max_token_bytes: 8192,
             token_cache_size: cache,
         }
