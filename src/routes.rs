@@ -419,6 +419,8 @@ pub struct RouteTable {
     router: matchit::Router<TemplateRoutes>,
     operations: Vec<Arc<str>>,
     summaries: Vec<RouteSummary>,
+    /// Every route's secret query parameters.
+    secret_query: Vec<Box<str>>,
 }
 
 /// The outcome of routing a request.
@@ -491,6 +493,7 @@ impl RouteTable {
         let mut operations = Vec::new();
         let mut seen_operations = HashSet::new();
         let mut summaries = Vec::new();
+        let mut secret_query: Vec<Box<str>> = Vec::new();
         for spec in specs {
             let key = &spec.key;
             let name = format!("route {:?} ({key})", spec.operation);
@@ -595,6 +598,7 @@ impl RouteTable {
                 }
             }
             operations.push(compiled.operation.clone());
+            secret_query.extend(compiled.secret_query.iter().cloned());
             summaries.push(RouteSummary {
                 operation: compiled.operation.clone(),
                 methods,
@@ -642,6 +646,7 @@ impl RouteTable {
                 router,
                 operations,
                 summaries,
+                secret_query,
             })
         } else {
             Err(problems)
@@ -657,6 +662,14 @@ impl RouteTable {
     /// Every routed operation, in configuration order.
     pub fn summaries(&self) -> &[RouteSummary] {
         &self.summaries
+    }
+
+    /// The query parameters some route marks secret, once each.
+    pub fn secret_query_params(&self) -> Vec<Box<str>> {
+        let mut names: Vec<Box<str>> = self.secret_query.clone();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Routes a method and path (the path already passed [`check_path`],

@@ -198,6 +198,8 @@ impl Gateway {
                 "no [[policy.rules]] are configured: every request will be refused with 403"
             );
         }
+        // Records of requests refused before routing redact these too.
+        audit.set_secret_query_params(routes.secret_query_params());
         let readiness = {
             let credentials = credentials.clone();
             let auth = auth.clone();

@@ -1968,3 +1968,52 @@ async fn a_catalog_credential_that_is_not_configured_is_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("`catalog.credentials[0].credential`"));
 }
+
+/// A parameter the catalog marks secret (the SQL of `?query=`) is redacted in
+/// the records of requests refused before any route matched: no token, a
+/// path refused as invalid, a path no route knows.
+#[tokio::test]
+async fn a_secret_query_parameter_is_redacted_even_before_routing() {
+    let upstream = Upstream::spawn().await;
+    let gw = catalog_gateway(&upstream, "", "").await;
+    let sql = canary("UNROUTED_SQL");
+    let cases = [
+        (
+            "unrouted-401",
+            format!("/api/connections/{ID}/query"),
+            "",
+            401,
+        ),
+        (
+            "unrouted-400",
+            "/api/connections/not-a-uuid/query".to_owned(),
+            token(),
+            400,
+        ),
+        ("unrouted-404", "/api/nothing/here".to_owned(), token(), 404),
+    ];
+    for (id, path, bearer_token, status) in &cases {
+        let url = gw.url(&format!("{path}?query=SELECT+{sql}&limit=1"));
+        let mut req = request(Method::POST, &url, id, bearer_token, Some("{}"));
+        if bearer_token.is_empty() {
+            req.headers_mut().remove("authorization");
+        }
+        let (parts, body) = send(&client(), req).await;
+        assert_eq!(
+            parts.status,
+            *status,
+            "{id}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+    let dir = gw.shutdown().await;
+    let trail = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    assert!(!trail.contains(&sql), "{trail}");
+    let records = read_audit(&dir.path("audit.jsonl"));
+    for (id, ..) in &cases {
+        let mine = records_of(&records, id);
+        assert_eq!(mine.len(), 1, "{id}");
+        assert_eq!(mine[0]["query"], "query=%5BREDACTED%5D&limit=1", "{id}");
+    }
+}

@@ -189,6 +189,10 @@ struct AuditInner {
     ship_state: Arc<ship::ShipState>,
     /// The shipper, until `start_shipping` takes it.
     shipper: Mutex<Option<ship::Shipper>>,
+    /// Query parameters that some route marks secret (the catalog's
+    /// `query_runner.run_query` `query`): redacted in every record, also of
+    /// requests refused before a route matched.
+    secret_query: std::sync::OnceLock<Arc<[Box<str>]>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -320,6 +324,7 @@ impl Audit {
                 stats,
                 sinks: config.sinks.clone(),
                 ship_state,
+                secret_query: std::sync::OnceLock::new(),
                 shipper: Mutex::new(shipper),
                 thread: Mutex::new(Some(thread)),
             }),
@@ -453,12 +458,25 @@ impl Audit {
         })
     }
 
-    /// The query, redacted: by name, and by the route's secret parameters.
+    /// Sets the query parameters that are secret on any route (once, when
+    /// the route table is built), so that records of requests refused
+    /// before routing redact them too.
+    pub fn set_secret_query_params(&self, names: Vec<Box<str>>) {
+        let _ = self.inner.secret_query.set(names.into());
+    }
+
+    /// The query, redacted: by name, and by the parameters any route (the
+    /// matched one included) marks secret.
     fn redacted_query(&self, info: &RequestInfo, notes: &crate::notes::Notes) -> Option<String> {
-        let secret = notes.route.as_ref().map_or(&[][..], |r| &r.secret_query);
-        info.raw_query
-            .as_deref()
-            .map(|q| self.inner.redactor.redact_query(q, secret))
+        let query = info.raw_query.as_deref()?;
+        let route = notes.route.as_ref().map_or(&[][..], |r| &r.secret_query);
+        let all = self.inner.secret_query.get().map_or(&[][..], |s| &s[..]);
+        if route.iter().all(|name| all.contains(name)) {
+            Some(self.inner.redactor.redact_query(query, all))
+        } else {
+            let both: Vec<Box<str>> = all.iter().chain(route).cloned().collect();
+            Some(self.inner.redactor.redact_query(query, &both))
+        }
     }
 }
 
