@@ -524,7 +524,6 @@ mod tests {
             organization_id: id.map(Into::into),
             organization_ids: id.map(Into::into).into_iter().collect(),
             body_organization_fields: Arc::new([]),
-            secret_query: Arc::new([]),
             credential: None,
             schema: None,
             path_has_schema: false,

@@ -344,8 +344,6 @@ pub struct RouteMatch {
     /// Top-level body fields that name organizations; the policy checks
     /// them once the body is read.
     pub body_organization_fields: Arc<[Box<str>]>,
-    /// Query parameters whose values the audit trail redacts.
-    pub secret_query: Arc<[Box<str>]>,
     /// The credential name injected upstream (`None`: the default one).
     pub credential: Option<Arc<str>>,
     /// The schema write bodies must satisfy, if the route names one.
@@ -378,7 +376,6 @@ struct Route {
     path_organizations: Box<[usize]>,
     query_organizations: Box<[Box<str>]>,
     body_organization_fields: Arc<[Box<str>]>,
-    secret_query: Arc<[Box<str>]>,
     secret_headers: Arc<[Box<str>]>,
     bodyless: bool,
 }
@@ -569,7 +566,6 @@ impl RouteTable {
                     _ => None,
                 })
                 .into(),
-                secret_query: boxed(&spec.secret_query).into(),
                 secret_headers: boxed(&spec.secret_headers).into(),
                 bodyless: spec.bodyless,
             });
@@ -598,7 +594,7 @@ impl RouteTable {
                 }
             }
             operations.push(compiled.operation.clone());
-            secret_query.extend(compiled.secret_query.iter().cloned());
+            secret_query.extend(spec.secret_query.iter().map(|q| q.as_str().into()));
             summaries.push(RouteSummary {
                 operation: compiled.operation.clone(),
                 methods,
@@ -726,7 +722,6 @@ impl RouteTable {
             organization_id: organization_ids.first().cloned(),
             organization_ids,
             body_organization_fields: route.body_organization_fields.clone(),
-            secret_query: route.secret_query.clone(),
             credential: route.credential.clone(),
             schema: route.schema.clone(),
             path_has_schema: routes.has_schema,

@@ -465,18 +465,12 @@ impl Audit {
         let _ = self.inner.secret_query.set(names.into());
     }
 
-    /// The query, redacted: by name, and by the parameters any route (the
-    /// matched one included) marks secret.
-    fn redacted_query(&self, info: &RequestInfo, notes: &crate::notes::Notes) -> Option<String> {
+    /// The query, redacted: by name, and by the parameters any route marks
+    /// secret (whether or not this request matched one).
+    fn redacted_query(&self, info: &RequestInfo) -> Option<String> {
+        let secret = self.inner.secret_query.get().map_or(&[][..], |s| &s[..]);
         let query = info.raw_query.as_deref()?;
-        let route = notes.route.as_ref().map_or(&[][..], |r| &r.secret_query);
-        let all = self.inner.secret_query.get().map_or(&[][..], |s| &s[..]);
-        if route.iter().all(|name| all.contains(name)) {
-            Some(self.inner.redactor.redact_query(query, all))
-        } else {
-            let both: Vec<Box<str>> = all.iter().chain(route).cloned().collect();
-            Some(self.inner.redactor.redact_query(query, &both))
-        }
+        Some(self.inner.redactor.redact_query(query, secret))
     }
 }
 
@@ -586,7 +580,7 @@ impl Pending {
     fn write(self, status: Option<u16>, error_key: Option<&'static str>) {
         let notes = self.notes.snapshot();
         let body = self.audit.redacted_body(&notes);
-        let query = self.audit.redacted_query(&self.info, &notes);
+        let query = self.audit.redacted_query(&self.info);
         let line = record::line(
             "response",
             &self.info,
@@ -777,7 +771,7 @@ where
             });
         let snapshot = notes.snapshot();
         let body = self.audit.redacted_body(&snapshot);
-        let query = self.audit.redacted_query(&info, &snapshot);
+        let query = self.audit.redacted_query(&info);
         let line = record::line("request", &info, &snapshot, None, None, query, body, None);
         let wait = self.audit.inner.durability != Durability::None;
         let reject = self.audit.inner.on_failure == OnFailure::Reject;

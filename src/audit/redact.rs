@@ -122,7 +122,7 @@ impl Redactor {
 
     /// A query string with the values of redacted parameters replaced:
     /// those matching `audit.redact_fields`, and those named in `secret`
-    /// (the operation's secret parameters, matched exactly).
+    /// (the parameters some route marks secret, matched exactly).
     pub fn redact_query(&self, query: &str, secret: &[Box<str>]) -> String {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
         // Some servers also split pairs at `;`: split there too, so a secret
