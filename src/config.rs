@@ -229,9 +229,21 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Open connections beyond this are answered 503 and closed.
     pub max_connections: usize,
-    /// A client must send its request headers within this time.
+    /// A request head must be complete this long after its first byte (a
+    /// new connection's first one: after the accept; HTTP/2: its first
+    /// stream), or the connection is dropped.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2 with a GOAWAY).
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How often the gateway pings an HTTP/2 peer.
+    #[serde(with = "humantime_serde")]
+    pub http2_ping_interval: Duration,
+    /// An HTTP/2 peer that has not answered a ping within this is dropped.
+    #[serde(with = "humantime_serde")]
+    pub http2_ping_timeout: Duration,
     /// Requests being handled beyond this are answered 503 `overloaded`.
     pub max_inflight: usize,
     /// A request's header section (names and values) beyond this gets 431.
@@ -254,6 +266,9 @@ impl Default for ServerConfig {
             shutdown_grace: Duration::from_secs(20),
             max_connections: 4096,
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            http2_ping_interval: Duration::from_secs(30),
+            http2_ping_timeout: Duration::from_secs(10),
             max_inflight: 1024,
             max_header_bytes: 16 * 1024,
             max_headers: 100,

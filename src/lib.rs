@@ -35,6 +35,8 @@
 //! - [`proxy`]: the pooled upstream client and the forwarding service.
 //! - [`stack`]: the one function that assembles the layers, in order.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
+//! - [`connection`]: how long a connection may wait for a request head or
+//!   sit idle.
 //! - [`audit`]: one redacted, durable record per request.
 //! - [`notes`]: what the layers learn about a request, for audit and telemetry.
 //! - [`fake`]: an in-memory fake Polytomic API for the demo and the tests.
@@ -52,6 +54,7 @@ pub mod auth;
 pub mod body;
 pub mod catalog;
 pub mod config;
+pub mod connection;
 pub mod credentials;
 pub mod demo;
 pub mod error;

@@ -16,6 +16,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,9 +24,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 
 use crate::audit::Audit;
@@ -33,6 +33,7 @@ use crate::auth::Authenticator;
 use crate::body::GatewayBody;
 use crate::catalog::CatalogSummary;
 use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
+use crate::connection::{Activity, Check, Deadlines, Tracked, TrackedBody, Watched};
 use crate::credentials::CredentialSet;
 use crate::error::GatewayError;
 use crate::health::Readiness;
@@ -43,7 +44,7 @@ use crate::stack::{self, StackParts};
 use crate::version::VersionPolicy;
 
 /// Adapts the tower stack to hyper, calling it as soon as hyper has parsed a
-/// request head.
+/// request head, and keeps the connection's [`Activity`] up to date.
 ///
 /// hyper-util's `TowerToHyperService` calls the stack only when hyper first
 /// polls the returned future, and hyper may drop a request without polling
@@ -51,26 +52,32 @@ use crate::version::VersionPolicy;
 /// layer would then never see it. Called here, the audit layer has the
 /// request in hand and records it as cancelled if it is dropped.
 #[derive(Debug, Clone)]
-struct EagerService<S>(S);
+struct EagerService<S> {
+    stack: S,
+    activity: Arc<Activity>,
+}
 
-impl<S, B> hyper::service::Service<Request<B>> for EagerService<S>
+impl<S, B, ResBody> hyper::service::Service<Request<B>> for EagerService<S>
 where
-    S: tower::Service<Request<B>> + Clone,
+    S: tower::Service<Request<B>, Response = Response<ResBody>> + Clone,
 {
-    type Response = S::Response;
+    type Response = Response<TrackedBody<ResBody>>;
     type Error = S::Error;
-    type Future = futures_util::future::Either<S::Future, tower::util::Oneshot<S, Request<B>>>;
+    type Future =
+        Tracked<futures_util::future::Either<S::Future, tower::util::Oneshot<S, Request<B>>>>;
 
     fn call(&self, req: Request<B>) -> Self::Future {
-        let mut svc = self.0.clone();
+        let guard = self.activity.start(req.version() == http::Version::HTTP_2);
+        let mut svc = self.stack.clone();
         // The stack is always ready (load shedding answers instead of
         // waiting), so this resolves at once; were it not ready, the request
         // would wait for readiness as usual.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match svc.poll_ready(&mut cx) {
+        let future = match svc.poll_ready(&mut cx) {
             std::task::Poll::Ready(Ok(())) => futures_util::future::Either::Left(svc.call(req)),
             _ => futures_util::future::Either::Right(tower::util::Oneshot::new(svc, req)),
-        }
+        };
+        Tracked::new(future, guard)
     }
 }
 
@@ -309,10 +316,12 @@ impl Gateway {
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's own head limits sit above ours (see `limit`), so a request
         // just over ours still reaches the stack and gets a JSON 431 or 414.
+        // Its header timer is off: it also runs between keep-alive requests,
+        // which `server.idle_timeout` governs (see `connection`).
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(server.header_timeout)
+            .header_read_timeout(None)
             .max_headers(server.max_headers + HYPER_HEADROOM_HEADERS)
             .max_buf_size(
                 (server.max_header_bytes + server.max_uri_bytes + HYPER_HEADROOM_BYTES)
@@ -322,7 +331,11 @@ impl Gateway {
             u32::try_from(server.max_header_bytes + server.max_uri_bytes + HYPER_HEADROOM_BYTES)
                 .unwrap_or(u32::MAX),
         );
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(server.http2_ping_interval)
+            .keep_alive_timeout(server.http2_ping_timeout);
         let builder = Arc::new(builder);
         let permits = Arc::new(Semaphore::new(server.max_connections));
         let shed_permits = Arc::new(Semaphore::new(MAX_SHED_CONNECTIONS));
@@ -338,7 +351,10 @@ impl Gateway {
             let worker = Worker {
                 stack: stack::build::<Incoming>(parts.for_worker()),
                 builder: builder.clone(),
-                header_timeout: server.header_timeout,
+                deadlines: Deadlines {
+                    header: server.header_timeout,
+                    idle: server.idle_timeout,
+                },
                 grace: server.shutdown_grace,
             };
             std::thread::Builder::new()
@@ -469,7 +485,7 @@ impl Gateway {
 struct Worker<S> {
     stack: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    header_timeout: Duration,
+    deadlines: Deadlines,
     grace: Duration,
 }
 
@@ -477,7 +493,7 @@ struct Worker<S> {
 struct Connection {
     stream: std::net::TcpStream,
     peer: SocketAddr,
-    /// Held until the connection closes (`server.max_connections`).
+    /// Held until the connection starts to close (`server.max_connections`).
     permit: OwnedSemaphorePermit,
 }
 
@@ -495,7 +511,9 @@ where
     /// Serves the connections it is handed until the queue closes, then
     /// drains them for up to the grace period; false if that ran out.
     async fn run(self, mut incoming: mpsc::UnboundedReceiver<Connection>) -> bool {
-        let graceful = GracefulShutdown::new();
+        // Each connection task holds a receiver; all of them dropped means
+        // every connection has closed.
+        let (stop, stopping) = watch::channel(false);
         while let Some(Connection {
             stream,
             peer,
@@ -509,39 +527,100 @@ where
                     continue;
                 }
             };
-            let svc = ServiceBuilder::new()
+            let stack = ServiceBuilder::new()
                 .map_request(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
                     req
                 })
                 .service(self.stack.clone());
-            let watch = graceful.watcher();
+            let activity = Activity::new();
+            let svc = EagerService {
+                stack,
+                activity: activity.clone(),
+            };
+            let io = TokioIo::new(Watched::new(stream, activity.clone(), permit));
             let builder = self.builder.clone();
-            let header_timeout = self.header_timeout;
+            let deadlines = self.deadlines;
+            let stopping = stopping.clone();
             tokio::spawn(async move {
-                // A connection that sends nothing must not hold a permit:
-                // HTTP version detection itself has no timeout.
-                let mut first = [0u8; 1];
-                match tokio::time::timeout(header_timeout, stream.peek(&mut first)).await {
-                    Ok(Ok(n)) if n > 0 => {}
-                    _ => {
-                        tracing::debug!(%peer, "connection sent nothing within server.header_timeout");
-                        // The slot is free before the peer can see the close.
-                        drop(permit);
-                        drop(stream);
-                        return;
-                    }
-                }
-                let conn = builder.serve_connection(TokioIo::new(stream), EagerService(svc));
-                if let Err(error) = watch.watch(conn).await {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
-                }
-                drop(permit);
+                let conn = builder.serve_connection(io, svc);
+                serve_watched(
+                    conn,
+                    |conn| conn.graceful_shutdown(),
+                    &activity,
+                    deadlines,
+                    stopping,
+                    peer,
+                )
+                .await;
             });
         }
-        tokio::time::timeout(self.grace, graceful.shutdown())
+        drop(stopping);
+        // Closing tells every connection to finish its requests and close.
+        let _ = stop.send(true);
+        tokio::time::timeout(self.grace, stop.closed())
             .await
             .is_ok()
+    }
+}
+
+/// Drives one connection to its end, closing it when a phase of its
+/// [`Activity`] lasts too long (see `connection`) or the worker stops.
+async fn serve_watched<C, E>(
+    conn: C,
+    graceful_shutdown: fn(Pin<&mut C>),
+    activity: &Activity,
+    deadlines: Deadlines,
+    mut stopping: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    tokio::pin!(conn);
+    // Set once the connection was asked to close gracefully by the watchdog:
+    // how long it may take before it is dropped (a peer that never answers
+    // HTTP/2's shutdown ping must not hold its slot either).
+    let mut closing: Option<tokio::time::Instant> = None;
+    let mut stopped = false;
+    loop {
+        let wake = match closing {
+            Some(deadline) => deadline,
+            None => match activity.check(deadlines, tokio::time::Instant::now()) {
+                Check::WakeAt(at) => at,
+                Check::HeadTimedOut => {
+                    tracing::debug!(%peer, "no complete request head within server.header_timeout; dropping the connection");
+                    return;
+                }
+                Check::Idle => {
+                    tracing::debug!(%peer, "idle for server.idle_timeout; closing the connection");
+                    graceful_shutdown(conn.as_mut());
+                    let deadline = tokio::time::Instant::now() + deadlines.header;
+                    closing = Some(deadline);
+                    deadline
+                }
+            },
+        };
+        tokio::select! {
+            biased;
+            ended = conn.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stopping.changed(), if !stopped => {
+                // The worker is draining: finish what is in flight, then close.
+                stopped = true;
+                graceful_shutdown(conn.as_mut());
+            }
+            () = tokio::time::sleep_until(wake) => {
+                if closing.is_some() {
+                    tracing::debug!(%peer, "a graceful close took longer than server.header_timeout; dropping the connection");
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -631,6 +710,15 @@ fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
     let positive = [
         ("server.request_timeout", server.request_timeout.is_zero()),
         ("server.header_timeout", server.header_timeout.is_zero()),
+        ("server.idle_timeout", server.idle_timeout.is_zero()),
+        (
+            "server.http2_ping_interval",
+            server.http2_ping_interval.is_zero(),
+        ),
+        (
+            "server.http2_ping_timeout",
+            server.http2_ping_timeout.is_zero(),
+        ),
         ("server.max_connections", server.max_connections == 0),
         ("server.max_body_bytes", server.max_body_bytes == 0),
         ("server.max_inflight", server.max_inflight == 0),

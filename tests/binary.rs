@@ -191,6 +191,22 @@ fn check_names_a_bad_worker_count_and_the_file() {
 }
 
 #[test]
+fn check_names_each_zero_connection_timeout() {
+    let dir = TestDir::new();
+    let keys = ["idle_timeout", "http2_ping_interval", "http2_ping_timeout"];
+    let server: String = keys.iter().map(|k| format!("{k} = \"0s\"\n")).collect();
+    let path = dir.config("https://app.polytomic.com", &format!("[server]\n{server}"));
+    let (ok, _, stderr) = check(&path, &[]);
+    assert!(!ok);
+    for key in keys {
+        assert!(
+            stderr.contains(&format!("`server.{key}`")) && stderr.contains("greater than zero"),
+            "{key}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn check_names_a_missing_credential_without_showing_values() {
     let dir = TestDir::new();
     let path = dir.path("missing-cred.toml");
