@@ -255,6 +255,9 @@ pub struct ServerConfig {
     /// Threads serving connections, each with its own single-threaded
     /// runtime; unset: one per available core.
     pub workers: Option<usize>,
+    /// Peers (IP addresses or CIDR networks) whose forwarding headers are
+    /// believed and extended; any other peer's are replaced.
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -274,6 +277,7 @@ impl Default for ServerConfig {
             max_headers: 100,
             max_uri_bytes: 8 * 1024,
             workers: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -42,6 +42,43 @@ impl BodyNote {
     }
 }
 
+/// A client's own `x-request-id`, when it is a sane one: the gateway always
+/// assigns its own id (the audit record's `request_id`, the response's
+/// `x-request-id`), so a client cannot choose or collide with it; the
+/// client's is recorded beside it as `client_request_id` and passed on
+/// upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRequestId(http::HeaderValue);
+
+impl ClientRequestId {
+    /// The longest id kept.
+    pub const MAX_LEN: usize = 128;
+
+    /// The id in `value`, if it is 1 to [`Self::MAX_LEN`] characters from
+    /// ASCII letters, digits and `-_.:/+=@` (UUIDs, ULIDs, base64 and
+    /// the usual tracing ids); anything else is dropped.
+    pub fn from_header(value: &http::HeaderValue) -> Option<Self> {
+        let bytes = value.as_bytes();
+        let sane = !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && bytes
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(b));
+        sane.then(|| Self(value.clone()))
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &http::HeaderValue {
+        &self.0
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Checked to be ASCII in `from_header`.
+        self.0.to_str().unwrap_or_default()
+    }
+}
+
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -90,5 +127,38 @@ impl RequestNotes {
 pub fn record(extensions: &Extensions, change: impl FnOnce(&mut Notes)) {
     if let Some(notes) = extensions.get::<RequestNotes>() {
         notes.update(change);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_sane_client_request_ids_are_kept() {
+        let kept = |text: &str| {
+            ClientRequestId::from_header(&http::HeaderValue::from_str(text).unwrap())
+                .map(|id| id.as_str().to_owned())
+        };
+        for good in [
+            "caller-req-42",
+            "01J9ZQ3V5K8X2M4N6P7R9S0T1U",
+            "0af7651916cd43dd8448eb211c80319c",
+            "dGVzdA==",
+            "svc:orders/retry@2",
+            &"x".repeat(ClientRequestId::MAX_LEN),
+        ] {
+            assert_eq!(kept(good).as_deref(), Some(good));
+        }
+        for bad in [
+            "",
+            "a b",
+            "a\"b",
+            "{\"forged\":1}",
+            "line\tbreak",
+            &"x".repeat(ClientRequestId::MAX_LEN + 1),
+        ] {
+            assert_eq!(kept(bad), None, "{bad:?}");
+        }
     }
 }

@@ -36,7 +36,8 @@ use tower::Service;
 use crate::body::{boxed, BoxError, GatewayBody};
 use crate::config::{ConfigProblem, UpstreamConfig};
 use crate::error::GatewayError;
-use crate::server::ClientAddr;
+use crate::notes::ClientRequestId;
+use crate::server::{ClientAddr, FromTrustedProxy};
 use crate::telemetry::RequestTrace;
 
 /// The W3C trace-state header.
@@ -45,7 +46,10 @@ const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 /// How long an idle pooled upstream connection is kept.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_UPSTREAM_REQUEST_ID: HeaderName = HeaderName::from_static("x-upstream-request-id");
@@ -404,10 +408,16 @@ impl Service<Request<GatewayBody>> for Proxy {
             // keeps `Proxy` safe when a library user runs it on its own.
             remove_hop_by_hop(headers);
             headers.remove(header::HOST);
-            if let Some(ClientAddr(peer)) = parts.extensions.get::<ClientAddr>() {
-                append_forwarded_for(headers, peer.ip());
+            set_forwarding_headers(
+                headers,
+                parts.extensions.get::<ClientAddr>().map(|a| a.0.ip()),
+                parts.extensions.get::<FromTrustedProxy>().is_some(),
+            );
+            // The client's own request id, if it sent a sane one, is passed
+            // on; otherwise the upstream sees the gateway's.
+            if let Some(theirs) = parts.extensions.get::<ClientRequestId>() {
+                headers.insert(X_REQUEST_ID, theirs.header_value().clone());
             }
-            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
             // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
             parts.version = http::Version::HTTP_11;
             let extensions = parts.extensions.clone();
@@ -529,18 +539,53 @@ impl Replay {
     }
 }
 
-/// Appends `ip` to any `X-Forwarded-For` chain the client sent.
-fn append_forwarded_for(headers: &mut HeaderMap, ip: std::net::IpAddr) {
-    let mut chain = String::new();
-    for value in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(v) = value.to_str() {
-            chain.push_str(v);
-            chain.push_str(", ");
+/// Says who the gateway's peer is, in `X-Forwarded-For` and `Forwarded`
+/// (RFC 7239), and by what protocol it came, in `X-Forwarded-Proto`.
+///
+/// Only a peer in `server.trusted_proxies` is believed: its chains are
+/// extended with its own address, and its `X-Forwarded-Proto`, `X-Real-IP`
+/// and `X-Forwarded-Host` pass. Any other peer's claims are replaced or
+/// dropped, so a client cannot pass for another address upstream.
+fn set_forwarding_headers(headers: &mut HeaderMap, peer: Option<std::net::IpAddr>, trusted: bool) {
+    if !trusted {
+        for name in [
+            X_FORWARDED_FOR,
+            FORWARDED,
+            X_FORWARDED_PROTO,
+            X_REAL_IP,
+            X_FORWARDED_HOST,
+        ] {
+            headers.remove(name);
         }
     }
-    chain.push_str(&ip.to_string());
-    if let Ok(value) = HeaderValue::from_str(&chain) {
-        headers.insert(X_FORWARDED_FOR, value);
+    if let Some(ip) = peer {
+        let ip = ip.to_canonical();
+        let node = match ip {
+            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
+            // RFC 7239 §6: an IPv6 node is bracketed and quoted.
+            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
+        };
+        append_to_list(headers, X_FORWARDED_FOR, &ip.to_string());
+        append_to_list(headers, FORWARDED, &node);
+    }
+    if !headers.contains_key(X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+}
+
+/// Appends `item` to the comma-separated list in `name`, joining the lines
+/// it was sent on into one.
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+    let mut list = String::new();
+    for value in headers.get_all(&name) {
+        if let Ok(v) = value.to_str() {
+            list.push_str(v);
+            list.push_str(", ");
+        }
+    }
+    list.push_str(item);
+    if let Ok(value) = HeaderValue::from_str(&list) {
+        headers.insert(name, value);
     }
 }
 

@@ -24,6 +24,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
@@ -108,6 +109,29 @@ pub fn remaining(grace: Duration, signaled: &std::sync::OnceLock<std::time::Inst
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub SocketAddr);
 
+/// Marks a request whose peer is in `server.trusted_proxies`: the
+/// forwarding headers it sent are believed and extended, not replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FromTrustedProxy;
+
+/// `server.trusted_proxies`, parsed: each entry an address or a network.
+fn trusted_proxies(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) -> Arc<[IpNet]> {
+    let mut nets = Vec::with_capacity(server.trusted_proxies.len());
+    for entry in &server.trusted_proxies {
+        let parsed = entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from));
+        match parsed {
+            Ok(net) => nets.push(net.trunc()),
+            Err(_) => problems.push(ConfigProblem::new(
+                "server.trusted_proxies",
+                format!("{entry:?} is neither an IP address nor a CIDR network (such as \"10.0.0.0/8\")"),
+            )),
+        }
+    }
+    nets.into()
+}
+
 /// A fully built gateway, ready to serve.
 #[derive(Debug)]
 pub struct Gateway {
@@ -117,6 +141,8 @@ pub struct Gateway {
     parts: StackParts,
     /// What `[catalog]` routes, for `check`.
     catalog: CatalogSummary,
+    /// `server.trusted_proxies`, parsed.
+    trusted: Arc<[IpNet]>,
 }
 
 impl Gateway {
@@ -126,6 +152,7 @@ impl Gateway {
     pub fn build(config: GatewayConfig, file: &Path) -> Result<Self, ConfigErrors> {
         let mut problems = Vec::new();
         validate_server(&config.server, &mut problems);
+        let trusted = trusted_proxies(&config.server, &mut problems);
         problems.extend(config.telemetry.validate());
         let credentials = CredentialSet::load(&config.credentials).map_err(|p| problems.extend(p));
         let version = VersionPolicy::from_config(&config.polytomic).map_err(|p| problems.extend(p));
@@ -252,6 +279,7 @@ impl Gateway {
             },
             server: config.server,
             catalog,
+            trusted,
         })
     }
 
@@ -306,7 +334,12 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
-        let Gateway { server, parts, .. } = self;
+        let Gateway {
+            server,
+            parts,
+            trusted,
+            ..
+        } = self;
         let readiness = parts.readiness.clone();
         let audit = parts.audit.clone();
         let watcher = parts.credentials.watch();
@@ -356,6 +389,7 @@ impl Gateway {
                     idle: server.idle_timeout,
                 },
                 grace: server.shutdown_grace,
+                trusted: trusted.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("gateway-worker-{index}"))
@@ -487,6 +521,8 @@ struct Worker<S> {
     builder: Arc<auto::Builder<TokioExecutor>>,
     deadlines: Deadlines,
     grace: Duration,
+    /// `server.trusted_proxies`.
+    trusted: Arc<[IpNet]>,
 }
 
 /// An accepted connection on its way to a worker.
@@ -527,9 +563,15 @@ where
                     continue;
                 }
             };
+            // Decided once per connection: the peer cannot change.
+            let peer_ip = peer.ip().to_canonical();
+            let trusted = self.trusted.iter().any(|net| net.contains(&peer_ip));
             let stack = ServiceBuilder::new()
                 .map_request(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
+                    if trusted {
+                        req.extensions_mut().insert(FromTrustedProxy);
+                    }
                     req
                 })
                 .service(self.stack.clone());

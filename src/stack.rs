@@ -22,6 +22,7 @@ use crate::error::RescueLayer;
 use crate::health::{HealthLayer, Readiness};
 use crate::limit::{BodyLimitLayer, HeadLimitLayer, HeadLimits};
 use crate::metrics::Metrics;
+use crate::notes::ClientRequestId;
 use crate::policy::{Policy, PolicyBodyLayer, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
 use crate::routes::{RouteLayer, RouteTable};
@@ -109,10 +110,12 @@ where
         // (`Connection: authorization`) and have it stripped after injection.
         .map_request(|mut req: Request<B>| {
             crate::proxy::remove_hop_by_hop(req.headers_mut());
+            take_client_request_id(&mut req);
             req
         })
-        // Every request gets an id (the client's `x-request-id`, or
-        // a new UUID) before anything can refuse it, so refusals carry one too.
+        // Every request gets the gateway's own id (a new UUID; the client's
+        // `x-request-id` was moved aside just above) before anything can
+        // refuse it, so refusals carry one too.
         .layer(SetRequestIdLayer::x_request_id(MakeRandomUuid))
         // Copies the id onto every response. It wraps Rescue so that the JSON
         // errors Rescue makes get the header as well.
@@ -181,6 +184,25 @@ where
         // Innermost: forwards upstream over the pooled client.
         .service(Proxy::new(parts.upstream))
 }
+
+/// Moves the client's `x-request-id` out of the way of the gateway's own,
+/// keeping it as a [`ClientRequestId`] if it is one sane value.
+fn take_client_request_id<B>(req: &mut Request<B>) {
+    let headers = req.headers_mut();
+    let mut sent = headers.get_all(X_REQUEST_ID).iter();
+    let theirs = match (sent.next(), sent.next()) {
+        (Some(one), None) => ClientRequestId::from_header(one),
+        // None, or several: nothing to keep.
+        _ => None,
+    };
+    headers.remove(X_REQUEST_ID);
+    if let Some(theirs) = theirs {
+        req.extensions_mut().insert(theirs);
+    }
+}
+
+/// The request id header.
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// Makes a random (v4) UUID request id from the thread-local generator.
 /// (tower-http's `MakeRequestUuid` asks the kernel for each one: a

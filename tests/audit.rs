@@ -37,6 +37,13 @@ fn stable(mut record: Value) -> Value {
     );
     let duration = object.remove("duration_ms").unwrap();
     assert!(duration.is_null() || duration.as_f64().is_some_and(|d| d >= 0.0));
+    // The gateway's own id; the client's is `client_request_id`.
+    let id = object.remove("request_id").unwrap();
+    assert!(
+        id.as_str()
+            .is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()),
+        "{id}"
+    );
     record
 }
 
@@ -83,7 +90,7 @@ fn team_token(sub: &str, team: &str) -> String {
 
 fn base(id: &str, outcome: &str, method: &str, path: &str) -> serde_json::Map<String, Value> {
     json!({
-        "stage": "response", "request_id": id, "trace_id": "", "outcome": outcome,
+        "stage": "response", "client_request_id": id, "trace_id": "", "outcome": outcome,
         "operation": null, "method": method, "path": path, "query": null, "organization_id": null,
         "principal": null, "rule": null, "policy_mode": null, "status": null, "upstream_status": null,
         "client_ip": "127.0.0.1", "user_agent": "polytomic/25.9.2", "idempotency_key": null,
@@ -193,7 +200,7 @@ async fn every_outcome_gets_its_exact_record() {
     let by_id = |id: &str, stage: &str| {
         records
             .iter()
-            .find(|r| r["request_id"] == id && r["stage"] == stage)
+            .find(|r| r["client_request_id"] == id && r["stage"] == stage)
             .cloned()
             .unwrap_or_else(|| panic!("no {stage} record for {id} in {records:#?}"))
     };
@@ -272,7 +279,7 @@ async fn every_outcome_gets_its_exact_record() {
     // Refused writes were never forwarded, so they have no request record.
     assert!(!records
         .iter()
-        .any(|r| r["stage"] == "request" && r["request_id"] != "r-allowed"));
+        .any(|r| r["stage"] == "request" && r["client_request_id"] != "r-allowed"));
     assert_eq!(records.len(), 6);
 }
 
@@ -491,7 +498,7 @@ async fn write_only_schema_fields_are_redacted_with_no_redact_fields() {
     let records = read_audit(&audit_path);
     let recorded = records
         .iter()
-        .find(|r| r["request_id"] == "wo" && r["stage"] == "request")
+        .find(|r| r["client_request_id"] == "wo" && r["stage"] == "request")
         .unwrap_or_else(|| panic!("no request record: {trail}"));
     // Redacted in place; a field nothing marks is kept, so the list is empty.
     assert_eq!(
@@ -545,7 +552,7 @@ async fn two_thousand_requests_at_concurrency_64_give_2000_whole_records() {
     let responses: HashSet<_> = records
         .iter()
         .filter(|r| r["stage"] == "response")
-        .map(|r| r["request_id"].as_str().unwrap().to_owned())
+        .map(|r| r["client_request_id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(responses.len(), 2000);
     assert_eq!(
@@ -606,7 +613,7 @@ async fn sigkill_mid_load_loses_no_acknowledged_write() {
     for (i, line) in lines.iter().enumerate() {
         match serde_json::from_str::<Value>(line) {
             Ok(record) if record["stage"] == "request" => {
-                recorded.insert(record["request_id"].as_str().unwrap().to_owned());
+                recorded.insert(record["client_request_id"].as_str().unwrap().to_owned());
             }
             Ok(_) => {}
             Err(e) => assert_eq!(
@@ -723,7 +730,7 @@ async fn sighup_reopens_the_audit_file_for_logrotate() {
     let ids = |p: &std::path::Path| -> HashSet<String> {
         read_audit(p)
             .iter()
-            .map(|r| r["request_id"].as_str().unwrap().to_owned())
+            .map(|r| r["client_request_id"].as_str().unwrap().to_owned())
             .collect()
     };
     let (old_file, new_file) = (ids(&rotated), ids(&audit_path));
@@ -776,7 +783,7 @@ async fn a_client_that_disconnects_mid_request_still_leaves_a_response_record() 
         loop {
             if read_audit(&audit_path)
                 .iter()
-                .any(|r| r["request_id"] == "gone" && r["stage"] == "response")
+                .any(|r| r["client_request_id"] == "gone" && r["stage"] == "response")
             {
                 return;
             }
@@ -790,13 +797,13 @@ async fn a_client_that_disconnects_mid_request_still_leaves_a_response_record() 
     let records = read_audit(&audit_path);
     let stages: Vec<_> = records
         .iter()
-        .filter(|r| r["request_id"] == "gone")
+        .filter(|r| r["client_request_id"] == "gone")
         .map(|r| r["stage"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(stages, ["request", "response"], "{records:#?}");
     let response = records
         .iter()
-        .find(|r| r["request_id"] == "gone" && r["stage"] == "response")
+        .find(|r| r["client_request_id"] == "gone" && r["stage"] == "response")
         .unwrap();
     assert_eq!(response["outcome"], "cancelled", "{response}");
     assert_eq!(response["status"], Value::Null, "{response}");
@@ -811,7 +818,7 @@ async fn upstream_checking_the_trail(audit_path: std::path::PathBuf) -> std::net
             let id = req.headers()["x-request-id"].to_str().unwrap().to_owned();
             let recorded = read_audit(&audit_path)
                 .iter()
-                .any(|r| r["request_id"] == *id && r["stage"] == "request");
+                .any(|r| r["client_request_id"] == *id && r["stage"] == "request");
             http::Response::new(upstream_body(
                 json!({ "data": { "recorded_before_forwarding": recorded } }).to_string(),
             ))
@@ -848,7 +855,7 @@ async fn each_durability_holds_a_write_as_long_as_it_says() {
         assert!(
             read_audit(&audit_path)
                 .iter()
-                .any(|r| r["request_id"] == durability && r["stage"] == "request"),
+                .any(|r| r["client_request_id"] == durability && r["stage"] == "request"),
             "{durability}: the request record never reached the file"
         );
     }

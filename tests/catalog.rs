@@ -177,7 +177,10 @@ fn read_audit(path: &std::path::Path) -> Vec<Value> {
 }
 
 fn records_of<'a>(records: &'a [Value], id: &str) -> Vec<&'a Value> {
-    records.iter().filter(|r| r["request_id"] == id).collect()
+    records
+        .iter()
+        .filter(|r| r["client_request_id"] == id)
+        .collect()
 }
 
 /// `(pointer, keyword)` of every violation a 422 `invalid_body` lists.

@@ -322,6 +322,7 @@ async fn a_panic_in_a_layer_is_a_json_500_and_an_error_record() {
         let record: serde_json::Value = trail
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            // A stack of its own (no gateway request ids): the header as sent.
             .find(|r| r["request_id"] == id)
             .unwrap_or_else(|| panic!("no record for {id}: {trail}"));
         assert_eq!(record["outcome"], "error", "{record}");

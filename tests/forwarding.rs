@@ -148,16 +148,78 @@ async fn host_and_forwarded_headers_are_set() {
         "Host must be the upstream's"
     );
 
-    let mut req = get(&gw.url("/api/organization"));
-    req.headers_mut()
-        .insert("x-forwarded-for", "10.9.8.7".parse().unwrap());
-    req.headers_mut()
-        .insert("x-forwarded-proto", "https".parse().unwrap());
-    send(&client(), req).await;
-    let seen = &fake.requests()[1];
-    assert_eq!(seen.headers["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
-    assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(fake.requests()[0].headers["x-forwarded-for"], "127.0.0.1");
+}
+
+/// Identity headers a client made up, as a client would to pass for someone
+/// else in the upstream's logs.
+fn with_forged_forwarding_headers(mut req: Request<Full<Bytes>>) -> Request<Full<Bytes>> {
+    for (name, value) in [
+        ("x-forwarded-for", "10.9.8.7"),
+        ("forwarded", "for=10.9.8.7;proto=https;host=admin.example"),
+        ("x-real-ip", "10.9.8.7"),
+        ("x-forwarded-host", "admin.example"),
+        ("x-forwarded-proto", "https"),
+    ] {
+        req.headers_mut().insert(name, value.parse().unwrap());
+    }
+    req
+}
+
+/// By default no peer is a trusted proxy: the forwarding headers say who
+/// the gateway's peer is, whatever the client claimed.
+#[tokio::test]
+async fn a_clients_forwarding_headers_are_replaced_or_dropped() {
+    let (fake, gw) = fake_and_gateway("").await;
+    let req = with_forged_forwarding_headers(get(&gw.url("/api/organization")));
+    let (parts, _) = send(&client(), req).await;
+    assert_eq!(parts.status, 200);
+    let seen = &fake.requests()[0].headers;
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen["forwarded"], "for=127.0.0.1;proto=http");
+    assert_eq!(seen["x-forwarded-proto"], "http");
+    assert!(!seen.contains_key("x-real-ip"), "{seen:?}");
+    assert!(!seen.contains_key("x-forwarded-host"), "{seen:?}");
+    assert!(!format!("{seen:?}").contains("10.9.8.7"), "{seen:?}");
+}
+
+/// A peer in `server.trusted_proxies` (a load balancer in front) is
+/// believed: its chain is extended with its own address, and what it says
+/// about the original client passes through.
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_headers_are_extended() {
+    let (fake, gw) =
+        fake_and_gateway("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\"]").await;
+    let req = with_forged_forwarding_headers(get(&gw.url("/api/organization")));
+    let (parts, _) = send(&client(), req).await;
+    assert_eq!(parts.status, 200);
+    let seen = &fake.requests()[0].headers;
+    assert_eq!(seen["x-forwarded-for"], "10.9.8.7, 127.0.0.1");
+    assert_eq!(
+        seen["forwarded"],
+        "for=10.9.8.7;proto=https;host=admin.example, for=127.0.0.1;proto=http"
+    );
+    assert_eq!(seen["x-forwarded-proto"], "https");
+    assert_eq!(seen["x-real-ip"], "10.9.8.7");
+    assert_eq!(seen["x-forwarded-host"], "admin.example");
+}
+
+#[tokio::test]
+async fn trusted_proxies_must_be_addresses_or_networks() {
+    let dir = TestDir::new();
+    let path = dir.config(
+        "https://app.polytomic.com",
+        "[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"lb.internal\"]",
+    );
+    let config = polytomic_gateway::config::load(&path).unwrap();
+    let error = polytomic_gateway::Gateway::build(config, &path)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("`server.trusted_proxies`") && error.contains("lb.internal"),
+        "{error}"
+    );
+    assert!(error.contains(&path.display().to_string()), "{error}");
 }
 
 #[tokio::test]
@@ -237,25 +299,43 @@ async fn idempotency_keys_and_end_to_end_headers_pass_untouched() {
     assert_eq!(seen.headers["content-length"], "18");
 }
 
+/// The gateway always assigns its own request id: on the response, in the
+/// logs and as the audit record's `request_id`. A client's own, if it is a
+/// sane one, is recorded beside it as `client_request_id` and passed on
+/// upstream; a malformed one is neither.
 #[tokio::test]
-async fn request_ids_round_trip_and_are_generated_when_absent() {
+async fn the_request_id_is_always_the_gateways_and_the_clients_is_kept_beside_it() {
     let (fake, gw) = fake_and_gateway("").await;
     let c = client();
-    let mut req = get(&gw.url("/api/organization"));
-    req.headers_mut()
-        .insert("x-request-id", "caller-req-42".parse().unwrap());
-    let (parts, _) = send(&c, req).await;
-    assert_eq!(parts.headers["x-request-id"], "caller-req-42");
+    let with_id = |id: &str| {
+        let mut req = get(&gw.url("/api/organization"));
+        req.headers_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        req
+    };
+    let (parts, _) = send(&c, with_id("caller-req-42")).await;
+    let first = parts.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&first).is_ok(), "{first}");
 
     let (parts, _) = send(&c, get(&gw.url("/api/organization"))).await;
-    let generated = parts.headers["x-request-id"].to_str().unwrap().to_owned();
-    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    let second = parts.headers["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&second).is_ok(), "{second}");
+
+    let too_long = "x".repeat(129);
+    let mut third = Vec::new();
+    for bad in [too_long.as_str(), "a b", "a\"b", "{\"forged\":1}"] {
+        let (parts, _) = send(&c, with_id(bad)).await;
+        third.push(parts.headers["x-request-id"].to_str().unwrap().to_owned());
+    }
 
     let seen = fake.requests();
     assert_eq!(seen[0].headers["x-request-id"], "caller-req-42");
-    assert_eq!(seen[1].headers["x-request-id"], generated.as_str());
+    assert_eq!(seen[1].headers["x-request-id"], second.as_str());
+    for (request, ours) in seen[2..].iter().zip(&third) {
+        assert_eq!(request.headers["x-request-id"], ours.as_str());
+    }
 
-    // Refusals carry a request id too.
+    // Refusals carry the gateway's id too.
     let (parts, _) = send(
         &c,
         Request::post(gw.url("/readyz"))
@@ -264,6 +344,23 @@ async fn request_ids_round_trip_and_are_generated_when_absent() {
     )
     .await;
     assert!(parts.headers.contains_key("x-request-id"));
+
+    let dir = gw.shutdown().await;
+    let trail = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = trail
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|r: &serde_json::Value| r["stage"] == "response")
+        .collect();
+    assert_eq!(records[0]["request_id"], first.as_str());
+    assert_eq!(records[0]["client_request_id"], "caller-req-42");
+    assert_eq!(records[1]["request_id"], second.as_str());
+    assert!(records[1]["client_request_id"].is_null(), "{}", records[1]);
+    for (record, ours) in records[2..].iter().zip(&third) {
+        assert_eq!(record["request_id"], ours.as_str());
+        assert!(record["client_request_id"].is_null(), "{record}");
+    }
+    assert!(!trail.contains("forged"), "{trail}");
 }
 
 #[tokio::test]
@@ -315,7 +412,7 @@ async fn health_endpoints_are_answered_locally() {
 }
 
 #[tokio::test]
-async fn the_callers_request_id_wins_over_the_upstreams() {
+async fn the_gateways_request_id_wins_over_the_upstreams() {
     let upstream = spawn_upstream(|_req| async {
         http::Response::builder()
             .header("x-request-id", "polytomic-side-id")
@@ -328,7 +425,8 @@ async fn the_callers_request_id_wins_over_the_upstreams() {
     req.headers_mut()
         .insert("x-request-id", "caller-req-7".parse().unwrap());
     let (parts, _) = send(&client(), req).await;
-    assert_eq!(parts.headers["x-request-id"], "caller-req-7");
+    let ours = parts.headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(ours).is_ok(), "{ours}");
     assert_eq!(parts.headers["x-upstream-request-id"], "polytomic-side-id");
 }
 

@@ -118,7 +118,7 @@ impl Collector {
             .unwrap()
             .iter()
             .filter(|(r, _)| r["stage"] == "response")
-            .map(|(r, _)| r["request_id"].as_str().unwrap().to_owned())
+            .map(|(r, _)| r["client_request_id"].as_str().unwrap().to_owned())
             .collect()
     }
 
@@ -239,7 +239,7 @@ async fn records_wait_while_the_collector_is_down_and_arrive_once() {
     );
     let (record, attributes) = records
         .iter()
-        .find(|(r, _)| r["request_id"] == "o-0" && r["stage"] == "response")
+        .find(|(r, _)| r["client_request_id"] == "o-0" && r["stage"] == "response")
         .unwrap();
     assert_eq!(attributes["operation"], "organizations.update");
     assert_eq!(attributes["outcome"], "allowed");

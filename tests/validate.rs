@@ -541,7 +541,7 @@ async fn a_body_that_ends_early_is_400_incomplete_body() {
         let record = audit
             .lines()
             .map(|l| json(l.as_bytes()))
-            .find(|r| r["request_id"] == *id && r["stage"] == "response")
+            .find(|r| r["client_request_id"] == *id && r["stage"] == "response")
             .unwrap_or_else(|| panic!("no record for {id}: {audit}"));
         assert_eq!(record["status"], 400, "{record}");
         assert_eq!(record["error_key"], "incomplete_body", "{record}");

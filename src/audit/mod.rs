@@ -45,6 +45,7 @@ use crate::config::{ConfigProblem, SecretSourceConfig};
 use crate::credentials::{read_secret, CredentialSource};
 use crate::error::{ErrorKey, GatewayError};
 use crate::future::{take_ready, ResponseFuture, ThenCall};
+use crate::notes::ClientRequestId;
 use crate::notes::RequestNotes;
 use crate::server::ClientAddr;
 use crate::telemetry::RequestTrace;
@@ -537,6 +538,10 @@ where
         let headers = req.headers();
         let info = Arc::new(RequestInfo {
             request_id: header_string(headers, "x-request-id").unwrap_or_default(),
+            client_request_id: req
+                .extensions()
+                .get::<ClientRequestId>()
+                .map(|id| id.as_str().to_owned()),
             trace_id: req
                 .extensions()
                 .get::<crate::telemetry::TraceId>()

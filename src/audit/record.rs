@@ -12,8 +12,10 @@ use crate::policy::PolicyDecision;
 /// What the outer layer captured when the request arrived.
 #[derive(Debug, Clone)]
 pub struct RequestInfo {
-    /// The `x-request-id` (the client's or a generated one).
+    /// The gateway's own request id (its `x-request-id`).
     pub request_id: String,
+    /// The client's own `x-request-id`, when it sent a sane one.
+    pub client_request_id: Option<String>,
     /// The trace id, once tracing is on; empty until then.
     pub trace_id: String,
     /// The method.
@@ -49,6 +51,7 @@ pub struct AuditRecord<'a> {
     pub time: String,
     pub stage: &'static str,
     pub request_id: &'a str,
+    pub client_request_id: Option<&'a str>,
     pub trace_id: &'a str,
     pub outcome: &'static str,
     pub operation: Option<&'a str>,
@@ -128,6 +131,7 @@ pub fn line(
         time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         stage,
         request_id: &info.request_id,
+        client_request_id: info.client_request_id.as_deref(),
         trace_id: &info.trace_id,
         outcome: outcome(error_key, notes.decision.as_ref()),
         operation: route.map(|r| &*r.operation),

@@ -360,6 +360,7 @@ pub fn export_request(service_name: &str, lines: &[Bytes]) -> ExportLogsServiceR
                 attribute("principal.sub", record["principal"]["sub"].as_str()),
                 attribute("stage", record["stage"].as_str()),
                 attribute("request_id", record["request_id"].as_str()),
+                attribute("client_request_id", record["client_request_id"].as_str()),
             ]
             .into_iter()
             .flatten()
