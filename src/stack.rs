@@ -26,7 +26,7 @@ use crate::policy::{Policy, PolicyBodyLayer, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
 use crate::routes::{RouteLayer, RouteTable};
 use crate::telemetry::TelemetryLayer;
-use crate::validate::ValidateLayer;
+use crate::validate::{JsonLimits, ValidateLayer};
 use crate::version::{PolytomicVersionLayer, VersionPolicy};
 
 /// The built parts a stack is assembled from.
@@ -161,7 +161,7 @@ where
         .layer(BodyLimitLayer::new(parts.max_body_bytes))
         // Inside the body limit, so a body it reads is bounded; after policy,
         // so only allowed callers make the gateway read and parse a body.
-        .layer(ValidateLayer::new())
+        .layer(ValidateLayer::new(JsonLimits::DEFAULT))
         // Organizations named in the body (`organization_id` on a catalog
         // write) are checked once validation has parsed it; the policy layer
         // above let through only callers some rule grants the operation.
