@@ -7,7 +7,8 @@
 //! Each body is measured three ways, so the two halves of the work show
 //! separately:
 //!
-//! - `parse_strict`: the strict parse alone (UTF-8, nesting, duplicate keys);
+//! - `parse_strict`: the strict parse alone (UTF-8, duplicate keys, the
+//!   depth and value-count limits at their defaults);
 //! - `validate`: the schema check alone, on a `Value` parsed beforehand;
 //! - `check_body`: both, as `ValidateLayer` runs them on a buffered body.
 //!
@@ -39,7 +40,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
-use polytomic_gateway::validate::{check_body, parse_strict, CompiledSchema};
+use polytomic_gateway::validate::{check_body, parse_strict, CompiledSchema, JsonLimits};
 use serde_json::{json, Value};
 
 /// The size the large bodies are built up to.
@@ -174,21 +175,24 @@ fn bench_body(
 ) {
     eprintln!("{name}: {} bytes", body.len());
     // Every case must measure the outcome it names.
-    let parsed = parse_strict(body).expect("the body is strict JSON");
+    let parsed = parse_strict(body, JsonLimits::DEFAULT).expect("the body is strict JSON");
     match schema.validate(&parsed) {
         Ok(()) => assert_eq!(violations, 0, "{name} should be invalid"),
         Err(found) => assert_eq!(found.len(), violations, "{name}: {found:?}"),
     }
-    assert_eq!(check_body(schema, body).is_ok(), violations == 0);
+    assert_eq!(
+        check_body(schema, body, JsonLimits::DEFAULT).is_ok(),
+        violations == 0
+    );
 
     group.bench_function(format!("{name}/parse_strict"), |b| {
-        b.iter(|| parse_strict(black_box(body)).expect("parses"))
+        b.iter(|| parse_strict(black_box(body), JsonLimits::DEFAULT).expect("parses"))
     });
     group.bench_function(format!("{name}/validate"), |b| {
         b.iter(|| schema.validate(black_box(&parsed)))
     });
     group.bench_function(format!("{name}/check_body"), |b| {
-        b.iter(|| check_body(schema, black_box(body)))
+        b.iter(|| check_body(schema, black_box(body), JsonLimits::DEFAULT))
     });
 }
 
@@ -199,9 +203,12 @@ fn bench_duplicate_keys(
     body: &[u8],
 ) {
     let plain: Value = serde_json::from_slice(body).expect("valid JSON");
-    assert_eq!(parse_strict(body).expect("strict JSON"), plain);
+    assert_eq!(
+        parse_strict(body, JsonLimits::DEFAULT).expect("strict JSON"),
+        plain
+    );
     group.bench_function(format!("duplicate_keys/{name}/parse_strict"), |b| {
-        b.iter(|| parse_strict(black_box(body)).expect("parses"))
+        b.iter(|| parse_strict(black_box(body), JsonLimits::DEFAULT).expect("parses"))
     });
     group.bench_function(format!("duplicate_keys/{name}/serde_json"), |b| {
         b.iter(|| serde_json::from_slice::<Value>(black_box(body)).expect("parses"))

@@ -221,6 +221,15 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: u64,
+    /// A validated write body nesting arrays and objects deeper than this
+    /// gets 422 `json_too_deep`; the outermost counts as 1. At most 126:
+    /// serde_json refuses 128 levels itself.
+    pub max_json_depth: usize,
+    /// A validated write body holding more JSON values than this gets 413
+    /// `json_too_many_values`; the parse stops there, which bounds the
+    /// memory it takes. Every object, array, string, number, boolean and
+    /// null counts; object keys do not.
+    pub max_json_values: usize,
     /// Limit on a whole request, until the response headers; 504 past it.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -265,6 +274,8 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 1024 * 1024,
+            max_json_depth: crate::validate::JsonLimits::DEFAULT.max_depth,
+            max_json_values: crate::validate::JsonLimits::DEFAULT.max_values,
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
             max_connections: 4096,
@@ -558,6 +569,8 @@ mod tests {
         let config = load(file.path()).unwrap();
         assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(config.server.max_body_bytes, 1_048_576);
+        assert_eq!(config.server.max_json_depth, 64);
+        assert_eq!(config.server.max_json_values, 100_000);
         assert_eq!(config.server.request_timeout, Duration::from_secs(30));
         assert_eq!(config.upstream.url, "https://app.polytomic.com");
         assert_eq!(config.polytomic.version, "2025-09-18");

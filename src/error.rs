@@ -117,6 +117,19 @@ pub enum GatewayError {
     /// The write body is not strict, well-formed JSON.
     #[error("{0}")]
     InvalidJson(crate::validate::JsonError),
+    /// The write body nests arrays and objects deeper than
+    /// `server.max_json_depth`.
+    #[error("the JSON body nests deeper than server.max_json_depth ({limit})")]
+    JsonTooDeep {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// The write body holds more JSON values than `server.max_json_values`.
+    #[error("the JSON body has more values than server.max_json_values ({limit})")]
+    JsonTooManyValues {
+        /// The configured limit.
+        limit: usize,
+    },
     /// The write body violates the route's schema.
     #[error("the body does not match the schema: {} problem(s), see metadata.errors", .0.len())]
     InvalidBody(Vec<crate::validate::Violation>),
@@ -154,7 +167,9 @@ impl GatewayError {
     /// The HTTP status of this refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge { .. } | Self::JsonTooManyValues { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UpstreamUnreachable(_) | Self::UpstreamFailed(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout(_) | Self::RequestTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             Self::Draining
@@ -175,7 +190,7 @@ impl GatewayError {
             Self::InvalidJson(_) | Self::BodyNotAllowed(_) | Self::IncompleteBody => {
                 StatusCode::BAD_REQUEST
             }
-            Self::InvalidBody(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::InvalidBody(_) | Self::JsonTooDeep { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal | Self::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -202,6 +217,8 @@ impl GatewayError {
             Self::Forbidden { .. } => "forbidden",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::InvalidJson(_) => "invalid_json",
+            Self::JsonTooDeep { .. } => "json_too_deep",
+            Self::JsonTooManyValues { .. } => "json_too_many_values",
             Self::InvalidBody(_) => "invalid_body",
             Self::BodyNotAllowed(_) => "body_not_allowed",
             Self::IncompleteBody => "incomplete_body",
@@ -220,6 +237,9 @@ impl GatewayError {
                 serde_json::json!({ "limit": limit, "unit": unit })
             }
             Self::InvalidJson(e) => serde_json::json!({ "line": e.line, "column": e.column }),
+            Self::JsonTooDeep { limit } | Self::JsonTooManyValues { limit } => {
+                serde_json::json!({ "limit": limit })
+            }
             Self::InvalidBody(errors) => serde_json::json!({ "errors": errors }),
             Self::InvalidId { param } => serde_json::json!({ "parameter": &**param }),
             _ => serde_json::json!({}),
@@ -469,6 +489,40 @@ mod tests {
         let body = json(svc.oneshot(Request::new(())).await.unwrap()).await;
         assert_eq!(body["key"], "request_timeout");
         assert_eq!(body["message"], "the request did not complete within 3s");
+    }
+
+    #[tokio::test]
+    async fn parse_limit_refusals_name_the_key_and_the_limit() {
+        for (error, status, key, message, limit) in [
+            (
+                GatewayError::JsonTooDeep { limit: 64 },
+                422,
+                "json_too_deep",
+                "the JSON body nests deeper than server.max_json_depth (64)",
+                64,
+            ),
+            (
+                GatewayError::JsonTooManyValues { limit: 100_000 },
+                413,
+                "json_too_many_values",
+                "the JSON body has more values than server.max_json_values (100000)",
+                100_000,
+            ),
+        ] {
+            let response = error.to_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response.extensions().get::<ErrorKey>(),
+                Some(&ErrorKey(key))
+            );
+            assert_eq!(
+                json(response).await,
+                serde_json::json!({
+                    "status": status, "key": key, "message": message,
+                    "metadata": {"limit": limit},
+                })
+            );
+        }
     }
 
     #[tokio::test]

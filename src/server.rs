@@ -42,6 +42,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::Upstream;
 use crate::stack::{self, StackParts};
+use crate::validate::MAX_JSON_DEPTH_LIMIT;
 use crate::version::VersionPolicy;
 
 /// Adapts the tower stack to hyper, calling it as soon as hyper has parsed a
@@ -261,6 +262,10 @@ impl Gateway {
             parts: StackParts {
                 metrics,
                 max_body_bytes: config.server.max_body_bytes,
+                json_limits: crate::validate::JsonLimits {
+                    max_depth: config.server.max_json_depth,
+                    max_values: config.server.max_json_values,
+                },
                 head_limits: crate::limit::HeadLimits {
                     uri_bytes: config.server.max_uri_bytes,
                     header_bytes: config.server.max_header_bytes,
@@ -763,6 +768,8 @@ fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
         ),
         ("server.max_connections", server.max_connections == 0),
         ("server.max_body_bytes", server.max_body_bytes == 0),
+        ("server.max_json_depth", server.max_json_depth == 0),
+        ("server.max_json_values", server.max_json_values == 0),
         ("server.max_inflight", server.max_inflight == 0),
         ("server.max_header_bytes", server.max_header_bytes == 0),
         ("server.max_headers", server.max_headers == 0),
@@ -787,6 +794,16 @@ fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
         if value > limit {
             problems.push(ConfigProblem::new(key, format!("must be at most {limit}")));
         }
+    }
+    if server.max_json_depth > MAX_JSON_DEPTH_LIMIT {
+        problems.push(ConfigProblem::new(
+            "server.max_json_depth",
+            format!(
+                "must be at most {MAX_JSON_DEPTH_LIMIT}: serde_json refuses nesting of 128 levels \
+                 itself (its recursion limit), and a body one level past this limit must still \
+                 be parsed far enough to be answered json_too_deep"
+            ),
+        ));
     }
     for (key, zero) in positive {
         if zero {

@@ -27,7 +27,7 @@ use crate::policy::{Policy, PolicyBodyLayer, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
 use crate::routes::{RouteLayer, RouteTable};
 use crate::telemetry::TelemetryLayer;
-use crate::validate::ValidateLayer;
+use crate::validate::{JsonLimits, ValidateLayer};
 use crate::version::{PolytomicVersionLayer, VersionPolicy};
 
 /// The built parts a stack is assembled from.
@@ -35,6 +35,8 @@ use crate::version::{PolytomicVersionLayer, VersionPolicy};
 pub struct StackParts {
     /// `server.max_body_bytes`.
     pub max_body_bytes: u64,
+    /// `server.max_json_depth` and `server.max_json_values`.
+    pub json_limits: JsonLimits,
     /// `server.request_timeout`.
     pub request_timeout: std::time::Duration,
     /// `server.max_uri_bytes`, `server.max_header_bytes`, `server.max_headers`.
@@ -70,6 +72,7 @@ impl StackParts {
     pub fn for_worker(&self) -> Self {
         Self {
             max_body_bytes: self.max_body_bytes,
+            json_limits: self.json_limits,
             request_timeout: self.request_timeout,
             head_limits: self.head_limits,
             inflight: self.inflight.clone(),
@@ -162,9 +165,11 @@ where
         // Before anything reads the body; also boxes it into the one body
         // type the inner layers share.
         .layer(BodyLimitLayer::new(parts.max_body_bytes))
-        // Inside the body limit, so a body it reads is bounded; after policy,
-        // so only allowed callers make the gateway read and parse a body.
-        .layer(ValidateLayer::new())
+        // Inside the body limit, so a body it reads is bounded (and its parse,
+        // by `server.max_json_depth` and `server.max_json_values`); after
+        // policy, so only allowed callers make the gateway read and parse a
+        // body.
+        .layer(ValidateLayer::new(parts.json_limits))
         // Organizations named in the body (`organization_id` on a catalog
         // write) are checked once validation has parsed it; the policy layer
         // above let through only callers some rule grants the operation.

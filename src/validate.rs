@@ -11,9 +11,14 @@
 //!    `; charset=utf-8`, else 415;
 //! 3. the body is read up to the limit, and 413 past it;
 //! 4. the body parses strictly ([`parse_strict`]): valid UTF-8, no lone
-//!    surrogates, no trailing data, nesting at most [`MAX_DEPTH`], and **no
-//!    duplicate keys**, even ones equal only after unescaping; else 400
-//!    `invalid_json` with line and column;
+//!    surrogates, no trailing data, and **no duplicate keys**, even ones
+//!    equal only after unescaping; else 400 `invalid_json` with line and
+//!    column. The parse is bounded ([`JsonLimits`]): arrays and objects
+//!    nested deeper than `server.max_json_depth` are 422 `json_too_deep`,
+//!    and more JSON values than `server.max_json_values` are 413
+//!    `json_too_many_values`. Both are counted while parsing, and the parse
+//!    stops at the first value past a limit, so the memory a parse takes is
+//!    bounded by the limits, not by the body;
 //! 5. it satisfies the schema, else 422 `invalid_body` listing every
 //!    violation with messages written here from the keyword and the schema,
 //!    never containing the submitted value.
@@ -27,6 +32,7 @@
 //! schema route, so a body never reaches the upstream unvalidated there.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
@@ -50,8 +56,45 @@ use crate::notes::BodyNote;
 use crate::routes::RouteMatch;
 use crate::telemetry::RequestTrace;
 
-/// The deepest nesting of arrays and objects a body may have.
-pub const MAX_DEPTH: usize = 64;
+/// Bounds on the strict parse of one body: `server.max_json_depth` and
+/// `server.max_json_values`.
+///
+/// A parsed document takes far more memory than its text (a small object is
+/// a few bytes of JSON but hundreds of bytes of [`Value`]), so the parse
+/// counts as it goes and stops at the first value past a limit: what one
+/// parse builds is bounded by these limits, not by the body's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    /// The deepest nesting of arrays and objects; the outermost counts as 1,
+    /// and a scalar alone is depth 0. Past it: 422 `json_too_deep`.
+    pub max_depth: usize,
+    /// The most values a document may hold. Every value counts once: each
+    /// object, array, string, number, `true`, `false` and `null`, at any
+    /// depth, the document itself included. Object keys do not count apart
+    /// from their values (a key is text, bounded by the body's size; the
+    /// member's value counts). Past it: 413 `json_too_many_values`.
+    pub max_values: usize,
+}
+
+impl JsonLimits {
+    /// The defaults: 64 levels, 100,000 values.
+    pub const DEFAULT: Self = Self {
+        max_depth: 64,
+        max_values: 100_000,
+    };
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// The largest `server.max_json_depth`. serde_json refuses nesting of 128
+/// levels or more itself (its recursion limit, counted as here), with its
+/// own error; a body one level past the configured limit must reach this
+/// module's check, so that it is answered `json_too_deep`.
+pub const MAX_JSON_DEPTH_LIMIT: usize = 126;
 
 /// Why a body is not acceptable JSON; the 400's message and metadata.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,20 +117,89 @@ impl fmt::Display for JsonError {
     }
 }
 
-/// Builds a `serde_json::Value`, refusing duplicate keys and deep nesting.
-struct Strict {
-    depth: usize,
+/// Why [`parse_strict`] refused a body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not one strict, well-formed JSON document: 400 `invalid_json`.
+    Invalid(JsonError),
+    /// Nested deeper than [`JsonLimits::max_depth`]: 422 `json_too_deep`.
+    TooDeep {
+        /// The limit passed.
+        limit: usize,
+    },
+    /// More values than [`JsonLimits::max_values`]: 413
+    /// `json_too_many_values`.
+    TooManyValues {
+        /// The limit passed.
+        limit: usize,
+    },
 }
 
-impl<'de> DeserializeSeed<'de> for Strict {
+impl From<ParseError> for GatewayError {
+    fn from(error: ParseError) -> Self {
+        match error {
+            ParseError::Invalid(e) => GatewayError::InvalidJson(e),
+            ParseError::TooDeep { limit } => GatewayError::JsonTooDeep { limit },
+            ParseError::TooManyValues { limit } => GatewayError::JsonTooManyValues { limit },
+        }
+    }
+}
+
+/// One parse's count against its limits, shared by every level of it.
+struct Budget {
+    limits: JsonLimits,
+    /// Values counted so far.
+    values: Cell<usize>,
+    /// The limit that stopped the parse, once one has.
+    exceeded: Cell<Option<ParseError>>,
+}
+
+impl Budget {
+    /// Stops the parse with `error`: the error that serde_json carries out
+    /// only unwinds it; [`parse_strict`] reports `error`.
+    fn exceed<E: serde::de::Error>(&self, error: ParseError) -> E {
+        self.exceeded.set(Some(error));
+        E::custom("a parse limit was passed")
+    }
+}
+
+/// Builds a `serde_json::Value`, refusing duplicate keys, and nesting and
+/// value counts past the [`Budget`]'s limits.
+struct Strict<'b> {
+    /// The nesting of the arrays and objects around this value.
+    depth: usize,
+    budget: &'b Budget,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
 
     fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        // Counted before the value is read: the first value past the limit
+        // stops the parse, so no more than `max_values` are ever built.
+        let values = self.budget.values.get() + 1;
+        let limit = self.budget.limits.max_values;
+        if values > limit {
+            return Err(self.budget.exceed(ParseError::TooManyValues { limit }));
+        }
+        self.budget.values.set(values);
         deserializer.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl Strict<'_> {
+    /// The depth of an array or object opening here, or the refusal.
+    fn enter<E: serde::de::Error>(&self) -> Result<usize, E> {
+        let depth = self.depth + 1;
+        let limit = self.budget.limits.max_depth;
+        if depth > limit {
+            return Err(self.budget.exceed(ParseError::TooDeep { limit }));
+        }
+        Ok(depth)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -119,26 +231,19 @@ impl<'de> Visitor<'de> for Strict {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let depth = self.depth + 1;
-        if depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom(format_args!(
-                "nesting deeper than {MAX_DEPTH}"
-            )));
-        }
+        let depth = self.enter()?;
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(Strict { depth })? {
+        while let Some(item) = seq.next_element_seed(Strict {
+            depth,
+            budget: self.budget,
+        })? {
             items.push(item);
         }
         Ok(Value::Array(items))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let depth = self.depth + 1;
-        if depth > MAX_DEPTH {
-            return Err(serde::de::Error::custom(format_args!(
-                "nesting deeper than {MAX_DEPTH}"
-            )));
-        }
+        let depth = self.enter()?;
         let mut object = Map::new();
         // Keys arrive unescaped, so "a\u005fb" and "a_b" collide here.
         while let Some(key) = map.next_key::<String>()? {
@@ -148,30 +253,44 @@ impl<'de> Visitor<'de> for Strict {
                     return Err(serde::de::Error::custom("duplicate object key"));
                 }
             };
-            slot.insert(map.next_value_seed(Strict { depth })?);
+            slot.insert(map.next_value_seed(Strict {
+                depth,
+                budget: self.budget,
+            })?);
         }
         Ok(Value::Object(object))
     }
 }
 
-/// Parses `bytes` as one JSON document, strictly (see the module docs).
-pub fn parse_strict(bytes: &[u8]) -> Result<Value, JsonError> {
+/// Parses `bytes` as one JSON document, strictly and within `limits` (see
+/// the module docs).
+pub fn parse_strict(bytes: &[u8], limits: JsonLimits) -> Result<Value, ParseError> {
+    let budget = Budget {
+        limits,
+        values: Cell::new(0),
+        exceeded: Cell::new(None),
+    };
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict { depth: 0 }
-        .deserialize(&mut deserializer)
-        .and_then(|value| deserializer.end().map(|()| value))
-        .map_err(|e| {
-            let text = e.to_string();
-            let reason = text
-                .rsplit_once(" at line ")
-                .map_or(text.as_str(), |(r, _)| r);
-            JsonError {
-                line: e.line(),
-                column: e.column(),
-                reason: reason.to_owned(),
-            }
-        })?;
-    Ok(value)
+    Strict {
+        depth: 0,
+        budget: &budget,
+    }
+    .deserialize(&mut deserializer)
+    .and_then(|value| deserializer.end().map(|()| value))
+    .map_err(|e| {
+        if let Some(exceeded) = budget.exceeded.take() {
+            return exceeded;
+        }
+        let text = e.to_string();
+        let reason = text
+            .rsplit_once(" at line ")
+            .map_or(text.as_str(), |(r, _)| r);
+        ParseError::Invalid(JsonError {
+            line: e.line(),
+            column: e.column(),
+            reason: reason.to_owned(),
+        })
+    })
 }
 
 /// One schema violation, as listed in a 422's `metadata.errors`.
@@ -476,7 +595,7 @@ fn collect_secrets(
         out.0.push(prefix.clone());
         return; // the whole value is secret
     }
-    if prefix.len() >= MAX_DEPTH {
+    if prefix.len() >= MAX_JSON_DEPTH_LIMIT {
         return; // deeper than any accepted body
     }
     if let Some(reference) = object.get("$ref").and_then(Value::as_str) {
@@ -804,12 +923,15 @@ fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
 
 /// Validates write bodies on routes with a schema; see the module docs.
 #[derive(Debug, Clone, Default)]
-pub struct ValidateLayer;
+pub struct ValidateLayer {
+    limits: JsonLimits,
+}
 
 impl ValidateLayer {
-    /// A layer validating against the schema of each request's route.
-    pub fn new() -> Self {
-        Self
+    /// A layer validating against the schema of each request's route,
+    /// parsing within `limits`.
+    pub fn new(limits: JsonLimits) -> Self {
+        Self { limits }
     }
 }
 
@@ -817,7 +939,10 @@ impl<S> Layer<S> for ValidateLayer {
     type Service = Validate<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Validate { inner }
+        Validate {
+            inner,
+            limits: self.limits,
+        }
     }
 }
 
@@ -825,11 +950,18 @@ impl<S> Layer<S> for ValidateLayer {
 #[derive(Debug, Clone)]
 pub struct Validate<S> {
     inner: S,
+    /// The bounds on each body's parse.
+    limits: JsonLimits,
 }
 
-/// Checks a whole body against `schema`; `Ok` holds the parsed document.
-pub fn check_body(schema: &CompiledSchema, bytes: &[u8]) -> Result<Value, GatewayError> {
-    let value = parse_strict(bytes).map_err(GatewayError::InvalidJson)?;
+/// Checks a whole body against `schema`, parsing within `limits`; `Ok`
+/// holds the parsed document.
+pub fn check_body(
+    schema: &CompiledSchema,
+    bytes: &[u8],
+    limits: JsonLimits,
+) -> Result<Value, GatewayError> {
+    let value = parse_strict(bytes, limits)?;
     schema.validate(&value).map_err(GatewayError::InvalidBody)?;
     Ok(value)
 }
@@ -872,12 +1004,13 @@ where
             return ResponseFuture::early(GatewayError::UnsupportedMediaType.to_response());
         }
         let inner = take_ready(&mut self.inner);
+        let limits = self.limits;
         let span =
             RequestTrace::child_of(req.extensions(), "validate", SpanKind::Internal, Vec::new);
         ResponseFuture::inner(Either::Right(ThenCall::new(
             Box::pin(async move {
                 let _span = span; // ends when the body is read and checked
-                read_and_check(req, schema).await
+                read_and_check(req, schema, limits).await
             }),
             inner,
         )))
@@ -894,6 +1027,7 @@ pub struct BufferedBody(pub Bytes);
 async fn read_and_check(
     req: Request<GatewayBody>,
     schema: Arc<CompiledSchema>,
+    limits: JsonLimits,
 ) -> Result<Request<GatewayBody>, Response<GatewayBody>> {
     let (mut parts, body) = req.into_parts();
     let bytes: Bytes = match body.collect().await {
@@ -901,7 +1035,7 @@ async fn read_and_check(
         // The body limit's own error, or the client went away.
         Err(error) => return Err(body_read_failure(&error)),
     };
-    let value = check_body(&schema, &bytes).map_err(|refusal| {
+    let value = check_body(&schema, &bytes, limits).map_err(|refusal| {
         tracing::debug!(
             key = refusal.key(),
             schema = schema.path(),
@@ -965,47 +1099,163 @@ impl SchemaCache {
 mod tests {
     use super::*;
 
+    /// The strict parse with the default limits.
+    fn strict(bytes: &[u8]) -> Result<Value, ParseError> {
+        parse_strict(bytes, JsonLimits::DEFAULT)
+    }
+
+    /// The 400 `invalid_json` refusal of `bytes`.
+    fn invalid(bytes: &[u8]) -> JsonError {
+        match strict(bytes) {
+            Err(ParseError::Invalid(e)) => e,
+            other => panic!("not refused as invalid JSON: {other:?}"),
+        }
+    }
+
     #[test]
     fn strict_parsing_keeps_every_value_as_serde_json_reads_it() {
         // Every JSON type, both integer signs and their extremes, floats,
         // escapes and nesting: what is validated and audited is what was sent.
         let doc = br#"{"null":null,"t":true,"f":false,"neg":-7,"min":-9223372036854775808,"pos":7,"max":18446744073709551615,"float":-0.5,"exp":1e3,"s":"a\u00e9\"","arr":[1,-1,[],{}],"obj":{"k":{}}}"#;
-        let strict = parse_strict(doc).unwrap();
-        assert_eq!(strict, serde_json::from_slice::<Value>(doc).unwrap());
-        assert_eq!(strict["neg"], -7);
+        let parsed = strict(doc).unwrap();
+        assert_eq!(parsed, serde_json::from_slice::<Value>(doc).unwrap());
+        assert_eq!(parsed["neg"], -7);
     }
 
     #[test]
     fn strict_parsing_refuses_what_serde_json_lets_through() {
         // serde_json keeps the last duplicate silently; the strict parse refuses.
         assert!(serde_json::from_slice::<Value>(br#"{"a":1,"a":2}"#).is_ok());
-        let e = parse_strict(br#"{"a":1,"a":2}"#).unwrap_err();
+        let e = invalid(br#"{"a":1,"a":2}"#);
         assert_eq!((e.line, e.reason.as_str()), (1, "duplicate object key"));
-        assert!(parse_strict(br#"{"a_b":1,"a\u005fb":2}"#).is_err());
+        invalid(br#"{"a_b":1,"a\u005fb":2}"#);
         assert!(
-            parse_strict(br#"[{"k":1},{"k":2}]"#).is_ok(),
+            strict(br#"[{"k":1},{"k":2}]"#).is_ok(),
             "same key in sibling objects is fine"
         );
-        // The depth limit holds for arrays and objects alike, inclusively.
-        let arrays = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
-        let objects = |n: usize| format!("{}{{}}{}", r#"{"a":"#.repeat(n - 1), "}".repeat(n - 1));
-        let shapes: [&dyn Fn(usize) -> String; 2] = [&arrays, &objects];
-        for nested in shapes {
-            assert!(parse_strict(nested(MAX_DEPTH).as_bytes()).is_ok());
-            assert!(parse_strict(nested(MAX_DEPTH - 1).as_bytes()).is_ok());
+        invalid(b"{} {}");
+        invalid(b"");
+        invalid(br#""\ud800""#);
+        invalid(b"\"\xc3\x28\"");
+        let e = invalid(b"{\n  \"a\": 1,,\n  \"b\": 2\n}");
+        assert_eq!(e.line, 2);
+    }
+
+    /// Arrays nested `n` deep.
+    fn arrays(n: usize) -> String {
+        format!("{}{}", "[".repeat(n), "]".repeat(n))
+    }
+
+    /// Objects nested `n` deep.
+    fn objects(n: usize) -> String {
+        format!("{}{{}}{}", r#"{"a":"#.repeat(n - 1), "}".repeat(n - 1))
+    }
+
+    #[test]
+    fn nesting_is_allowed_to_max_depth_and_refused_one_past() {
+        let shapes: [fn(usize) -> String; 2] = [arrays, objects];
+        for depth in [1, 3, JsonLimits::DEFAULT.max_depth, MAX_JSON_DEPTH_LIMIT] {
+            let limits = JsonLimits {
+                max_depth: depth,
+                ..JsonLimits::DEFAULT
+            };
+            for nested in shapes {
+                let at = nested(depth);
+                assert_eq!(
+                    parse_strict(at.as_bytes(), limits).unwrap(),
+                    serde_json::from_str::<Value>(&at).unwrap(),
+                    "{depth} deep, at the limit"
+                );
+                assert_eq!(
+                    parse_strict(nested(depth + 1).as_bytes(), limits),
+                    Err(ParseError::TooDeep { limit: depth }),
+                    "{depth} deep, one past"
+                );
+            }
+        }
+        // A scalar alone is depth 0; the outermost array or object is 1.
+        let one = JsonLimits {
+            max_depth: 1,
+            ..JsonLimits::DEFAULT
+        };
+        assert!(parse_strict(br#""text""#, one).is_ok());
+        assert!(parse_strict(br#"{"a":1,"b":"c"}"#, one).is_ok());
+        assert_eq!(
+            parse_strict(br#"{"a":[]}"#, one),
+            Err(ParseError::TooDeep { limit: 1 })
+        );
+        // serde_json refuses 128 levels itself: at the largest allowed
+        // limit, one past it still reaches this parse's own check.
+        assert!(serde_json::from_str::<Value>(&arrays(MAX_JSON_DEPTH_LIMIT + 1)).is_ok());
+        assert!(serde_json::from_str::<Value>(&arrays(128)).is_err());
+    }
+
+    #[test]
+    fn values_are_allowed_to_max_values_and_refused_one_past() {
+        let limits = |max_values| JsonLimits {
+            max_values,
+            ..JsonLimits::DEFAULT
+        };
+        // Every value counts once, whatever its type and depth; the
+        // document itself too; object keys do not.
+        let cases: [(&[u8], usize); 6] = [
+            (b"0", 1),
+            (b"[]", 1),
+            (br#"{"key":"value"}"#, 2),
+            (br#"[null,true,false,1,-1.5,"s"]"#, 7),
+            (br#"{"a":{"b":[1,{"c":null}]},"d":[]}"#, 7),
+            (br#"[[],{},[[]],{"k":{}}]"#, 7),
+        ];
+        for (doc, count) in cases {
+            let text = String::from_utf8_lossy(doc);
+            assert!(
+                parse_strict(doc, limits(count)).is_ok(),
+                "{text}: {count} values, at the limit"
+            );
             assert_eq!(
-                parse_strict(nested(MAX_DEPTH + 1).as_bytes())
-                    .unwrap_err()
-                    .reason,
-                "nesting deeper than 64"
+                parse_strict(doc, limits(count - 1)).err(),
+                Some(ParseError::TooManyValues { limit: count - 1 }),
+                "{text}: one value past the limit"
             );
         }
-        assert!(parse_strict(b"{} {}").is_err());
-        assert!(parse_strict(b"").is_err());
-        assert!(parse_strict(br#""\ud800""#).is_err());
-        assert!(parse_strict(b"\"\xc3\x28\"").is_err());
-        let e = parse_strict(b"{\n  \"a\": 1,,\n  \"b\": 2\n}").unwrap_err();
-        assert_eq!(e.line, 2);
+        // The default: 100,000 values pass, 100,001 do not.
+        let zeros = |n: usize| format!("[{}]", vec!["0"; n - 1].join(","));
+        assert!(strict(zeros(100_000).as_bytes()).is_ok());
+        assert_eq!(
+            strict(zeros(100_001).as_bytes()),
+            Err(ParseError::TooManyValues { limit: 100_000 })
+        );
+    }
+
+    #[test]
+    fn a_limit_stops_the_parse_at_the_first_value_past_it() {
+        // Whatever follows the value past a limit is never read: not the
+        // broken syntax here, not the rest of a huge body.
+        let limits = JsonLimits {
+            max_depth: 2,
+            max_values: 3,
+        };
+        assert_eq!(
+            parse_strict(b"[1,2,3, this is not JSON", limits),
+            Err(ParseError::TooManyValues { limit: 3 })
+        );
+        assert_eq!(
+            parse_strict(b"[[[ this is not JSON", limits),
+            Err(ParseError::TooDeep { limit: 2 })
+        );
+        // Syntax errors before the limit are still reported as such.
+        assert!(matches!(
+            parse_strict(b"[1,,2,3,4]", limits),
+            Err(ParseError::Invalid(_))
+        ));
+        // The refusals become the documented answers.
+        let deep = GatewayError::from(ParseError::TooDeep { limit: 2 });
+        assert_eq!((deep.status().as_u16(), deep.key()), (422, "json_too_deep"));
+        let many = GatewayError::from(ParseError::TooManyValues { limit: 3 });
+        assert_eq!(
+            (many.status().as_u16(), many.key()),
+            (413, "json_too_many_values")
+        );
     }
 
     #[test]

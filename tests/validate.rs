@@ -213,7 +213,6 @@ async fn malformed_json_is_400_with_line_and_column() {
         ("lone trailing surrogate", br#"{"name":"\udc00x"}"#.to_vec()),
         ("trailing data", br#"{"name":"a"} {"name":"b"}"#.to_vec()),
         ("trailing garbage", br#"{"name":"a"}x"#.to_vec()),
-        ("nesting deeper than 64", deep(64).into_bytes()),
         ("empty body", Vec::new()),
         ("truncated", br#"{"name":"#.to_vec()),
         ("single quotes", br#"{'name':'a'}"#.to_vec()),
@@ -233,9 +232,12 @@ async fn malformed_json_is_400_with_line_and_column() {
             "{name}: {value}"
         );
     }
-    // 63 levels inside the object (64 in all) parse; the schema then refuses them.
+    // 63 levels inside the object (64 in all) parse; the schema then refuses
+    // them. One more is past server.max_json_depth: not a syntax error.
     let (parts, body) = put(&gw, deep(63)).await;
     assert_gateway_error(&parts, &body, 422, "invalid_body");
+    let (parts, body) = put(&gw, deep(64)).await;
+    assert_gateway_error(&parts, &body, 422, "json_too_deep");
     assert!(fake.requests().is_empty());
 }
 
@@ -547,4 +549,305 @@ async fn a_body_that_ends_early_is_400_incomplete_body() {
         assert_eq!(record["error_key"], "incomplete_body", "{record}");
         assert_eq!(record["outcome"], "invalid", "{record}");
     }
+}
+
+/// Planted in bodies refused by a parse limit: it must appear in no answer
+/// and no audit record.
+const PARSE_CANARY: &str = "CANARY-parse-limit-5c2e";
+
+/// A gateway whose one write route (`POST /api/custom`) has a schema taking
+/// any object, so that a body the parse accepts is forwarded whatever its
+/// shape; `server` holds extra `[server]` lines.
+async fn setup_any_object(server: &str) -> (FakePolytomic, InProcess) {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let schema = dir.path("any-object.json");
+    std::fs::write(
+        &schema,
+        r#"{"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "object"}"#,
+    )
+    .unwrap();
+    let extra = format!(
+        "[[routes]]\noperation = \"custom.write\"\nmethods = [\"POST\"]\npath = \"/api/custom\"\nschema = {:?}\n\n[server]\n{server}\n",
+        schema.display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &extra);
+    (fake, start_gateway_from(dir, &path).await)
+}
+
+/// An object nested `depth` deep in all (the object is level 1, then
+/// arrays), holding `leaf` innermost.
+fn nested_body(depth: usize, leaf: &str) -> String {
+    format!(
+        "{{\"x\":{}{leaf:?}{}}}",
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    )
+}
+
+/// An object holding exactly `values` JSON values: itself, the string
+/// `leaf`, an array, and zeros in the array.
+fn counted_body(values: usize, leaf: &str) -> String {
+    format!(
+        "{{\"s\":{leaf:?},\"x\":[{}]}}",
+        vec!["0"; values - 3].join(",")
+    )
+}
+
+/// POSTs `body` to the any-object route with request id `id`.
+async fn post_any(gw: &InProcess, id: &str, body: &str) -> (http::response::Parts, Bytes) {
+    let mut req = write(
+        gw,
+        Method::POST,
+        "/api/custom",
+        Some("application/json"),
+        body.to_owned(),
+    );
+    req.headers_mut()
+        .insert("x-request-id", id.parse().unwrap());
+    send(&client(), req).await
+}
+
+/// Checks a parse-limit refusal: status and key, the config key and the
+/// limit in the message, the limit in `metadata`, nothing of the body.
+fn assert_parse_refusal(
+    parts: &http::response::Parts,
+    body: &[u8],
+    status: u16,
+    key: &str,
+    config_key: &str,
+    limit: usize,
+) {
+    assert_gateway_error(parts, body, status, key);
+    let value = json(body);
+    assert_eq!(
+        value["message"],
+        if key == "json_too_deep" {
+            format!("the JSON body nests deeper than {config_key} ({limit})")
+        } else {
+            format!("the JSON body has more values than {config_key} ({limit})")
+        },
+        "{value}"
+    );
+    assert_eq!(value["metadata"], json!({ "limit": limit }), "{value}");
+    assert!(
+        !String::from_utf8_lossy(body).contains(PARSE_CANARY),
+        "the refusal echoes the body: {value}"
+    );
+}
+
+/// Stops the gateway and checks the audit trail: each refused request has a
+/// `response` record with its status and key and the body's size and digest
+/// (never the body), and no `request` record (nothing was forwarded); each
+/// accepted one has both records.
+async fn assert_parse_audit(gw: InProcess, refused: &[(&str, &str, u16, &str)], accepted: &[&str]) {
+    let dir = gw.shutdown().await;
+    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    assert!(!audit.contains(PARSE_CANARY), "a refused body was recorded");
+    let records: Vec<Value> = audit.lines().map(|l| json(l.as_bytes())).collect();
+    let find = |id: &str, stage: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == id && r["stage"] == stage)
+    };
+    for (id, body, status, key) in refused {
+        let record = find(id, "response").unwrap_or_else(|| panic!("no record for {id}: {audit}"));
+        assert_eq!(record["status"], *status, "{record}");
+        assert_eq!(record["error_key"], *key, "{record}");
+        assert_eq!(record["outcome"], "invalid", "{record}");
+        let sha = polytomic_gateway::notes::hex(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes()).as_ref(),
+        );
+        assert_eq!(
+            record["request_body"],
+            json!({"bytes": body.len(), "sha256": sha}),
+            "{record}"
+        );
+        assert!(
+            find(id, "request").is_none(),
+            "{id} was recorded as forwarded"
+        );
+    }
+    for id in accepted {
+        assert!(find(id, "request").is_some(), "no request record for {id}");
+        assert!(
+            find(id, "response").is_some(),
+            "no response record for {id}"
+        );
+    }
+}
+
+/// `server.max_json_depth` (default 64): a body nested 65 deep is 422
+/// `json_too_deep`, audited and never forwarded; 64 deep is forwarded.
+#[tokio::test]
+async fn a_body_nested_past_max_json_depth_is_422_and_never_forwarded() {
+    let (fake, gw) = setup_any_object("").await;
+    let past = nested_body(65, PARSE_CANARY);
+    let (parts, body) = post_any(&gw, "deep-past", &past).await;
+    assert_parse_refusal(
+        &parts,
+        &body,
+        422,
+        "json_too_deep",
+        "server.max_json_depth",
+        64,
+    );
+    let at = nested_body(64, "fine");
+    let (parts, body) = post_any(&gw, "deep-at", &at).await;
+    assert_eq!(parts.status, 404, "{}", String::from_utf8_lossy(&body));
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1, "only the body at the limit is forwarded");
+    assert_eq!(&seen[0].body[..], at.as_bytes());
+    assert_parse_audit(
+        gw,
+        &[("deep-past", &past, 422, "json_too_deep")],
+        &["deep-at"],
+    )
+    .await;
+}
+
+/// `server.max_json_values` (default 100,000): a body of 100,001 values is
+/// 413 `json_too_many_values`, audited and never forwarded; 100,000 values
+/// are forwarded.
+#[tokio::test]
+async fn a_body_past_max_json_values_is_413_and_never_forwarded() {
+    let (fake, gw) = setup_any_object("").await;
+    let past = counted_body(100_001, PARSE_CANARY);
+    let (parts, body) = post_any(&gw, "many-past", &past).await;
+    assert_parse_refusal(
+        &parts,
+        &body,
+        413,
+        "json_too_many_values",
+        "server.max_json_values",
+        100_000,
+    );
+    let at = counted_body(100_000, "fine");
+    let (parts, body) = post_any(&gw, "many-at", &at).await;
+    assert_eq!(parts.status, 404, "{}", String::from_utf8_lossy(&body));
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1, "only the body at the limit is forwarded");
+    assert_eq!(&seen[0].body[..], at.as_bytes());
+    assert_parse_audit(
+        gw,
+        &[("many-past", &past, 413, "json_too_many_values")],
+        &["many-at"],
+    )
+    .await;
+}
+
+/// Both limits come from `[server]`: with `max_json_depth = 3` and
+/// `max_json_values = 10`, bodies at them pass and one past is refused.
+#[tokio::test]
+async fn the_json_limits_are_configurable() {
+    let (fake, gw) = setup_any_object("max_json_depth = 3\nmax_json_values = 10").await;
+    let deep = nested_body(4, PARSE_CANARY);
+    let (parts, body) = post_any(&gw, "deep-past", &deep).await;
+    assert_parse_refusal(
+        &parts,
+        &body,
+        422,
+        "json_too_deep",
+        "server.max_json_depth",
+        3,
+    );
+    let many = counted_body(11, PARSE_CANARY);
+    let (parts, body) = post_any(&gw, "many-past", &many).await;
+    assert_parse_refusal(
+        &parts,
+        &body,
+        413,
+        "json_too_many_values",
+        "server.max_json_values",
+        10,
+    );
+    let accepted = [
+        ("deep-at", nested_body(3, "fine")),
+        ("many-at", counted_body(10, "fine")),
+    ];
+    for (id, at) in &accepted {
+        let (parts, body) = post_any(&gw, id, at).await;
+        assert_eq!(
+            parts.status,
+            404,
+            "{id}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let forwarded: Vec<Bytes> = fake.requests().into_iter().map(|r| r.body).collect();
+    let expected: Vec<Bytes> = accepted
+        .iter()
+        .map(|(_, b)| Bytes::from(b.clone()))
+        .collect();
+    assert_eq!(
+        forwarded, expected,
+        "only the bodies at the limits are forwarded"
+    );
+    assert_parse_audit(
+        gw,
+        &[
+            ("deep-past", &deep, 422, "json_too_deep"),
+            ("many-past", &many, 413, "json_too_many_values"),
+        ],
+        &["deep-at", "many-at"],
+    )
+    .await;
+}
+
+/// `check` refuses a depth of 0 or past what serde_json parses itself, and
+/// a value count of 0, naming the key and the file; it accepts the largest
+/// depth.
+#[test]
+fn json_limits_out_of_range_fail_check_naming_the_key() {
+    let dir = TestDir::new();
+    let check = |setting: &str| {
+        let path = dir.config("https://app.polytomic.com", &format!("[server]\n{setting}"));
+        let out = std::process::Command::new(binary_path())
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.success(), stderr, path)
+    };
+    for (setting, key, message) in [
+        (
+            "max_json_depth = 0",
+            "server.max_json_depth",
+            "must be greater than zero",
+        ),
+        (
+            "max_json_depth = 127",
+            "server.max_json_depth",
+            "must be at most 126",
+        ),
+        (
+            "max_json_depth = 129",
+            "server.max_json_depth",
+            "must be at most 126",
+        ),
+        (
+            "max_json_values = 0",
+            "server.max_json_values",
+            "must be greater than zero",
+        ),
+    ] {
+        let (ok, stderr, path) = check(setting);
+        assert!(!ok, "{setting} accepted");
+        assert!(
+            stderr.contains(&format!("`{key}`: {message}")),
+            "{setting}: {stderr}"
+        );
+        assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+        if message.contains("at most") {
+            assert!(
+                stderr.contains("serde_json"),
+                "the reason is not given: {stderr}"
+            );
+        }
+    }
+    let (ok, stderr, _) = check("max_json_depth = 126\nmax_json_values = 1");
+    assert!(ok, "the largest depth was refused: {stderr}");
 }

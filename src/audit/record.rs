@@ -88,6 +88,8 @@ pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'
             | "method_override"
             | "invalid_json"
             | "invalid_body"
+            | "json_too_deep"
+            | "json_too_many_values"
             | "unsupported_media_type"
             | "body_not_allowed"
             | "payload_too_large"
