@@ -649,7 +649,7 @@ async fn assert_parse_audit(gw: InProcess, refused: &[(&str, &str, u16, &str)], 
     let find = |id: &str, stage: &str| {
         records
             .iter()
-            .find(|r| r["request_id"] == id && r["stage"] == stage)
+            .find(|r| r["client_request_id"] == id && r["stage"] == stage)
     };
     for (id, body, status, key) in refused {
         let record = find(id, "response").unwrap_or_else(|| panic!("no record for {id}: {audit}"));
