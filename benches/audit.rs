@@ -313,7 +313,8 @@ async fn bench_mode(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(gateway.serve(listener, async {
+    let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = tokio::spawn(gateway.serve(listener, admin, async {
         let _ = stopped.await;
     }));
 

@@ -219,6 +219,9 @@ pub struct SecretSourceConfig {
 pub struct ServerConfig {
     /// Main listener; it also serves `/healthz` and `/readyz`.
     pub listen: SocketAddr,
+    /// The admin listener: `/metrics`, `/healthz` and `/readyz`, unaudited,
+    /// never on the proxy's port.
+    pub admin_listen: SocketAddr,
     /// Request bodies larger than this get 413.
     pub max_body_bytes: u64,
     /// A validated write body nesting arrays and objects deeper than this
@@ -273,6 +276,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8081)),
             max_body_bytes: 1024 * 1024,
             max_json_depth: crate::validate::JsonLimits::DEFAULT.max_depth,
             max_json_values: crate::validate::JsonLimits::DEFAULT.max_values,

@@ -25,9 +25,14 @@ pub const DEMO_SUBJECT: &str = "demo-user@example.com";
 pub const DEMO_TEAM: &str = "platform";
 
 /// Runs the demo until SIGINT/SIGTERM. Errors are printable as they are.
-pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+pub async fn run(
+    config_path: &Path,
+    listen: SocketAddr,
+    admin_listen: SocketAddr,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut config = config::load(config_path)?;
     config.server.listen = listen;
+    config.server.admin_listen = admin_listen;
     // The fake API is told the demo's partner key, so it can check the swap.
     let credentials = crate::credentials::CredentialSet::load(&config.credentials)
         .map_err(|problems| config::ConfigErrors::new(config_path, problems))?;
@@ -68,6 +73,11 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
     let listener = tokio::net::TcpListener::bind(gateway.listen_addr())
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let admin_listen = gateway.admin_addr();
+    let admin = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .map_err(|e| format!("cannot listen on {admin_listen} (server.admin_listen): {e}"))?;
+    let admin_addr = admin.local_addr()?;
     let addr = listener.local_addr()?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "polytomic-gateway demo")?;
@@ -76,6 +86,7 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
         "  fake Polytomic API: http://{fake_addr} (in-process; checks the partner key)"
     )?;
     writeln!(out, "  gateway:            http://{addr}")?;
+    writeln!(out, "  metrics:            http://{admin_addr}/metrics")?;
     writeln!(
         out,
         "Try it as {DEMO_SUBJECT}, team {DEMO_TEAM}, with a dev token valid for 1h."
@@ -104,7 +115,7 @@ pub async fn run(config_path: &Path, listen: SocketAddr) -> Result<(), Box<dyn s
 
     tokio::spawn(reload);
     let (shutdown, signaled) = crate::server::timed(shutdown);
-    let served = gateway.serve(listener, shutdown).await;
+    let served = gateway.serve(listener, admin, shutdown).await;
     telemetry
         .shutdown(crate::server::remaining(grace, &signaled))
         .await;

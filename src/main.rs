@@ -41,6 +41,9 @@ enum Command {
         /// Address the gateway listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Address `/metrics` is served on.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        admin_listen: SocketAddr,
     },
     /// List every routed operation: its methods, path, credential, whether
     /// write bodies are validated, and where it comes from (the catalog or
@@ -132,9 +135,12 @@ async fn main() -> ExitCode {
         Command::Token { sub, teams, ttl } => {
             token(&config::resolve_path(cli.config), &sub, &teams, ttl)
         }
-        Command::Demo { listen } => {
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => {
             let path = cli.config.unwrap_or_else(|| demo::DEMO_CONFIG_PATH.into());
-            match demo::run(&path, listen).await {
+            match demo::run(&path, listen, admin_listen).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(&*e),
             }
@@ -387,9 +393,18 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(listener) => listener,
         Err(e) => return fail(&format!("cannot listen on {}: {e}", gateway.listen_addr())),
     };
+    let admin = match tokio::net::TcpListener::bind(gateway.admin_addr()).await {
+        Ok(admin) => admin,
+        Err(e) => {
+            return fail(&format!(
+                "cannot listen on {} (server.admin_listen): {e}",
+                gateway.admin_addr()
+            ))
+        }
+    };
     tokio::spawn(reload);
     let (shutdown, signaled) = server::timed(shutdown);
-    let served = gateway.serve(listener, shutdown).await;
+    let served = gateway.serve(listener, admin, shutdown).await;
     // Spans get what is left of the grace period after the drain.
     telemetry
         .shutdown(server::remaining(grace, &signaled))

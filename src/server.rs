@@ -293,6 +293,11 @@ impl Gateway {
         self.server.listen
     }
 
+    /// The configured admin listen address (`/metrics`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.server.admin_listen
+    }
+
     /// What `/readyz` reports.
     pub fn readiness(&self) -> &Readiness {
         &self.parts.readiness
@@ -334,9 +339,13 @@ impl Gateway {
     /// be global (the connection and in-flight limits, the audit trail, the
     /// token cache, metrics) is shared. Background work (JWKS refresh,
     /// credential watching, audit shipping) stays on the calling runtime.
+    ///
+    /// `admin` serves `/metrics`, `/healthz` and `/readyz` only (see
+    /// [`admin_service`]), on the calling runtime, until `serve` returns.
     pub async fn serve(
         self,
         listener: TcpListener,
+        admin: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> std::io::Result<()> {
         let Gateway {
@@ -416,7 +425,17 @@ impl Gateway {
         }
         drop(parts);
 
-        tracing::info!(listen = %listener.local_addr()?, workers, "gateway listening");
+        let admin_addr = admin.local_addr()?;
+        let admin_task = tokio::spawn(serve_admin(
+            admin,
+            admin_service(readiness.clone(), metrics.clone()),
+            builder.clone(),
+            Deadlines {
+                header: server.header_timeout,
+                idle: server.idle_timeout,
+            },
+        ));
+        tracing::info!(listen = %listener.local_addr()?, admin = %admin_addr, workers, "gateway listening");
         tokio::pin!(shutdown);
         let mut next = 0;
         loop {
@@ -509,6 +528,7 @@ impl Gateway {
             watcher.abort();
         }
         jwks_refresh.abort();
+        admin_task.abort();
         if let Some(shipping) = shipping {
             // Unshipped records stay in the spool and go out after a restart.
             shipping.abort();
@@ -671,6 +691,82 @@ async fn serve_watched<C, E>(
     }
 }
 
+/// The admin listener's service: `/metrics`, `/healthz` and `/readyz`;
+/// any other path is 404 `no_route`. Nothing here is audited or traced:
+/// these are scraped and probed constantly, and they change nothing.
+pub fn admin_service(
+    readiness: Readiness,
+    metrics: Metrics,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<GatewayBody>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
+       + Send
+       + 'static {
+    ServiceBuilder::new()
+        .layer(crate::health::HealthLayer::new(readiness).with_metrics(metrics))
+        .service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(GatewayError::NoRoute.to_response())
+        })
+}
+
+/// The most connections the admin listener serves at once; past it a new
+/// one is closed at once. A scraper and a few probes need a handful.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Serves the admin listener, with the same connection deadlines as the
+/// main one.
+async fn serve_admin<S>(
+    listener: TcpListener,
+    svc: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    deadlines: Deadlines,
+) where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<GatewayBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    // Never sent: admin connections end with the process.
+    let (_stop, stopping) = watch::channel(false);
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
+        let activity = Activity::new();
+        let svc = EagerService {
+            stack: svc.clone(),
+            activity: activity.clone(),
+        };
+        let io = TokioIo::new(Watched::new(stream, activity.clone(), permit));
+        let builder = builder.clone();
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection(io, svc);
+            serve_watched(
+                conn,
+                |conn| conn.graceful_shutdown(),
+                &activity,
+                deadlines,
+                stopping,
+                peer,
+            )
+            .await;
+        });
+    }
+}
+
 /// One worker per available core.
 fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -742,6 +838,12 @@ const HYPER_HEADROOM_BYTES: usize = 16 * 1024;
 const MIN_HYPER_BUF: usize = 8192;
 
 fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
+    if server.admin_listen == server.listen && server.listen.port() != 0 {
+        problems.push(ConfigProblem::new(
+            "server.admin_listen",
+            "must differ from server.listen: /metrics never shares the proxy's port",
+        ));
+    }
     if server.workers.is_some_and(|n| n > MAX_WORKERS) {
         problems.push(ConfigProblem::new(
             "server.workers",

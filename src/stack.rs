@@ -137,7 +137,7 @@ where
         // Health paths and /metrics are answered before any limit or
         // credential work, and are never forwarded; while draining, new work
         // stops here.
-        .layer(HealthLayer::new(parts.readiness).with_metrics(parts.metrics))
+        .layer(HealthLayer::new(parts.readiness))
         // Cheap checks on what hyper parsed, before any work is spent on it.
         .layer(HeadLimitLayer::new(parts.head_limits))
         // At most `server.max_inflight` requests below this point; past it a

@@ -902,7 +902,7 @@ async fn a_full_queue_drops_read_records_and_refuses_writes_in_reject_mode_only(
         // One pooled client: its connections are reused across the reads.
         let c = client();
         let scrape = || async {
-            let (_, body) = send(&c, get(&gw.url("/metrics"))).await;
+            let (_, body) = send(&c, get(&gw.admin_url("/metrics"))).await;
             String::from_utf8(body.to_vec()).unwrap()
         };
         // Reads, 64 at a time, until records are being dropped.

@@ -477,8 +477,14 @@ async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
 #[tokio::test]
 async fn the_demo_prints_a_curl_that_succeeds() {
     let mut cmd = tokio::process::Command::new(binary_path());
-    cmd.args(["demo", "--listen", "127.0.0.1:0"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd.args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+    ])
+    .current_dir(env!("CARGO_MANIFEST_DIR"));
     let mut demo = Binary::start(cmd, "gateway listening").await;
     let curl = demo
         .wait_for_line("curl -sS -H 'Authorization: Bearer ")

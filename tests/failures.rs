@@ -386,7 +386,7 @@ async fn shed_connections_are_counted_and_their_warning_is_rate_limited() {
         let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
         assert_gateway_error(&parts, &body, 503, "overloaded");
     }
-    let (parts, metrics) = send(&kept, get(&gw.url("/metrics"))).await;
+    let (parts, metrics) = send(&kept, get(&gw.admin_url("/metrics"))).await;
     assert_eq!(parts.status, 200);
     let metrics = String::from_utf8_lossy(&metrics);
     assert!(

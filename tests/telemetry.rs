@@ -582,7 +582,7 @@ async fn a_collector_that_is_down_or_hangs_never_fails_requests() {
         })
         .await
         .expect("requests complete while the collector is unreachable");
-        let (_, metrics) = send(&client, get(&gateway.url("/metrics"))).await;
+        let (_, metrics) = send(&client, get(&gateway.admin_url("/metrics"))).await;
         let metrics = parse_prometheus(std::str::from_utf8(&metrics).unwrap());
         let dropped = metrics[r#"gateway_trace_spans_total{result="dropped"}"#];
         assert!(dropped > 0.0, "{endpoint}: dropped spans are counted");
@@ -699,7 +699,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
     let gateway = start_gateway(&format!("http://{upstream}"), "").await;
     let client = client();
     let scrape = || async {
-        let (parts, body) = send(&client, get(&gateway.url("/metrics"))).await;
+        let (parts, body) = send(&client, get(&gateway.admin_url("/metrics"))).await;
         assert_eq!(parts.status, 200);
         assert_eq!(
             parts.headers["content-type"],
@@ -792,7 +792,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_requests() {
         .any(|s| s.contains("method=\"GET\",operation=\"_none\",outcome=\"allowed\"")));
     let (parts, body) = send(
         &client,
-        Request::post(gateway.url("/metrics"))
+        Request::post(gateway.admin_url("/metrics"))
             .body(Full::default())
             .unwrap(),
     )
@@ -864,4 +864,62 @@ async fn an_empty_tracestate_is_never_sent_upstream() {
         [None, None, None, Some("vendor=opaque".to_owned())]
     );
     stop(gateway).await;
+}
+
+/// `/metrics` is served only on `server.admin_listen`. On the proxy's port
+/// it is an ordinary path: refused (401 without a token, 404 `no_route`
+/// with one), audited and never answered with the metrics. The admin
+/// listener serves `/metrics`, `/healthz` and `/readyz`, nothing else, and
+/// none of it reaches the upstream or the audit trail.
+#[tokio::test]
+async fn metrics_are_served_only_on_the_admin_listener() {
+    let (upstream, forwarded) = recording_upstream().await;
+    let gateway = start_gateway(&format!("http://{upstream}"), "").await;
+    let client = client();
+
+    let anonymous = Request::get(gateway.url("/metrics"))
+        .body(Full::default())
+        .unwrap();
+    let (parts, body) = send(&client, anonymous).await;
+    assert_gateway_error(&parts, &body, 401, "unauthenticated");
+    let (parts, body) = send(&client, get(&gateway.url("/metrics"))).await;
+    assert_gateway_error(&parts, &body, 404, "no_route");
+    assert!(!String::from_utf8_lossy(&body).contains("gateway_"));
+
+    let (parts, body) = send(&client, get(&gateway.admin_url("/metrics"))).await;
+    assert_eq!(parts.status, 200);
+    let metrics = parse_prometheus(std::str::from_utf8(&body).unwrap());
+    assert!(metrics.contains_key("gateway_inflight_requests"));
+    for (path, status) in [("/healthz", 200), ("/readyz", 200)] {
+        let (parts, _) = send(&client, get(&gateway.admin_url(path))).await;
+        assert_eq!(parts.status, status, "{path}");
+    }
+    let (parts, body) = send(&client, get(&gateway.admin_url("/api/organization"))).await;
+    assert_gateway_error(&parts, &body, 404, "no_route");
+    assert!(
+        forwarded.lock().unwrap().is_empty(),
+        "nothing was forwarded"
+    );
+
+    let dir = gateway.shutdown().await;
+    let records: Vec<Value> = std::fs::read_to_string(dir.path("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .filter(|r: &Value| r["stage"] == "response")
+        .collect();
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap(),
+                r["error_key"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("/metrics", "unauthenticated"), ("/metrics", "no_route")],
+        "the proxy port's two requests, and nothing from the admin port"
+    );
 }

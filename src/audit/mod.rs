@@ -477,7 +477,7 @@ impl Audit {
 
 /// Paths the gateway answers itself; they are not Polytomic requests and are
 /// not audited (load balancers probe them constantly).
-const UNAUDITED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+const UNAUDITED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// Writes the `response` record of every request; see the module docs.
 #[derive(Debug, Clone)]

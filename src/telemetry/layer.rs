@@ -33,13 +33,10 @@ use crate::telemetry::trace::{global_tracer, RequestTrace};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TraceId(pub opentelemetry::trace::TraceId);
 
-/// Paths the gateway answers itself (health, metrics): probed constantly, so
-/// they get no span, no log line and no request metrics.
-const LOCAL_PATHS: [&str; 3] = [
-    crate::health::HEALTHZ,
-    crate::health::READYZ,
-    crate::metrics::METRICS_PATH,
-];
+/// Paths the gateway answers itself (health): probed constantly, so they
+/// get no span, no log line and no request metrics. (`/metrics` is served
+/// on the admin listener, outside this stack.)
+const LOCAL_PATHS: [&str; 2] = [crate::health::HEALTHZ, crate::health::READYZ];
 
 /// Wraps every request in a server span (continuing the caller's W3C trace
 /// context), gives the stack a [`RequestNotes`] slot, and when the response

@@ -254,9 +254,12 @@ impl TestDir {
             format!("{text}\n[upstream]\nurl = {upstream_url:?}\n")
         };
         let text = if text.contains("[server]") {
-            text.replace("[server]", "[server]\nlisten = \"127.0.0.1:0\"")
+            text.replace(
+                "[server]",
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+            )
         } else {
-            format!("{text}\n[server]\nlisten = \"127.0.0.1:0\"\n")
+            format!("{text}\n[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n")
         };
         let path = self.path("gateway.toml");
         std::fs::write(&path, text).unwrap();
@@ -267,6 +270,8 @@ impl TestDir {
 /// A gateway running in this process; shuts down when dropped.
 pub struct InProcess {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`).
+    pub admin_addr: SocketAddr,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     dir: Option<TestDir>,
@@ -275,6 +280,11 @@ pub struct InProcess {
 impl InProcess {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
     }
 
     /// Starts draining and waits for `serve` to return (which writes every
@@ -307,12 +317,15 @@ pub async fn start_gateway_from(dir: TestDir, path: &Path) -> InProcess {
     let gateway = Gateway::build(config, path).unwrap_or_else(|e| panic!("{e}"));
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let admin = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let admin_addr = admin.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    let task = tokio::spawn(gateway.serve(listener, async {
+    let task = tokio::spawn(gateway.serve(listener, admin, async {
         let _ = rx.await;
     }));
     InProcess {
         addr,
+        admin_addr,
         shutdown: Some(tx),
         task: Some(task),
         dir: Some(dir),
@@ -503,6 +516,8 @@ impl http_body::Body for Zeros {
 pub struct Binary {
     pub child: tokio::process::Child,
     pub addr: SocketAddr,
+    /// The admin listener, when the ready line names it (`admin=ADDR`).
+    pub admin_addr: Option<SocketAddr>,
     lines: mpsc::UnboundedReceiver<String>,
     pub stdout: Vec<String>,
 }
@@ -552,21 +567,23 @@ impl Binary {
         let mut binary = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: None,
             lines,
             stdout: Vec::new(),
         };
         let line = binary.wait_for_line(ready).await;
         // A JSON log line (the default format) or a pretty one (`listen=ADDR`).
-        let addr = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(json) => json["listen"].as_str().map(str::to_owned),
+        let field = |name: &str| match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(json) => json[name].as_str().map(str::to_owned),
             Err(_) => line
-                .split("listen=")
+                .split(&format!(" {name}="))
                 .nth(1)
                 .and_then(|rest| rest.split_whitespace().next())
                 .map(str::to_owned),
-        }
-        .unwrap_or_else(|| panic!("no listen address in {line:?}"));
+        };
+        let addr = field("listen").unwrap_or_else(|| panic!("no listen address in {line:?}"));
         binary.addr = addr.parse().unwrap();
+        binary.admin_addr = field("admin").map(|a| a.parse().unwrap());
         binary
     }
 
@@ -628,6 +645,14 @@ impl Binary {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self
+            .admin_addr
+            .expect("the ready line names the admin address");
+        format!("http://{admin}{path}")
     }
 
     pub fn pid(&self) -> u32 {
