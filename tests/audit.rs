@@ -37,6 +37,11 @@ fn stable(mut record: Value) -> Value {
     );
     let duration = object.remove("duration_ms").unwrap();
     assert!(duration.is_null() || duration.as_f64().is_some_and(|d| d >= 0.0));
+    // The hash chain (checked whole by tests/chain.rs).
+    for field in ["instance", "seq", "prev"] {
+        assert!(object.remove(field).is_some(), "{field} in every record");
+    }
+    object.remove("resumes");
     // The gateway's own id; the client's is `client_request_id`.
     let id = object.remove("request_id").unwrap();
     assert!(

@@ -18,6 +18,7 @@
 //! waits for a `response` record. Secrets are redacted ([`redact`]); headers
 //! other than `User-Agent` and `Idempotency-Key` are never recorded.
 
+pub mod chain;
 pub mod record;
 pub mod redact;
 pub mod ship;
@@ -128,6 +129,14 @@ pub struct AuditConfig {
     /// The most un-shipped audit data kept on disk for `otlp`.
     #[serde(default = "default_spool_max_bytes")]
     pub spool_max_bytes: u64,
+    /// A PKCS#8 Ed25519 private key (PEM) that signs checkpoints.
+    pub signing_key: Option<SecretSourceConfig>,
+    /// A checkpoint at most this long after a record.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: std::time::Duration,
+    /// A checkpoint at most this many records apart.
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_records: u64,
 }
 
 impl Default for AuditConfig {
@@ -141,6 +150,9 @@ impl Default for AuditConfig {
             fingerprint_key: None,
             otlp_endpoint: None,
             spool_max_bytes: default_spool_max_bytes(),
+            signing_key: None,
+            checkpoint_interval: default_checkpoint_interval(),
+            checkpoint_records: default_checkpoint_records(),
         }
     }
 }
@@ -156,6 +168,12 @@ fn default_redact_fields() -> Vec<String> {
 }
 fn default_spool_max_bytes() -> u64 {
     1 << 30
+}
+fn default_checkpoint_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+fn default_checkpoint_records() -> u64 {
+    1000
 }
 
 /// One sink's record counts, for metrics.
@@ -195,6 +213,8 @@ struct AuditInner {
     /// requests refused before a route matched.
     secret_query: std::sync::OnceLock<Arc<[Box<str>]>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The public half of `audit.signing_key`, as PEM.
+    public_key: Option<String>,
 }
 
 impl Drop for AuditInner {
@@ -280,9 +300,48 @@ impl Audit {
                 }
             }
         };
+        let signer = match &config.signing_key {
+            None => None,
+            Some(source) => {
+                match CredentialSource::from_parts(
+                    "audit.signing_key",
+                    source.env.as_ref(),
+                    source.file.as_ref(),
+                )
+                .and_then(|s| {
+                    let key = s.key_under("audit.signing_key");
+                    read_secret(&s)
+                        .and_then(|pem| chain::Signer::from_pem(pem.as_bytes()))
+                        .map_err(|e| ConfigProblem::new(key, e))
+                }) {
+                    Ok(signer) => Some(signer),
+                    Err(problem) => {
+                        problems.push(problem);
+                        None
+                    }
+                }
+            }
+        };
+        for (key, zero) in [
+            (
+                "audit.checkpoint_interval",
+                config.checkpoint_interval.is_zero(),
+            ),
+            ("audit.checkpoint_records", config.checkpoint_records == 0),
+        ] {
+            if zero {
+                problems.push(ConfigProblem::new(key, "must be greater than zero"));
+            }
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
+        let public_key = signer.as_ref().map(chain::Signer::public_key_pem);
+        let checkpoints = signer.map(|signer| chain::Checkpoints {
+            signer,
+            interval: config.checkpoint_interval,
+            records: config.checkpoint_records,
+        });
         let reopen = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(WriterStats::default());
         let ship_state = Arc::new(ship::ShipState::default());
@@ -305,6 +364,7 @@ impl Audit {
             reopen: reopen.clone(),
             stats: stats.clone(),
             appended: shipper.as_ref().map(|_| ship_state.clone()),
+            checkpoints,
         };
         let thread = std::thread::Builder::new()
             .name("audit-writer".into())
@@ -326,6 +386,7 @@ impl Audit {
                 sinks: config.sinks.clone(),
                 ship_state,
                 secret_query: std::sync::OnceLock::new(),
+                public_key,
                 shipper: Mutex::new(shipper),
                 thread: Mutex::new(Some(thread)),
             }),
@@ -406,6 +467,12 @@ impl Audit {
     /// Spool size and shipping counters.
     pub fn ship_state(&self) -> &ship::ShipState {
         &self.inner.ship_state
+    }
+
+    /// The public half of `audit.signing_key` (PEM, SubjectPublicKeyInfo),
+    /// for `check` to print and `audit verify --public-key` to use.
+    pub fn signing_public_key(&self) -> Option<&str> {
+        self.inner.public_key.as_deref()
     }
 
     /// Reopens the audit file before the next write (on SIGHUP).

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::chain::{self, Chain, Checkpoints};
 use super::Durability;
 
 /// The most records written in one batch.
@@ -108,17 +109,33 @@ impl Queue {
     }
 
     /// The next batch, at most `MAX_BATCH` entries, into `batch`: waits for
-    /// a first entry, then up to `LINGER` for more unless one is urgent.
-    /// Empty when the queue is closed and drained.
-    fn next_batch(&self, batch: &mut Vec<Entry>) {
+    /// a first entry (or until `wake_at`, when a checkpoint is due: then
+    /// the batch is empty), then up to `LINGER` for more unless one is
+    /// urgent. True when the queue is closed and this batch drains it.
+    fn next_batch(&self, batch: &mut Vec<Entry>, wake_at: Option<Instant>) -> bool {
         let mut state = self.lock();
         while state.entries.is_empty() {
             if state.closed {
-                return;
+                return true;
             }
             state.idle = true;
             state.waiting = true;
-            state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+            match wake_at {
+                None => state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(at) => {
+                    let now = Instant::now();
+                    if now >= at {
+                        state.idle = false;
+                        state.waiting = false;
+                        return false;
+                    }
+                    state = self
+                        .ready
+                        .wait_timeout(state, at - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
         }
         state.idle = false;
         let deadline = Instant::now() + LINGER;
@@ -142,6 +159,7 @@ impl Queue {
             Entry::Record { ack, .. } => ack.is_some(),
             Entry::Shutdown(_) => true,
         });
+        state.closed && state.entries.is_empty()
     }
 }
 
@@ -195,6 +213,8 @@ pub(crate) struct Writer {
     pub stats: Arc<WriterStats>,
     /// Told after each batch when a shipper tails the file.
     pub appended: Option<Arc<super::ship::ShipState>>,
+    /// Signed checkpoints, with `audit.signing_key`.
+    pub checkpoints: Option<Checkpoints>,
 }
 
 /// Opens the audit file for appending, creating it if needed.
@@ -206,13 +226,14 @@ pub(crate) fn open_append(path: &Path) -> std::io::Result<File> {
 /// entry asks to stop.
 fn take(
     entry: Entry,
+    chain: &mut Chain,
     buffer: &mut Vec<u8>,
     acks: &mut Vec<oneshot::Sender<bool>>,
     count: &mut u64,
 ) -> Option<oneshot::Sender<()>> {
     match entry {
         Entry::Record { line, ack } => {
-            buffer.extend_from_slice(&line);
+            chain.append(&line, buffer);
             acks.extend(ack);
             *count += 1;
             None
@@ -222,27 +243,47 @@ fn take(
 }
 
 impl Writer {
-    pub(crate) fn run(self, queue: Arc<Queue>) {
+    pub(crate) fn run(mut self, queue: Arc<Queue>) {
         let mut file: Option<OpenFile> = None;
         let mut healthy = true;
         let mut buffer = Vec::with_capacity(64 * 1024);
         let mut acks = Vec::new();
         let mut batch = Vec::new();
+        // Made at the first batch, not before: `check` builds an `Audit`
+        // too, and must not touch the trail.
+        let mut chain: Option<Chain> = None;
+        let mut checkpoints = self.checkpoints.take();
         loop {
-            queue.next_batch(&mut batch);
-            if batch.is_empty() {
-                return; // closed, and everything is written
+            let due = chain.as_ref().and_then(Chain::checkpoint_due_at);
+            let closed = queue.next_batch(&mut batch, due);
+            if closed && batch.is_empty() && chain.is_none() {
+                return; // nothing was ever written
             }
+            let chain = chain.get_or_insert_with(|| {
+                let chain = Chain::new(self.resume_chain(), checkpoints.take());
+                tracing::info!(
+                    instance = chain.instance(),
+                    "audit trail: a new instance of the hash chain"
+                );
+                chain
+            });
             buffer.clear();
             acks.clear();
+            chain.begin();
             let mut count = 0u64;
             let mut shutdown = None;
             for entry in batch.drain(..) {
-                if let Some(done) = take(entry, &mut buffer, &mut acks, &mut count) {
+                if let Some(done) = take(entry, chain, &mut buffer, &mut acks, &mut count) {
                     shutdown = Some(done);
                 }
             }
+            // On the way out, whatever is not yet covered gets a checkpoint.
+            let last = closed || shutdown.is_some();
+            chain.checkpoint_if_due(Instant::now(), last, &mut buffer);
             let ok = buffer.is_empty() || self.commit(&mut file, &buffer, count);
+            if !ok {
+                chain.rollback();
+            }
             if ok {
                 self.stats.written.fetch_add(count, Ordering::Relaxed);
                 if !healthy {
@@ -272,6 +313,36 @@ impl Writer {
             if let Some(done) = shutdown {
                 let _ = done.send(());
                 return;
+            }
+            if closed {
+                return; // everything is written
+            }
+        }
+    }
+
+    /// Where the chain goes on in the file: the hash of its last complete
+    /// line. A line torn by a crash is ended with a newline first, so it
+    /// stays a line of its own (which `audit verify` reports as torn).
+    fn resume_chain(&self) -> chain::Tail {
+        let Some(path) = self.file.as_deref() else {
+            return chain::Tail::default();
+        };
+        match chain::resume(path) {
+            Ok(tail) => {
+                if tail.torn {
+                    tracing::warn!(path = %path.display(), "the audit file ends in a torn line (a crash mid-write); it is ended with a newline");
+                    if let Err(error) = open_append(path).and_then(|mut f| {
+                        f.write_all(b"\n")?;
+                        f.sync_data()
+                    }) {
+                        tracing::error!(path = %path.display(), %error, "cannot end the torn line");
+                    }
+                }
+                tail
+            }
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "cannot read the audit file to continue its chain; starting a new one");
+                chain::Tail::default()
             }
         }
     }
