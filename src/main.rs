@@ -54,6 +54,11 @@ enum Command {
         #[command(subcommand)]
         action: PolicyCommand,
     },
+    /// Work with the audit trail.
+    Audit {
+        #[command(subcommand)]
+        action: AuditCommand,
+    },
     /// Print a development token signed with `auth.hs256_secret`.
     Token {
         /// The token's subject.
@@ -90,6 +95,23 @@ enum PolicyCommand {
         /// (`organization_id`); only the organizations in it are read.
         #[arg(long)]
         body: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of audit files and every checkpoint's
+    /// signature. Exits 0 when they hold, 1 at the first break (naming the
+    /// line and the kind of break), 2 when a file cannot be read.
+    Verify {
+        /// The public half of `audit.signing_key` (PEM, as `check` prints it
+        /// or `openssl pkey -pubout` writes it).
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// The audit files, oldest first (rotated files before the current
+        /// one).
+        #[arg(required = true, value_name = "AUDIT_FILE")]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -132,6 +154,9 @@ async fn main() -> ExitCode {
             body.as_deref(),
         ),
         Command::Routes => routes(&config::resolve_path(cli.config)),
+        Command::Audit {
+            action: AuditCommand::Verify { public_key, files },
+        } => verify(&public_key, &files),
         Command::Token { sub, teams, ttl } => {
             token(&config::resolve_path(cli.config), &sub, &teams, ttl)
         }
@@ -175,8 +200,47 @@ async fn check(path: PathBuf) -> ExitCode {
         );
         return fail(&config::ConfigErrors::new(&path, vec![problem]));
     }
+    if let Some(pem) = gateway.audit().signing_public_key() {
+        // The public half only: what `audit verify --public-key` needs.
+        print!("audit.signing_key public key:\n{pem}");
+    }
     println!("ok");
     ExitCode::SUCCESS
+}
+
+fn verify(public_key: &Path, files: &[PathBuf]) -> ExitCode {
+    use polytomic_gateway::audit::verify::{self, PublicKey};
+    const UNREADABLE: u8 = 2;
+    let key = match std::fs::read(public_key)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| PublicKey::from_pem(&pem))
+    {
+        Ok(key) => key,
+        Err(e) => {
+            eprintln!("{}: {e}", public_key.display());
+            return ExitCode::from(UNREADABLE);
+        }
+    };
+    let mut trail = Vec::with_capacity(files.len());
+    for file in files {
+        match std::fs::read(file) {
+            Ok(text) => trail.push((file.display().to_string(), text)),
+            Err(e) => {
+                eprintln!("{}: cannot read: {e}", file.display());
+                return ExitCode::from(UNREADABLE);
+            }
+        }
+    }
+    match verify::verify(&trail, &key) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(broken) => {
+            println!("{broken}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn explain(

@@ -22,6 +22,7 @@ pub mod chain;
 pub mod record;
 pub mod redact;
 pub mod ship;
+pub mod verify;
 mod writer;
 
 use std::future::Future;
