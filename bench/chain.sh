@@ -2,7 +2,7 @@
 # bench/chain.sh: what the audit hash chain and signed checkpoints cost
 # (bench/chain.md). One command:
 #
-#   bench/chain.sh              # about 4 minutes, plus the two release builds
+#   bench/chain.sh              # about 6 minutes, plus the two release builds
 #   bench/chain.sh REV          # another baseline (default 2c39d85, the last
 #                               # commit before the chain)
 #
@@ -20,7 +20,9 @@
 # Installs nginx, wrk and openssl from Debian's packages when missing (root).
 # Environment: BENCH_DURATION (seconds per run, default 5), BENCH_ROUNDS
 # (default 5), BENCH_JSON (also write the results there), BENCH_KEEP=1 (keep
-# the temp dir), CHAIN_BUILD_TIMEOUT (seconds per build, default 3600).
+# the temp dir), CHAIN_BUILD_TIMEOUT (seconds per build, default 3600),
+# CHAIN_INSTRUCTIONS (requests per callgrind count, default 3000 when
+# valgrind is installed; 0: no callgrind counts; about 2 minutes).
 # Every step is bounded in time. Exit status 0 when no request failed and
 # every trail verified.
 set -euo pipefail
@@ -78,6 +80,13 @@ args=(--current "$TARGET_DIR/release/polytomic-gateway"
       --bench-tokens "$TARGET_DIR/release/examples/bench_tokens"
       --current-label "$CUR_LABEL" --baseline-label "$(git -C "$ROOT" rev-parse --short "$BASE_SHA")"
       --duration "${BENCH_DURATION:-5}" --rounds "${BENCH_ROUNDS:-5}")
+# Instruction counts under callgrind: what the chain costs whatever the
+# machine's load (see chain.py).
+if command -v valgrind >/dev/null && command -v callgrind_control >/dev/null; then
+    args+=(--instructions "${CHAIN_INSTRUCTIONS:-3000}")
+elif [[ "${CHAIN_INSTRUCTIONS:-0}" != 0 ]]; then
+    log "CHAIN_INSTRUCTIONS is set but valgrind is not installed (apt-get install valgrind)"; exit 2
+fi
 [[ -z "${BENCH_JSON:-}" ]] || args+=(--json "$BENCH_JSON")
 [[ "${BENCH_KEEP:-0}" != 1 ]] || args+=(--keep)
 # chain.py bounds each process and load itself; this bounds the whole.
