@@ -79,7 +79,9 @@ enum PolicyCommand {
         /// The caller's subject.
         #[arg(long)]
         sub: Option<String>,
-        /// The request method.
+        /// The request method: GET, HEAD, POST, PUT, PATCH, DELETE or
+        /// OPTIONS, in upper case (the methods routes can list); any other
+        /// exits 1.
         #[arg(long)]
         method: String,
         /// The request path, with a query if the operation reads an
