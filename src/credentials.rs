@@ -251,6 +251,29 @@ fn read_header(source: &CredentialSource, scheme: CredentialScheme) -> Result<He
     Ok(header)
 }
 
+/// The name of the default credential of `configs`, the one injected for
+/// routes that name none: `partner`, or the only one when there is one.
+/// Reads no secret (for `routes`, which shows it).
+pub fn default_credential_name(
+    configs: &BTreeMap<String, CredentialConfig>,
+) -> Result<&str, ConfigProblem> {
+    if configs.contains_key(DEFAULT_CREDENTIAL) {
+        return Ok(DEFAULT_CREDENTIAL);
+    }
+    let mut names = configs.keys();
+    match (names.next(), names.next()) {
+        (Some(only), None) => Ok(only),
+        (None, _) => Err(ConfigProblem::new(
+            "credentials.partner",
+            "no credential is configured: add [credentials.partner] with `env` or `file`",
+        )),
+        (Some(_), Some(_)) => Err(ConfigProblem::new(
+            "credentials",
+            "several credentials and none named `partner`: name the default one `partner`",
+        )),
+    }
+}
+
 /// Every configured credential, and the default one.
 #[derive(Debug, Clone)]
 pub struct CredentialSet {
@@ -286,22 +309,16 @@ impl CredentialSet {
                 Err(problem) => problems.push(ConfigProblem::new(source_key, problem)),
             }
         }
-        let default = by_name.get(DEFAULT_CREDENTIAL).cloned().or_else(|| {
-            (configs.len() == 1)
-                .then(|| by_name.values().next().cloned())
-                .flatten()
-        });
-        if configs.is_empty() {
-            problems.push(ConfigProblem::new(
-                "credentials.partner",
-                "no credential is configured: add [credentials.partner] with `env` or `file`",
-            ));
-        } else if default.is_none() && problems.is_empty() {
-            problems.push(ConfigProblem::new(
-                "credentials",
-                "several credentials and none named `partner`: name the default one `partner`",
-            ));
-        }
+        let default = match default_credential_name(configs) {
+            Ok(name) => by_name.get(name).cloned(),
+            Err(problem) => {
+                // A credential that failed to load is reported already.
+                if configs.is_empty() || problems.is_empty() {
+                    problems.push(problem);
+                }
+                None
+            }
+        };
         match default {
             Some(default) if problems.is_empty() => Ok(Self {
                 default,

@@ -446,6 +446,115 @@ pub fn install_panic_hook() {
     }));
 }
 
+/// One error of each variant, for tests that hold the docs to the code.
+/// The `match` stops compiling when a variant is added: add a sample here
+/// too (and a row to README.md's Errors table).
+#[cfg(test)]
+pub(crate) fn one_of_each() -> Vec<GatewayError> {
+    use GatewayError as E;
+    let samples = vec![
+        E::PayloadTooLarge { limit: 1 },
+        E::UpstreamUnreachable("refused".into()),
+        E::UpstreamFailed("reset".into()),
+        E::UpstreamTimeout(Duration::from_secs(1)),
+        E::RequestTimeout(Duration::from_secs(1)),
+        E::Draining,
+        E::Overloaded,
+        E::HeadersTooLarge {
+            limit: 1,
+            unit: "fields",
+        },
+        E::UriTooLong { limit: 1 },
+        E::NotReady("not yet"),
+        E::Unauthenticated(crate::auth::AuthError::MissingToken),
+        E::MethodNotAllowed {
+            method: http::Method::POST,
+            allow: HeaderValue::from_static("GET"),
+        },
+        E::NoRoute,
+        E::InvalidPath(crate::routes::PathError::TooLong),
+        E::InvalidId { param: "id".into() },
+        E::MethodOverride(http::HeaderName::from_static("x-http-method")),
+        E::UnsupportedMediaType,
+        E::InvalidJson(crate::validate::JsonError {
+            line: 1,
+            column: 1,
+            reason: "expected value".into(),
+        }),
+        E::JsonTooDeep { limit: 1 },
+        E::JsonTooManyValues { limit: 1 },
+        E::InvalidBody(Vec::new()),
+        E::BodyNotAllowed(http::Method::GET),
+        E::IncompleteBody,
+        E::Forbidden {
+            operation: "op".into(),
+        },
+        E::AuditUnavailable,
+        E::JwksUnavailable,
+        E::Internal,
+        E::Panicked,
+    ];
+    for error in &samples {
+        match error {
+            E::PayloadTooLarge { .. }
+            | E::UpstreamUnreachable(_)
+            | E::UpstreamFailed(_)
+            | E::UpstreamTimeout(_)
+            | E::RequestTimeout(_)
+            | E::Draining
+            | E::Overloaded
+            | E::HeadersTooLarge { .. }
+            | E::UriTooLong { .. }
+            | E::NotReady(_)
+            | E::Unauthenticated(_)
+            | E::MethodNotAllowed { .. }
+            | E::NoRoute
+            | E::InvalidPath(_)
+            | E::InvalidId { .. }
+            | E::MethodOverride(_)
+            | E::UnsupportedMediaType
+            | E::InvalidJson(_)
+            | E::JsonTooDeep { .. }
+            | E::JsonTooManyValues { .. }
+            | E::InvalidBody(_)
+            | E::BodyNotAllowed(_)
+            | E::IncompleteBody
+            | E::Forbidden { .. }
+            | E::AuditUnavailable
+            | E::JwksUnavailable
+            | E::Internal
+            | E::Panicked => {}
+        }
+    }
+    samples
+}
+
+/// The rows of the first README table under `heading` whose header line
+/// starts `| {header}`, as their cells (trimmed, backticks removed).
+#[cfg(test)]
+pub(crate) fn readme_table(heading: &str, header: &str) -> Vec<Vec<String>> {
+    const README: &str = include_str!("../README.md");
+    let start = README
+        .find(heading)
+        .unwrap_or_else(|| panic!("README.md has no {heading:?}"));
+    let section = &README[start..];
+    let table = section
+        .find(&format!("\n| {header}"))
+        .map(|at| &section[at + 1..])
+        .unwrap_or_else(|| panic!("no table headed {header:?} under {heading:?}"));
+    table
+        .lines()
+        .take_while(|line| line.starts_with('|'))
+        .skip(2) // the header and the `|---|` line
+        .map(|line| {
+            line.trim_matches('|')
+                .split('|')
+                .map(|cell| cell.trim().replace('`', ""))
+                .collect()
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -523,6 +632,31 @@ mod tests {
                 })
             );
         }
+    }
+
+    /// README.md's Errors table lists exactly the statuses and keys the
+    /// gateway answers with: every one, and no other.
+    #[test]
+    fn the_readme_errors_table_lists_every_key_and_status() {
+        let rows: std::collections::BTreeSet<(String, String)> =
+            readme_table("### Errors", "Status | `key` | When |")
+                .into_iter()
+                .map(|cells| (cells[0].clone(), cells[1].clone()))
+                .collect();
+        let answered: std::collections::BTreeSet<(String, String)> = one_of_each()
+            .iter()
+            .map(|e| (e.status().as_u16().to_string(), e.key().to_owned()))
+            .collect();
+        let missing: Vec<_> = answered.difference(&rows).collect();
+        assert!(
+            missing.is_empty(),
+            "not in README.md's Errors table: {missing:?}"
+        );
+        let unknown: Vec<_> = rows.difference(&answered).collect();
+        assert!(
+            unknown.is_empty(),
+            "in README.md's Errors table, never answered: {unknown:?}"
+        );
     }
 
     #[tokio::test]

@@ -46,6 +46,35 @@ pub struct HeadLimits {
     pub headers: usize,
 }
 
+/// A request's header section as the client sent it: its fields, and its
+/// bytes counted as [`HeadLimits::header_bytes`] says.
+///
+/// The gateway's stack measures it first thing, before hop-by-hop headers
+/// are stripped and before the gateway sets its own `x-request-id`, and
+/// puts it in the request's extensions, so the limits apply to what the
+/// client sent: exactly `server.max_headers` fields pass. Without it,
+/// [`HeadLimits::check`] measures the headers as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeadSize {
+    /// Header fields.
+    pub fields: usize,
+    /// Every name and value, plus 4 bytes each for `: ` and CRLF.
+    pub bytes: usize,
+}
+
+impl HeadSize {
+    /// The size of `headers`.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        Self {
+            fields: headers.len(),
+            bytes: headers
+                .iter()
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum(),
+        }
+    }
+}
+
 impl HeadLimits {
     /// The refusal for `req`'s head, if it is over a limit.
     pub fn check<B>(&self, req: &Request<B>) -> Option<GatewayError> {
@@ -55,18 +84,18 @@ impl HeadLimits {
                 limit: self.uri_bytes,
             });
         }
-        let headers = req.headers();
-        if headers.len() > self.headers {
+        let size = req
+            .extensions()
+            .get::<HeadSize>()
+            .copied()
+            .unwrap_or_else(|| HeadSize::of(req.headers()));
+        if size.fields > self.headers {
             return Some(GatewayError::HeadersTooLarge {
                 limit: self.headers,
                 unit: "fields",
             });
         }
-        let bytes: usize = headers
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
-        (bytes > self.header_bytes).then_some(GatewayError::HeadersTooLarge {
+        (size.bytes > self.header_bytes).then_some(GatewayError::HeadersTooLarge {
             limit: self.header_bytes,
             unit: "bytes",
         })

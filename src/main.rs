@@ -84,7 +84,9 @@ enum PolicyCommand {
         /// The caller's subject.
         #[arg(long)]
         sub: Option<String>,
-        /// The request method.
+        /// The request method: GET, HEAD, POST, PUT, PATCH, DELETE or
+        /// OPTIONS, in upper case (the methods routes can list); any other
+        /// exits 1.
         #[arg(long)]
         method: String,
         /// The request path, with a query if the operation reads an
@@ -355,9 +357,24 @@ fn routes(config_path: &Path) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
-    let (table, summary) = match polytomic_gateway::catalog::route_table(&config) {
-        Ok(built) => built,
-        Err(problems) => return fail(&config::ConfigErrors::new(config_path, problems)),
+    // Shown for the routes that name no credential: `partner`, or the only
+    // one there is.
+    let default_credential =
+        polytomic_gateway::credentials::default_credential_name(&config.credentials);
+    let ((table, summary), default_credential) = match (
+        polytomic_gateway::catalog::route_table(&config),
+        default_credential,
+    ) {
+        (Ok(built), Ok(name)) => (built, name),
+        (built, default_credential) => {
+            let problems = built
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .chain(default_credential.err())
+                .collect();
+            return fail(&config::ConfigErrors::new(config_path, problems));
+        }
     };
     let rows: Vec<[String; 6]> = table
         .summaries()
@@ -370,7 +387,7 @@ fn routes(config_path: &Path) -> ExitCode {
                 r.template.to_string(),
                 r.credential
                     .as_deref()
-                    .unwrap_or(polytomic_gateway::credentials::DEFAULT_CREDENTIAL)
+                    .unwrap_or(default_credential)
                     .to_owned(),
                 if r.has_schema { "schema" } else { "-" }.to_owned(),
                 r.source.as_str().to_owned(),

@@ -20,7 +20,7 @@ use crate::body::{BoxError, GatewayBody};
 use crate::credentials::{CredentialSet, CredentialSwapLayer};
 use crate::error::RescueLayer;
 use crate::health::{HealthLayer, Readiness};
-use crate::limit::{BodyLimitLayer, HeadLimitLayer, HeadLimits};
+use crate::limit::{BodyLimitLayer, HeadLimitLayer, HeadLimits, HeadSize};
 use crate::metrics::Metrics;
 use crate::notes::ClientRequestId;
 use crate::policy::{Policy, PolicyBodyLayer, PolicyLayer};
@@ -112,6 +112,10 @@ where
         // Done later, a client could name a header the gateway injects
         // (`Connection: authorization`) and have it stripped after injection.
         .map_request(|mut req: Request<B>| {
+            // The head limits count what the client sent, not what is left
+            // after this step or what the gateway adds (its request id).
+            let size = HeadSize::of(req.headers());
+            req.extensions_mut().insert(size);
             crate::proxy::remove_hop_by_hop(req.headers_mut());
             take_client_request_id(&mut req);
             req

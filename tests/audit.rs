@@ -814,6 +814,104 @@ async fn a_client_that_disconnects_mid_request_still_leaves_a_response_record() 
     assert_eq!(response["status"], Value::Null, "{response}");
 }
 
+/// A client that leaves while the response body streams gets a `response`
+/// record with `outcome` `cancelled` and the status it was sent (the head
+/// went out; the body did not end).
+#[tokio::test]
+async fn a_client_that_leaves_mid_body_is_recorded_as_cancelled_with_its_status() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    type Frame = Result<http_body::Frame<Bytes>, std::io::Error>;
+    // The upstream sends one chunk, then nothing; `held` is dropped with its
+    // body, so the test learns when the gateway gave the response up.
+    let (held, released) = tokio::sync::oneshot::channel::<()>();
+    let held = Arc::new(std::sync::Mutex::new(Some(held)));
+    let upstream = spawn_upstream(move |_req| {
+        let held = held.lock().unwrap().take();
+        async move {
+            let first = futures_util::stream::iter([Ok::<_, std::io::Error>(
+                http_body::Frame::data(Bytes::from_static(b"{\"data\":")),
+            )]);
+            let stalled = futures_util::stream::poll_fn(move |_| {
+                let _held = &held;
+                std::task::Poll::<Option<Frame>>::Pending
+            });
+            let body = futures_util::StreamExt::chain(first, stalled);
+            http::Response::new(http_body_util::BodyExt::boxed(
+                http_body_util::StreamBody::new(body),
+            ))
+        }
+    })
+    .await;
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    let path = dir.config(&format!("http://{upstream}"), "");
+    let gw = start_gateway_from(dir, &path).await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "GET /api/organization HTTP/1.1\r\nHost: g\r\nAuthorization: {}\r\nX-Request-Id: left\r\n\r\n",
+        bearer()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    within("the head and the first chunk", async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&received).contains("{\"data\":") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    assert!(String::from_utf8_lossy(&received).starts_with("HTTP/1.1 200"));
+    drop(stream); // the client leaves mid-body
+    within("the gateway to give the response up", released)
+        .await
+        .unwrap_err();
+    let _dir = gw.shutdown().await;
+    let records = read_audit(&audit_path);
+    let response = records
+        .iter()
+        .find(|r| r["client_request_id"] == "left" && r["stage"] == "response")
+        .unwrap_or_else(|| panic!("no response record: {records:#?}"));
+    assert_eq!(response["outcome"], "cancelled", "{response}");
+    assert_eq!(response["status"], 200, "{response}");
+    assert_eq!(response["upstream_status"], 200, "{response}");
+    assert_eq!(response["error_key"], "client_disconnected", "{response}");
+}
+
+/// A refused `HEAD` gets the record of its refusal: hyper sends no body
+/// after the head, so the record does not wait for one (it was recorded as
+/// `cancelled`, as if the client had left).
+#[tokio::test]
+async fn a_refused_head_request_is_recorded_with_its_own_outcome() {
+    let gw = start_gateway("http://127.0.0.1:1", "").await;
+    let head = |id: &str, token: Option<&str>| {
+        request(Method::HEAD, &gw.url("/api/organization"), token, id, "")
+    };
+    let (parts, _) = send(&client(), head("head-401", None)).await;
+    assert_eq!(parts.status, 401);
+    // The route takes GET only: HEAD is 405.
+    let (parts, _) = send(&client(), head("head-405", Some(token()))).await;
+    assert_eq!(parts.status, 405);
+    let dir = gw.shutdown().await;
+    let records = read_audit(&dir.path("audit.jsonl"));
+    for (id, outcome, status, key) in [
+        ("head-401", "unauthenticated", 401, "unauthenticated"),
+        ("head-405", "no_route", 405, "method_not_allowed"),
+    ] {
+        let record = records
+            .iter()
+            .find(|r| r["client_request_id"] == id)
+            .unwrap_or_else(|| panic!("no record for {id}: {records:#?}"));
+        assert_eq!(
+            (&record["outcome"], &record["status"], &record["error_key"]),
+            (&json!(outcome), &json!(status), &json!(key)),
+            "{record}"
+        );
+    }
+    assert_eq!(records.len(), 2, "{records:#?}");
+}
+
 /// An upstream that, on each request, looks in the audit file for that
 /// request's `request` record, and answers whether it was already there.
 async fn upstream_checking_the_trail(audit_path: std::path::PathBuf) -> std::net::SocketAddr {

@@ -664,3 +664,65 @@ fn a_jwks_url_never_shows_its_credentials_or_query() {
     );
     assert!(!stderr.contains(QUERY_TOKEN), "{stderr}");
 }
+
+/// `routes` shows, for a route that names no credential, the credential the
+/// gateway really sends: `partner`, or the only one when there is one (here
+/// `acme`); with several and none named `partner` there is no default, and
+/// `routes` says so, as `check` does.
+#[test]
+fn routes_names_the_default_credential_it_really_sends() {
+    let routes = |path: &std::path::Path| {
+        let out = Command::new(binary_path())
+            .arg("routes")
+            .arg("--config")
+            .arg(path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The CREDENTIAL column of every listed route.
+    let credentials = |stdout: &str| -> Vec<String> {
+        stdout
+            .lines()
+            .skip(1)
+            .take_while(|l| !l.ends_with("operations routed"))
+            .map(|l| l.split_whitespace().nth(3).unwrap().to_owned())
+            .collect()
+    };
+    let dir = TestDir::new();
+    let path = dir.config("https://app.polytomic.com", "");
+
+    let (code, stdout, stderr) = routes(&path);
+    assert_eq!(code, Some(0), "{stderr}");
+    let shown = credentials(&stdout);
+    assert_eq!(shown.len(), 7, "{stdout}");
+    assert!(shown.iter().all(|c| c == "partner"), "{stdout}");
+
+    // The only credential, named otherwise, is the default.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let acme_only = text.replace("[credentials.partner]", "[credentials.acme]");
+    std::fs::write(&path, &acme_only).unwrap();
+    let (code, stdout, stderr) = routes(&path);
+    assert_eq!(code, Some(0), "{stderr}");
+    let shown = credentials(&stdout);
+    assert_eq!(shown.len(), 7, "{stdout}");
+    assert!(shown.iter().all(|c| c == "acme"), "{stdout}");
+
+    // Two credentials, neither `partner`: no default, a configuration error.
+    let org_key = dir.path("org-key").display().to_string();
+    std::fs::write(
+        &path,
+        format!("{acme_only}\n[credentials.other]\nfile = {org_key:?}\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = routes(&path);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stderr.contains("`credentials`: several credentials and none named `partner`"),
+        "{stderr}"
+    );
+}

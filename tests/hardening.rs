@@ -275,6 +275,86 @@ async fn oversized_heads_get_431_or_414_as_json_and_are_audited() {
     }
 }
 
+/// One request on a new connection: the response's status and JSON body
+/// (the body its `content-length` announces; the connection stays open).
+async fn exchange(addr: std::net::SocketAddr, request: &str) -> (u16, Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let received = within("a whole response", async {
+        let mut received = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&received).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(str::to_owned)
+                    })
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if body.len() >= length {
+                    return text;
+                }
+            }
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed early: {text}");
+            received.extend_from_slice(&chunk[..n]);
+        }
+    })
+    .await;
+    let (head, body) = received.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// The head limits count what the client sent, as on the wire: exactly
+/// `server.max_headers` fields, or `server.max_header_bytes` bytes, pass,
+/// and one more is 431. What the gateway adds (its own `x-request-id`)
+/// does not count against the client.
+#[tokio::test]
+async fn head_limits_count_the_fields_and_bytes_the_client_sent() {
+    let (upstream, seen) = recording_upstream().await;
+    let gw = start_gateway(
+        &format!("http://{upstream}"),
+        "[server]\nmax_headers = 10\nmax_header_bytes = 4096",
+    )
+    .await;
+    let auth = bearer();
+    // No route serves /x: a request within the limits is 404 `no_route`.
+    let request = |fields: &[String]| format!("GET /x HTTP/1.1\r\n{}\r\n\r\n", fields.join("\r\n"));
+    let base = ["Host: x".to_owned(), format!("Authorization: {auth}")];
+
+    for (extra, status, key) in [(8, 404, "no_route"), (9, 431, "headers_too_large")] {
+        let mut fields = base.to_vec();
+        fields.extend((0..extra).map(|i| format!("x-h{i}: 1")));
+        let (got, body) = exchange(gw.addr, &request(&fields)).await;
+        assert_eq!(
+            (got, body["key"].as_str()),
+            (status, Some(key)),
+            "{} fields: {body}",
+            fields.len()
+        );
+    }
+
+    // Bytes: each field is its name, its value and 4 (`: ` and CRLF).
+    let used = "host".len() + "x".len() + 4 + "authorization".len() + auth.len() + 4;
+    let pad = 4096 - used - "x-pad".len() - 4;
+    for (pad, status, key) in [(pad, 404, "no_route"), (pad + 1, 431, "headers_too_large")] {
+        let mut fields = base.to_vec();
+        fields.push(format!("x-pad: {}", "a".repeat(pad)));
+        let (got, body) = exchange(gw.addr, &request(&fields)).await;
+        assert_eq!(
+            (got, body["key"].as_str()),
+            (status, Some(key)),
+            "pad {pad}: {body}"
+        );
+    }
+    assert!(seen.lock().unwrap().is_empty());
+}
+
 /// An upstream that holds every request until released: each arrival adds
 /// a permit to `arrived`; `release.notify_waiters()` answers every held one
 /// with `body`.

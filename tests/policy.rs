@@ -442,6 +442,53 @@ fn policy_explain_exits_0_on_allow_and_3_on_deny() {
     assert_eq!(code, Some(3));
 }
 
+/// `policy explain --method` takes the seven methods a route can list, in
+/// upper case, as `--help` says: anything else (`get`, `PROPFIND`) exits 1
+/// with the list, rather than being explained as a request the gateway
+/// would answer 405.
+#[test]
+fn policy_explain_takes_only_the_methods_routes_can_list() {
+    let dir = TestDir::new();
+    let path = dir.config("https://app.polytomic.com", &shipped_routes_and_policy());
+    let explain = |method: &str| {
+        let out = Command::new(binary_path())
+            .args(["policy", "explain", "--team", "platform", "--config"])
+            .arg(&path)
+            .args(["--method", method, "--path", "/api/organization"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for method in ["get", "PROPFIND"] {
+        let (code, stdout, stderr) = explain(method);
+        assert_eq!(code, Some(1), "{method}: {stdout}");
+        assert!(stdout.is_empty(), "{method}: {stdout}");
+        assert!(
+            stderr.contains(&format!(
+                "--method {method:?} is not one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
+            )),
+            "{method}: {stderr}"
+        );
+    }
+    // A listed method the route does not take is explained: 405, exit 3.
+    let (code, stdout, stderr) = explain("HEAD");
+    assert_eq!(code, Some(3), "{stderr}");
+    assert!(stdout.contains("decision:  deny (status 405)"), "{stdout}");
+    let help = Command::new(binary_path())
+        .args(["policy", "explain", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("GET, HEAD, POST, PUT, PATCH, DELETE or OPTIONS, in upper case"),
+        "{help}"
+    );
+}
+
 #[tokio::test]
 async fn shadow_mode_forwards_would_be_denials_and_logs_them() {
     let fake = FakePolytomic::new(PARTNER_KEY);

@@ -258,6 +258,7 @@ async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstrea
     let caller = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     let (parts, _) = send(&client, request(Method::GET, &org, token(), Some(&caller))).await;
     assert_eq!(parts.status, 200);
+    let get_request_id = parts.headers["x-request-id"].to_str().unwrap().to_owned();
     // 2. An allowed PUT (validation and the audit write), in a new trace.
     let (parts, _) = send(&client, request(Method::PUT, &org, token(), None)).await;
     assert_eq!(parts.status, 200);
@@ -316,6 +317,9 @@ async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstrea
         ("enduser.teams", "platform"),
         ("gateway.decision", "allow"),
         ("gateway.rule", "platform-all"),
+        ("gateway.outcome", "allowed"),
+        // The gateway's id, as on the response and in the audit record.
+        ("request_id", &*get_request_id),
     ] {
         assert_eq!(
             attrs.get(key).map(String::as_str),

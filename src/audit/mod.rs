@@ -5,7 +5,9 @@
 //! decision, body, upstream status), and when the response body has ended
 //! it writes a `response` record, for allowed and refused requests alike: a
 //! body cut off midway is recorded as an upstream failure, one the client
-//! stopped reading as cancelled.
+//! stopped reading as cancelled (with the status it was sent). A response
+//! that has no body on the wire (to `HEAD`, or 204 and 304) is recorded
+//! when its head is ready.
 //!
 //! [`AuditRequestLayer`] sits just before the credential swap. For write
 //! requests (`POST`, `PUT`, `PATCH`, `DELETE`) it writes a `request` record
@@ -704,10 +706,18 @@ where
             return Poll::Ready(result);
         };
         Poll::Ready(result.map(|response| {
-            // The record waits for the body: a response cut off midway is an
-            // upstream failure, not the success its status line announced.
             let status = response.status().as_u16();
             let error_key = response.extensions().get::<ErrorKey>().map(|k| k.0);
+            // hyper sends no body after these heads and may drop it unread:
+            // the head is the whole answer, so the record is made now (else
+            // a refused HEAD would be recorded as cancelled).
+            if pending.info.method == Method::HEAD.as_str() || matches!(status, 204 | 304) {
+                pending.write(Some(status), error_key);
+                return response;
+            }
+            // Otherwise the record waits for the body: a response cut off
+            // midway is an upstream failure, not the success its status
+            // line announced, and one the client left is cancelled.
             response.map(|body| {
                 crate::body::boxed(AuditedBody {
                     body,

@@ -169,3 +169,31 @@ pub fn line(
 
 /// A shared [`RequestInfo`], kept in the notes' extensions slot.
 pub type SharedInfo = Arc<RequestInfo>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// README.md's `outcome` table names, in each outcome's row, every
+    /// error key that the gateway records with that outcome.
+    #[test]
+    fn the_readme_outcome_table_names_the_key_of_every_refusal() {
+        let rows = crate::error::readme_table("### Audit trail", "`outcome` | When |");
+        let keys = crate::error::one_of_each()
+            .iter()
+            .map(|e| e.key())
+            .chain([crate::audit::CLIENT_DISCONNECTED])
+            .collect::<Vec<_>>();
+        for key in keys {
+            let word = outcome(Some(key), None);
+            let row = rows
+                .iter()
+                .find(|cells| cells[0] == word)
+                .unwrap_or_else(|| panic!("no row for outcome {word:?} in {rows:?}"));
+            let named = row[1]
+                .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                .any(|token| token == key);
+            assert!(named, "the {word:?} row does not name {key:?}: {row:?}");
+        }
+    }
+}

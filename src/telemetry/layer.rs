@@ -118,10 +118,16 @@ where
             .span_builder(method)
             .with_kind(SpanKind::Server)
             .start_with_context(&*self.tracer, &parent);
+        // The gateway's own id (set before this layer), as in the audit
+        // record: a caller's trace may hold many requests.
+        let request_id = headers.get("x-request-id").and_then(|h| h.to_str().ok());
         if server.is_recording() {
             // Attributes known now; the others when the response is ready.
-            let mut attributes = Vec::with_capacity(4);
+            let mut attributes = Vec::with_capacity(5);
             attributes.push(KeyValue::new("http.request.method", method));
+            if let Some(id) = request_id {
+                attributes.push(KeyValue::new("request_id", id.to_owned()));
+            }
             attributes.push(KeyValue::new("url.path", req.uri().path().to_owned()));
             if let Some(host) = headers
                 .get(header::HOST)
@@ -143,7 +149,6 @@ where
         // Only the ids are `tracing` fields, both set here (a field recorded
         // later makes the JSON formatter parse and rewrite the span's
         // fields), so every log line of the request carries them.
-        let request_id = headers.get("x-request-id").and_then(|h| h.to_str().ok());
         let span = if traced {
             tracing::info_span!(
                 "request",
