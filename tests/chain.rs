@@ -76,6 +76,23 @@ fn verify(public_key: &Path, files: &[PathBuf]) -> (i32, String) {
     (output.status.code().unwrap(), format!("{stdout}{stderr}"))
 }
 
+/// `checkpoint_records = 5` bounds every stretch of an instance's records,
+/// also within one write batch.
+fn assert_checkpoints_every_5<'a>(records: impl Iterator<Item = &'a Value>) {
+    let mut since = 0;
+    let mut instance = Value::Null;
+    for record in records {
+        if record["stage"] == "checkpoint" || record["instance"] != instance {
+            since = 0;
+            instance = record["instance"].clone();
+        }
+        if record["stage"] != "checkpoint" {
+            since += 1;
+            assert!(since <= 5, "more than 5 records without a checkpoint");
+        }
+    }
+}
+
 fn records(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -168,6 +185,7 @@ async fn an_intact_trail_verifies_across_rotation_and_a_restart() {
         "checkpoint",
         "a clean stop ends with a checkpoint"
     );
+    assert_checkpoints_every_5(records(&rotated).iter().chain(&new));
 
     let check = std::process::Command::new(binary_path())
         .args(["check", "--config"])
@@ -323,7 +341,7 @@ async fn verify_names_the_line_and_kind_of_every_tampering() {
     let (code, report) = check(&uncovered);
     assert_eq!(code, 0, "{report}");
     assert!(
-        report.contains("1 not yet covered by a checkpoint"),
+        report.contains("10 covered by a checkpoint, 2 not yet covered by a checkpoint"),
         "{report}"
     );
 }
@@ -391,6 +409,11 @@ async fn after_sigkill_every_acknowledged_write_is_recorded_and_the_chain_holds(
         .filter(|r| r["stage"] == "request")
         .filter_map(|r| r["client_request_id"].as_str().map(str::to_owned))
         .collect();
+    let parsed: Vec<Value> = text
+        .split(|&b| b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .collect();
+    assert_checkpoints_every_5(parsed.iter());
     let answered = answered.lock().unwrap();
     assert!(answered.len() >= 300);
     for id in answered.iter().chain([&"after-restart".to_owned()]) {

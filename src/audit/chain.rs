@@ -214,6 +214,14 @@ impl Chain {
         out.push(b'\n');
         self.uncovered += 1;
         self.uncovered_since.get_or_insert_with(Instant::now);
+        // `checkpoint_records` is a hard bound, also inside a large batch.
+        if self
+            .checkpoints
+            .as_ref()
+            .is_some_and(|c| self.uncovered >= c.records)
+        {
+            self.checkpoint_if_due(Instant::now(), true, out);
+        }
     }
 
     /// When the next checkpoint is due, if one will be.
@@ -403,9 +411,8 @@ mod tests {
         chain.checkpoint_if_due(Instant::now(), false, &mut out);
         assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1, "not due");
         chain.append(b"{}\n", &mut out);
-        chain.checkpoint_if_due(Instant::now(), false, &mut out);
         let lines: Vec<&[u8]> = out.split_inclusive(|&b| b == b'\n').collect();
-        assert_eq!(lines.len(), 3, "due after two records");
+        assert_eq!(lines.len(), 3, "written right after the second record");
         let checkpoint: serde_json::Value = serde_json::from_slice(lines[2]).unwrap();
         assert_eq!(checkpoint["stage"], "checkpoint");
         assert_eq!(checkpoint["seq"], 3);
