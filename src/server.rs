@@ -600,27 +600,15 @@ where
                     req
                 })
                 .service(self.stack.clone());
-            let activity = Activity::new();
-            let svc = EagerService {
+            spawn_connection(
+                stream,
+                peer,
+                permit,
                 stack,
-                activity: activity.clone(),
-            };
-            let io = TokioIo::new(Watched::new(stream, activity.clone(), permit));
-            let builder = self.builder.clone();
-            let deadlines = self.deadlines;
-            let stopping = stopping.clone();
-            tokio::spawn(async move {
-                let conn = builder.serve_connection(io, svc);
-                serve_watched(
-                    conn,
-                    |conn| conn.graceful_shutdown(),
-                    &activity,
-                    deadlines,
-                    stopping,
-                    peer,
-                )
-                .await;
-            });
+                self.builder.clone(),
+                self.deadlines,
+                stopping.clone(),
+            );
         }
         drop(stopping);
         // Closing tells every connection to finish its requests and close.
@@ -744,27 +732,57 @@ async fn serve_admin<S>(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             continue;
         };
-        let activity = Activity::new();
-        let svc = EagerService {
-            stack: svc.clone(),
-            activity: activity.clone(),
-        };
-        let io = TokioIo::new(Watched::new(stream, activity.clone(), permit));
-        let builder = builder.clone();
-        let stopping = stopping.clone();
-        tokio::spawn(async move {
-            let conn = builder.serve_connection(io, svc);
-            serve_watched(
-                conn,
-                |conn| conn.graceful_shutdown(),
-                &activity,
-                deadlines,
-                stopping,
-                peer,
-            )
-            .await;
-        });
+        spawn_connection(
+            stream,
+            peer,
+            permit,
+            svc.clone(),
+            builder.clone(),
+            deadlines,
+            stopping.clone(),
+        );
     }
+}
+
+/// Serves one accepted connection on its own task: `stack` behind hyper,
+/// its [`Activity`] watched (see `connection`), its slot held by `permit`
+/// until the socket starts to close.
+fn spawn_connection<S>(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    stack: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    deadlines: Deadlines,
+    stopping: watch::Receiver<bool>,
+) where
+    S: tower::Service<
+            Request<Incoming>,
+            Response = Response<GatewayBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let activity = Activity::new();
+    let svc = EagerService {
+        stack,
+        activity: activity.clone(),
+    };
+    let io = TokioIo::new(Watched::new(stream, activity.clone(), permit));
+    tokio::spawn(async move {
+        let conn = builder.serve_connection(io, svc);
+        serve_watched(
+            conn,
+            |conn| conn.graceful_shutdown(),
+            &activity,
+            deadlines,
+            stopping,
+            peer,
+        )
+        .await;
+    });
 }
 
 /// One worker per available core.
