@@ -976,3 +976,60 @@ async fn a_write_forwarded_without_its_record_is_logged_as_such() {
         }
     }
 }
+
+/// Issue 18, finding 4. A refused body used to be recorded with its plain
+/// SHA-256 even with `audit.fingerprint_key` set, so anyone reading the
+/// trail could confirm a guess at a short secret in it. With a key, the
+/// digest is the HMAC-SHA256 under it, named `hmac_sha256`, and the plain
+/// SHA-256 appears nowhere.
+#[tokio::test]
+async fn a_refused_body_is_digested_with_the_fingerprint_key() {
+    const KEY: &str = "fingerprint-key-for-tests-5e1b";
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    std::fs::write(dir.path("fingerprint-key"), format!("{KEY}\n")).unwrap();
+    let audit = format!(
+        "[audit]\nsinks = [\"file\"]\npath = {:?}\nfingerprint_key = {{ file = {:?} }}\n",
+        audit_path.display().to_string(),
+        dir.path("fingerprint-key").display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let gw = start_gateway_from(dir, &path).await;
+    // Not JSON (a weak secret in an unterminated body), and against the schema.
+    let refused = [
+        (
+            "not-json",
+            r#"{"name":"Acme","client_secret":"hunter2""#,
+            400,
+        ),
+        ("bad-field", r#"{"name":"Acme","password":"hunter2"}"#, 422),
+    ];
+    for (id, body, status) in refused {
+        let (parts, _) = put_org(gw.addr, id, body).await;
+        assert_eq!(parts.status, status, "{id}");
+    }
+    assert!(fake.requests().is_empty());
+    let _dir = gw.shutdown().await;
+    let trail = std::fs::read_to_string(&audit_path).unwrap();
+    let records = read_audit(&audit_path);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, KEY.as_bytes());
+    for (id, body, _) in refused {
+        let plain = polytomic_gateway::notes::hex(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes()).as_ref(),
+        );
+        assert!(!trail.contains(&plain), "{id}: plain SHA-256 in {trail}");
+        let keyed =
+            polytomic_gateway::notes::hex(aws_lc_rs::hmac::sign(&key, body.as_bytes()).as_ref());
+        let record = records
+            .iter()
+            .find(|r| r["client_request_id"] == id)
+            .unwrap_or_else(|| panic!("no record of {id}: {trail}"));
+        assert_eq!(
+            record["request_body"],
+            json!({"bytes": body.len(), "hmac_sha256": keyed}),
+            "{id}"
+        );
+    }
+}

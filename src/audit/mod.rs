@@ -46,7 +46,7 @@ use crate::credentials::{read_secret, CredentialSource};
 use crate::error::{ErrorKey, GatewayError};
 use crate::future::{take_ready, ResponseFuture, ThenCall};
 use crate::notes::ClientRequestId;
-use crate::notes::RequestNotes;
+use crate::notes::{BodyDigest, RequestNotes};
 use crate::server::ClientAddr;
 use crate::telemetry::RequestTrace;
 use record::{RequestInfo, SharedInfo};
@@ -179,6 +179,8 @@ pub struct Audit {
 
 struct AuditInner {
     queue: Arc<writer::Queue>,
+    /// How a refused body is digested (keyed with `fingerprint_key`).
+    body_digest: BodyDigest,
     durability: Durability,
     on_failure: OnFailure,
     redactor: Redactor,
@@ -318,6 +320,7 @@ impl Audit {
         Ok(Self {
             inner: Arc::new(AuditInner {
                 queue,
+                body_digest: BodyDigest::new(fingerprint.as_deref()),
                 durability: config.durability,
                 on_failure: config.on_failure,
                 redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
@@ -389,6 +392,12 @@ impl Audit {
     /// Spooled bytes the OTLP collector has not acknowledged (0 without `otlp`).
     pub fn unshipped_bytes(&self) -> u64 {
         self.inner.ship_state.unshipped.load(Ordering::Relaxed)
+    }
+
+    /// How the validation layer digests a refused body for the records:
+    /// HMAC-SHA256 under `audit.fingerprint_key` when it is set.
+    pub fn body_digest(&self) -> BodyDigest {
+        self.inner.body_digest.clone()
     }
 
     /// Starts shipping to the OTLP collector, if configured; runs until the
