@@ -13,6 +13,13 @@
 //! and making a syscall, for each request. A record a request waits for
 //! (`durability` `flush` or `fsync`) wakes it at once.
 //!
+//! The queue is bounded twice: by records ([`Queue::new`]'s `capacity`) and
+//! by bytes (`audit.queue_max_bytes`). The bytes of a record count from the
+//! moment it is queued until the batch holding it has been written, so a
+//! stalled sink (standard output nobody reads, a hung disk) holds at most
+//! that much record data, however large the bodies are; past it a record is
+//! refused at once (see [`Queue::push`]).
+//!
 //! A file that cannot be opened or written (missing directory, read-only,
 //! disk full) fails the records of that batch; the next batch tries again,
 //! so the trail recovers as soon as the problem is fixed. SIGHUP reopens the
@@ -45,7 +52,10 @@ const HIGH_WATER: usize = 1024;
 pub(crate) struct Queue {
     state: Mutex<QueueState>,
     ready: Condvar,
+    /// The most records waiting at once.
     capacity: usize,
+    /// The most record bytes accepted and not yet written (`audit.queue_max_bytes`).
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -59,14 +69,29 @@ struct QueueState {
     urgent: bool,
     /// Every `Audit` is gone: drain and stop.
     closed: bool,
+    /// Records accepted and not yet written: queued, or in the batch the
+    /// writer is writing. What a stalled sink holds back.
+    outstanding: Outstanding,
+    /// Of those, the batch the writer took last: written (or failed) once
+    /// the writer asks for the next one.
+    in_batch: Outstanding,
+}
+
+/// A number of records and their bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outstanding {
+    pub records: usize,
+    pub bytes: usize,
 }
 
 impl Queue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A queue of at most `capacity` records and `max_bytes` record bytes.
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(QueueState::default()),
             ready: Condvar::new(),
             capacity,
+            max_bytes,
         }
     }
 
@@ -74,18 +99,30 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an entry; gives it back if the queue is full or closed. A
-    /// shutdown is always taken.
+    /// Queues an entry; gives it back if the queue is closed, or, for a
+    /// record, if it holds `capacity` records or the record would take the
+    /// bytes not yet written past `max_bytes`. A record larger than
+    /// `max_bytes` on its own is taken when nothing else is outstanding, so
+    /// that no record is refused forever. A shutdown is always taken.
     pub(crate) fn push(&self, entry: Entry) -> Result<(), Entry> {
-        let urgent = match &entry {
-            Entry::Record { ack, .. } => ack.is_some(),
-            Entry::Shutdown(_) => true,
+        let (urgent, bytes) = match &entry {
+            Entry::Record { ack, line } => (ack.is_some(), Some(line.len())),
+            Entry::Shutdown(_) => (true, None),
         };
         let mut state = self.lock();
-        if state.closed
-            || (state.entries.len() >= self.capacity && !matches!(entry, Entry::Shutdown(_)))
-        {
+        if state.closed {
             return Err(entry);
+        }
+        if let Some(bytes) = bytes {
+            let outstanding = state.outstanding;
+            let full = state.entries.len() >= self.capacity
+                || (outstanding.bytes > 0
+                    && outstanding.bytes.saturating_add(bytes) > self.max_bytes);
+            if full {
+                return Err(entry);
+            }
+            state.outstanding.records += 1;
+            state.outstanding.bytes += bytes;
         }
         state.entries.push_back(entry);
         state.urgent |= urgent;
@@ -101,17 +138,40 @@ impl Queue {
         Ok(())
     }
 
-    /// Stops the writer once it has written what is queued.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
+    /// Stops the writer once it has written what is queued, and refuses
+    /// records from now on; returns the records still queued (none once
+    /// the writer has stopped after a shutdown entry, unless some came
+    /// after it).
+    pub(crate) fn close(&self) -> usize {
+        let mut state = self.lock();
+        state.closed = true;
+        let left = state
+            .entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Record { .. }))
+            .count();
+        drop(state);
         self.ready.notify_one();
+        left
+    }
+
+    /// Records (and their bytes) accepted and not yet written: queued, or
+    /// in the batch the writer is writing.
+    pub(crate) fn outstanding(&self) -> Outstanding {
+        self.lock().outstanding
     }
 
     /// The next batch, at most `MAX_BATCH` entries, into `batch`: waits for
     /// a first entry, then up to `LINGER` for more unless one is urgent.
     /// Empty when the queue is closed and drained.
+    ///
+    /// The writer asks for a batch only once it is done with the previous
+    /// one, so that one's records stop counting as outstanding here.
     fn next_batch(&self, batch: &mut Vec<Entry>) {
         let mut state = self.lock();
+        let done = std::mem::take(&mut state.in_batch);
+        state.outstanding.records -= done.records;
+        state.outstanding.bytes -= done.bytes;
         while state.entries.is_empty() {
             if state.closed {
                 return;
@@ -136,7 +196,15 @@ impl Queue {
         }
         state.waiting = false;
         let n = state.entries.len().min(MAX_BATCH);
-        batch.extend(state.entries.drain(..n));
+        let mut taken = Outstanding::default();
+        for entry in state.entries.drain(..n) {
+            if let Entry::Record { line, .. } = &entry {
+                taken.records += 1;
+                taken.bytes += line.len();
+            }
+            batch.push(entry);
+        }
+        state.in_batch = taken;
         // Urgent entries left behind make the next batch start at once.
         state.urgent = state.entries.iter().any(|e| match e {
             Entry::Record { ack, .. } => ack.is_some(),

@@ -512,6 +512,82 @@ impl http_body::Body for Zeros {
     }
 }
 
+/// A FIFO that is already full, for a sink that stalls: whatever opens it
+/// for writing blocks on its first write, until the test drains it (or
+/// forever). Holds the read end, so opening it for writing succeeds.
+pub struct StalledFifo {
+    pub path: PathBuf,
+    reader: tokio::net::unix::pipe::Receiver,
+    /// The write end the test filled it through (non-blocking).
+    _filler: std::fs::File,
+}
+
+impl StalledFifo {
+    /// Makes the FIFO `path` and fills its buffer. Needs a runtime.
+    pub fn new(path: PathBuf) -> Self {
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(&path)
+            .unwrap();
+        // O_NONBLOCK (Linux), so a full pipe says so instead of blocking.
+        let mut filler = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().write(true),
+            0o4000,
+        )
+        .open(&path)
+        .unwrap();
+        // Full to the last byte: a write of any size must block.
+        let chunk = [b'#'; 4096];
+        let mut size = chunk.len();
+        loop {
+            match std::io::Write::write(&mut filler, &chunk[..size]) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if size == 1 {
+                        break;
+                    }
+                    size /= 2;
+                }
+                Err(e) => panic!("filling the FIFO: {e}"),
+            }
+        }
+        Self {
+            path,
+            reader,
+            _filler: filler,
+        }
+    }
+
+    /// A blocking write end, e.g. for a child's standard output.
+    pub fn writer(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap()
+    }
+
+    /// Reads everything written until every write end is closed, in the
+    /// background: the stalled sink comes back.
+    pub fn drain(self) -> tokio::task::JoinHandle<Vec<u8>> {
+        let Self {
+            mut reader,
+            _filler,
+            ..
+        } = self;
+        drop(_filler);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut all = Vec::new();
+            let _ = reader.read_to_end(&mut all).await;
+            all
+        })
+    }
+}
+
 /// The gateway binary, started as a child process.
 pub struct Binary {
     pub child: tokio::process::Child,
