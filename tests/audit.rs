@@ -1088,6 +1088,55 @@ async fn a_stalled_sink_holds_at_most_queue_max_bytes_of_records() {
     drop(fifo);
 }
 
+/// Issue 18, finding 2. On SIGTERM the gateway used to wait for the audit
+/// writer forever, however long `server.shutdown_grace` was, when the sink
+/// had stalled. Now it waits out the grace, then exits (with status 1),
+/// saying at `error` how many records it could not write.
+#[tokio::test]
+async fn sigterm_with_a_stalled_sink_exits_naming_the_records_not_written() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let fifo = StalledFifo::new(dir.path("audit.fifo"));
+    let audit = format!(
+        "[audit]\nsinks = [\"file\"]\npath = {:?}\n\n[server]\nshutdown_grace = \"1s\"\n",
+        fifo.path.display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let mut gw = Binary::serve(&path, &[]).await;
+    // Reads never wait for their records: five answered, five records stuck.
+    for i in 0..5 {
+        let (parts, _) = send(
+            &client(),
+            request(
+                Method::GET,
+                &gw.url("/api/organization"),
+                Some(token()),
+                &format!("stuck-{i}"),
+                "",
+            ),
+        )
+        .await;
+        assert_eq!(parts.status, 200);
+    }
+    gw.signal("TERM");
+    // `exit` fails the test if the process is still there after PATIENCE.
+    let status = gw.exit().await;
+    assert_eq!(status.code(), Some(1));
+    let output = gw.collect_output().await;
+    let line = output
+        .lines()
+        .find(|l| l.contains("audit sink stalled at shutdown"))
+        .unwrap_or_else(|| panic!("no line about the stalled sink:\n{output}"));
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    assert!(line.contains("\"records\":5"), "{line}");
+    assert!(
+        output.contains("5 audit records were not written"),
+        "{output}"
+    );
+    drop(fifo);
+}
+
 /// Issue 18, finding 4. A refused body used to be recorded with its plain
 /// SHA-256 even with `audit.fingerprint_key` set, so anyone reading the
 /// trail could confirm a guess at a short secret in it. With a key, the

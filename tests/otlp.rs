@@ -425,3 +425,84 @@ async fn a_full_spool_stays_full_across_rotation() {
     gw.signal("TERM");
     assert!(gw.exit().await.success());
 }
+
+/// Issue 18, finding 2, with the `otlp` sink. When standard output (a
+/// second sink) stalls, SIGTERM still ends the process after the grace, and
+/// the spool keeps what reached it: whole lines, nothing marked shipped,
+/// and the next start ships every record in it, once.
+#[tokio::test]
+async fn a_stalled_sink_at_shutdown_leaves_the_spool_for_the_next_start() {
+    let collector = Collector::start().await;
+    collector.down.store(true, Ordering::SeqCst);
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let stdout = StalledFifo::new(dir.path("stdout.fifo"));
+    let spool = dir.path("spool.jsonl");
+    let audit = format!(
+        "[audit]\nsinks = [\"otlp\", \"stdout\"]\npath = {:?}\notlp_endpoint = \"http://{}\"\n\n[server]\nshutdown_grace = \"1s\"\n",
+        spool.display().to_string(),
+        collector.addr
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let mut gw = Binary::serve_with_stdout(&path, &[], stdout.writer()).await;
+    let c = client();
+    for i in 0..10 {
+        let req = tagged(
+            Method::GET,
+            &gw.url("/api/organizations"),
+            &format!("s-{i}"),
+        );
+        assert_eq!(send(&c, req).await.0.status, 200);
+    }
+    // The spool is written first: the first batch is there, then the
+    // writer blocks on standard output.
+    within("the first batch in the spool", async {
+        while spool_state_at(&spool).1.is_empty() {
+            // A poll of a file: a short pause between reads.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    gw.signal("TERM");
+    let status = gw.exit().await;
+    assert_eq!(status.code(), Some(1));
+    let output = gw.collect_output().await;
+    let line = output
+        .lines()
+        .find(|l| l.contains("audit sink stalled at shutdown"))
+        .unwrap_or_else(|| panic!("no line about the stalled sink:\n{output}"));
+    // None of the ten got to every sink, so none counts as written.
+    assert!(line.contains("\"records\":10"), "{line}");
+    let (offset, spooled) = spool_state_at(&spool);
+    assert_eq!(offset, 0);
+    let spooled: Vec<String> = spooled
+        .iter()
+        .map(|r| r["client_request_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!spooled.is_empty());
+
+    // The next start ships them, with standard output flowing again.
+    collector.down.store(false, Ordering::SeqCst);
+    let audit = format!(
+        "[audit]\nsinks = [\"otlp\"]\npath = {:?}\notlp_endpoint = \"http://{}\"\n",
+        spool.display().to_string(),
+        collector.addr
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let mut gw = Binary::serve(&path, &[]).await;
+    collector
+        .wait_until("the spooled records arrived", |c| {
+            c.response_ids().len() >= spooled.len()
+        })
+        .await;
+    let mut ids = collector.response_ids();
+    assert_once_each(&ids, spooled.len());
+    ids.sort();
+    let mut expected = spooled.clone();
+    expected.sort();
+    assert_eq!(ids, expected);
+    gw.signal("TERM");
+    assert!(gw.exit().await.success());
+    drop(stdout);
+}

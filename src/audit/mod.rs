@@ -58,6 +58,12 @@ pub use writer::{SinkCounters, WriterStats};
 /// a waiter's channel) that `audit.queue_max_bytes` does not count.
 const QUEUE_CAPACITY: usize = 65_536;
 
+/// At shutdown, the writer gets at least this long to write what is queued,
+/// even when draining the requests used up `server.shutdown_grace`: a
+/// healthy sink needs milliseconds, and the records of the requests the
+/// drain cut off are among them.
+pub const MIN_CLOSE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Where records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -530,11 +536,35 @@ impl Audit {
         }
     }
 
-    /// Writes every queued record and stops the writer (at shutdown).
+    /// Writes every queued record and stops the writer, however long that
+    /// takes (see [`Audit::close_within`] for a bounded wait).
     pub async fn close(&self) {
+        self.close_within(std::time::Duration::MAX).await;
+    }
+
+    /// Writes every queued record and stops the writer (at shutdown),
+    /// waiting at most `limit` for it: a stalled sink (standard output
+    /// nobody reads, a hung disk) must not keep the process from exiting.
+    /// Returns how many records were not written; when there are any, they
+    /// are logged at `error` (the spool keeps what reached it, for the next
+    /// start to ship).
+    pub async fn close_within(&self, limit: std::time::Duration) -> usize {
         let (tx, rx) = oneshot::channel();
-        if self.inner.queue.push(writer::Entry::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
+        let stopped = match self.inner.queue.push(writer::Entry::Shutdown(tx)) {
+            Ok(()) => tokio::time::timeout(limit, rx).await.is_ok(),
+            Err(_) => true, // closed before
+        };
+        if !stopped {
+            // The writer is stuck in a write: it is left to the process
+            // exit, since joining it would wait just as long.
+            let left = self.inner.queue.outstanding().records;
+            self.inner.queue.close();
+            tracing::error!(
+                records = left,
+                waited = ?limit,
+                "audit sink stalled at shutdown: exiting with records not written"
+            );
+            return left;
         }
         let thread = self
             .inner
@@ -545,6 +575,15 @@ impl Audit {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        // Records queued after the shutdown (by requests the drain cut off).
+        let left = self.inner.queue.close();
+        if left > 0 {
+            tracing::error!(
+                records = left,
+                "audit records queued after the writer stopped were not written"
+            );
+        }
+        left
     }
 
     fn redacted_body(&self, notes: &crate::notes::Notes) -> Option<serde_json::Value> {

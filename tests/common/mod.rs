@@ -613,23 +613,52 @@ impl Binary {
         Self::start(cmd, "gateway listening").await
     }
 
+    /// Like [`Binary::serve`], but standard output goes to `stdout` (a
+    /// FIFO nobody reads, say) instead of to the test.
+    pub async fn serve_with_stdout(
+        path: &Path,
+        envs: &[(&str, &str)],
+        stdout: std::fs::File,
+    ) -> Self {
+        let mut cmd = tokio::process::Command::new(binary_path());
+        cmd.arg("serve").arg("--config").arg(path);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Self::start_with(cmd, "gateway listening", Some(stdout)).await
+    }
+
     /// Spawns `cmd` and waits for a stderr line containing `ready`, which
     /// must name the listen address as `listen=ADDR`. Logs at `info` unless
     /// `cmd` sets `RUST_LOG` itself.
-    pub async fn start(mut cmd: tokio::process::Command, ready: &str) -> Self {
+    pub async fn start(cmd: tokio::process::Command, ready: &str) -> Self {
+        Self::start_with(cmd, ready, None).await
+    }
+
+    /// [`Binary::start`], with standard output to `stdout` when given
+    /// (unread by the test), else read like stderr.
+    async fn start_with(
+        mut cmd: tokio::process::Command,
+        ready: &str,
+        stdout: Option<std::fs::File>,
+    ) -> Self {
         if !cmd.as_std().get_envs().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
         }
+        let read_stdout = stdout.is_none();
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn gateway binary");
         let (tx, lines) = mpsc::unbounded_channel();
-        for stream in [
-            Box::pin(child.stderr.take().unwrap()) as Pin<Box<dyn tokio::io::AsyncRead + Send>>,
-            Box::pin(child.stdout.take().unwrap()),
-        ] {
+        let mut streams = vec![
+            Box::pin(child.stderr.take().unwrap()) as Pin<Box<dyn tokio::io::AsyncRead + Send>>
+        ];
+        if read_stdout {
+            streams.push(Box::pin(child.stdout.take().unwrap()));
+        }
+        for stream in streams {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut reader = BufReader::new(stream).lines();
