@@ -426,6 +426,96 @@ async fn a_full_spool_stays_full_across_rotation() {
     assert!(gw.exit().await.success());
 }
 
+/// A sample's value from a `/metrics` scrape, by its full series name; 0
+/// when absent.
+fn sample(scrape: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+async fn scrape(url: &str) -> String {
+    let (_, body) = send(&client(), get(url)).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// Issue 18, finding 3. After a restart, the spool's size used to count
+/// only what was written since the start: the backlog left by the last run
+/// was ignored, so `spool_max_bytes` and `on_failure = "reject"` let writes
+/// through past the limit, and `gateway_audit_spool_bytes` under-reported.
+/// Now the backlog counts from the start: the gauge shows all of it before
+/// any request, a write is refused at once, and both recover once the
+/// collector has taken it.
+#[tokio::test]
+async fn after_a_restart_the_unshipped_backlog_counts_towards_the_spool_limit() {
+    let collector = Collector::start().await;
+    collector.down.store(true, Ordering::SeqCst);
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let path = dir.config(
+        &format!("http://{addr}"),
+        &collector.audit_section(&dir, "spool_max_bytes = 2000"),
+    );
+    let spool = dir.path("spool.jsonl");
+    let gw = start_gateway_from(dir, &path).await;
+    let c = client();
+    let update = gw.url(&format!("/api/organizations/{CURRENT_ORG_ID}"));
+    let mut accepted = 0;
+    loop {
+        let (parts, body) = send(
+            &c,
+            tagged(Method::PUT, &update, &format!("fill-{accepted}")),
+        )
+        .await;
+        if parts.status == 503 {
+            assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+            break;
+        }
+        assert_eq!(parts.status, 200);
+        accepted += 1;
+        assert!(accepted < 20, "the spool limit never applied");
+    }
+    let dir = gw.shutdown().await;
+    let (offset, _) = spool_state_at(&spool);
+    assert_eq!(offset, 0, "nothing was shipped");
+    let backlog = std::fs::metadata(&spool).unwrap().len();
+    assert!(backlog > 2000, "{backlog}");
+
+    let gw = start_gateway_from(dir, &path).await;
+    let update = gw.url(&format!("/api/organizations/{CURRENT_ORG_ID}"));
+    let gauge = sample(
+        &scrape(&gw.admin_url("/metrics")).await,
+        "gateway_audit_spool_bytes",
+    );
+    assert_eq!(gauge, backlog as f64, "the gauge shows the whole backlog");
+    let (parts, body) = send(&c, tagged(Method::PUT, &update, "after-restart")).await;
+    assert_gateway_error(&parts, &body, 503, "audit_unavailable");
+    assert_eq!(
+        fake.requests().len(),
+        accepted,
+        "a write past the limit was forwarded"
+    );
+
+    collector.down.store(false, Ordering::SeqCst);
+    within("the backlog to be shipped", async {
+        loop {
+            let text = scrape(&gw.admin_url("/metrics")).await;
+            if sample(&text, "gateway_audit_spool_bytes") == 0.0 {
+                return;
+            }
+            // A poll of an endpoint: a short pause between scrapes.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let (parts, _) = send(&c, tagged(Method::PUT, &update, "after-shipping")).await;
+    assert_eq!(parts.status, 200);
+    let _dir = gw.shutdown().await;
+}
+
 /// Issue 18, finding 2, with the `otlp` sink. When standard output (a
 /// second sink) stalls, SIGTERM still ends the process after the grace, and
 /// the spool keeps what reached it: whole lines, nothing marked shipped,

@@ -14,6 +14,8 @@
 //!   `audit.spool_max_bytes` of unshipped data, `audit.on_failure` applies.
 //! - When the file is rotated (a new inode at the path), the old file is
 //!   shipped to its end first.
+//! - After a restart, the backlog the previous run left unshipped counts
+//!   towards `spool_max_bytes` from the start ([`Shipper::new`]).
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -119,6 +121,19 @@ fn save_position(path: &Path, position: Position) -> std::io::Result<()> {
     std::fs::rename(&temp, path)
 }
 
+/// The bytes of `spool` not yet shipped according to the saved `position`:
+/// what [`Shipper::run`] will send, which is the whole file when the
+/// position is missing or names another file.
+fn backlog(spool: &Path, position: Option<Position>) -> u64 {
+    let Ok(metadata) = std::fs::metadata(spool) else {
+        return 0;
+    };
+    match position {
+        Some(p) if p.inode == metadata.ino() => metadata.len().saturating_sub(p.offset),
+        _ => metadata.len(),
+    }
+}
+
 /// Ships one spool file to one collector endpoint.
 pub struct Shipper {
     spool: PathBuf,
@@ -188,8 +203,20 @@ impl Shipper {
         state
             .spool_max_bytes
             .store(spool_max_bytes, Ordering::Relaxed);
+        let offsets = offset_path(&spool);
+        // Counted before the writer starts, so the first write request is
+        // already refused when the previous run left the spool full.
+        let backlog = backlog(&spool, load_position(&offsets));
+        if backlog > 0 {
+            state.appended_bytes.fetch_add(backlog, Ordering::AcqRel);
+            state.recompute();
+            tracing::info!(
+                unshipped = backlog,
+                "audit spool holds records an earlier run did not ship"
+            );
+        }
         Self {
-            offsets: offset_path(&spool),
+            offsets,
             spool,
             endpoint,
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -400,5 +427,72 @@ pub fn export_request(service_name: &str, lines: &[Bytes]) -> ExportLogsServiceR
             }],
             ..Default::default()
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn shipper(spool: &Path, spool_max_bytes: u64, state: Arc<ShipState>) -> Shipper {
+        let upstream =
+            crate::proxy::Upstream::from_config(&crate::config::UpstreamConfig::default())
+                .expect("the default upstream is valid");
+        Shipper::new(
+            spool.to_owned(),
+            "http://127.0.0.1:9/v1/logs".parse().unwrap(),
+            upstream.https_connector(),
+            spool_max_bytes,
+            state,
+        )
+    }
+
+    fn append(path: &Path, text: &str) -> u64 {
+        let mut file = crate::audit::writer::open_append(path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.metadata().unwrap().len()
+    }
+
+    #[test]
+    fn the_backlog_at_startup_is_what_the_saved_offset_leaves_unshipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool.jsonl");
+        let first = append(&spool, "{\"n\":1}\n");
+        let len = append(&spool, "{\"n\":2}\n{\"n\":3}\n");
+        let inode = std::fs::metadata(&spool).unwrap().ino();
+        let started = |max: u64| {
+            let state = Arc::new(ShipState::default());
+            drop(shipper(&spool, max, state.clone()));
+            (
+                state.unshipped.load(Ordering::Relaxed),
+                state.full.load(Ordering::Relaxed),
+            )
+        };
+        // No saved offset: the whole file is sent again, so all of it waits.
+        assert_eq!(started(1000), (len, false));
+        // Acknowledged up to the first record: the rest waits.
+        let offsets = offset_path(&spool);
+        save_position(
+            &offsets,
+            Position {
+                inode,
+                offset: first,
+            },
+        )
+        .unwrap();
+        assert_eq!(started(1000), (len - first, false));
+        // Over the limit already: full before the first write comes in.
+        assert_eq!(started(len - first - 1), (len - first, true));
+        // The offset of another file (rotated away since): all of it again.
+        save_position(
+            &offsets,
+            Position {
+                inode: inode + 1,
+                offset: first,
+            },
+        )
+        .unwrap();
+        assert_eq!(started(1000), (len, false));
     }
 }
