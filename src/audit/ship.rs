@@ -16,13 +16,44 @@
 //!   shipped to its end first.
 //! - After a restart, the backlog the previous run left unshipped counts
 //!   towards `spool_max_bytes` from the start ([`Shipper::new`]).
+//!
+//! # The shipper reads only committed batches
+//!
+//! The writer appends a batch with `write`, and when that fails part-way
+//! (a full disk) it cuts the file back to its previous length (`set_len`),
+//! so the records of the failed batch, whose write requests were refused,
+//! vanish again. Were the shipper to read the file up to its current length,
+//! it could in that moment ship those records, then resume at an offset
+//! past the cut: the next batches would be skipped or shipped from the
+//! middle of a line. So it reads only up to the length the writer has
+//! published as committed for the file ([`ShipState::publish_committed`]):
+//!
+//! 1. The writer publishes `(inode, length)` when it opens a file, before
+//!    writing to it, and again after each batch was written whole (and
+//!    synced, per `durability`). It never publishes a length that a failed
+//!    batch reached; it cuts the file back to the last published one.
+//! 2. The shipper takes the file's length with `stat` first and reads the
+//!    published pair after it (both under the same mutex as the writer's
+//!    publishing). For the writer's current file it reads no further than
+//!    the published length.
+//! 3. For any other file it reads to the `stat` length. That is safe. A
+//!    file the writer opens only after the shipper read the published pair
+//!    was published before the writer wrote to it (1), so after the `stat`:
+//!    the `stat` saw none of it. A file the writer has not opened in this
+//!    run (the backlog of an earlier one) holds only what was committed.
+//!    A file the writer left (a rotation, a reopen) it left whole: a failed
+//!    batch is cut back before the next batch opens another file, and the
+//!    writer never writes to it again. So the bytes there are final by the
+//!    time the shipper reads them, after its look at the pair; if its
+//!    `stat` caught a failed batch before the cut, the read runs into the
+//!    end of the file and fails, and is tried again.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -69,9 +100,35 @@ pub struct ShipState {
     pub acked_bytes: AtomicU64,
     /// `audit.spool_max_bytes`.
     pub spool_max_bytes: AtomicU64,
+    /// The file the writer appends to and how far whole batches reached in
+    /// it; `None` until the writer first opens it. See the module docs.
+    committed: Mutex<Option<Committed>>,
+}
+
+/// A spool file (by inode) and the length of it the writer has committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Committed {
+    inode: u64,
+    len: u64,
 }
 
 impl ShipState {
+    /// The writer's word that file `inode` holds whole batches up to `len`
+    /// (on opening it, before writing, and after each batch written whole).
+    pub(crate) fn publish_committed(&self, inode: u64, len: u64) {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Committed { inode, len });
+    }
+
+    /// How far the shipper may read file `inode`, whose length a `stat`
+    /// gave as `on_disk` *before* this call: no further than the writer
+    /// committed, if the writer is appending to that file.
+    fn readable(&self, inode: u64, on_disk: u64) -> u64 {
+        match *self.committed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(committed) if committed.inode == inode => on_disk.min(committed.len),
+            _ => on_disk,
+        }
+    }
+
     /// Recomputes the unshipped size and whether it is over
     /// `spool_max_bytes`; called after every write and every acknowledgement.
     pub fn recompute(&self) {
@@ -294,7 +351,10 @@ impl Shipper {
         }
         let (file, inode) = open.as_mut().expect("opened above");
         let offset = position.map_or(0, |p| p.offset);
-        let len = file.metadata()?.len();
+        // The `stat` first, then the writer's committed length: see the
+        // module docs for why this order is what makes it safe.
+        let on_disk = file.metadata()?.len();
+        let len = self.state.readable(*inode, on_disk);
         if len <= offset {
             if at_path.is_some_and(|ino| ino != *inode) {
                 // Rotated, and the old file is fully shipped: follow the path.
@@ -454,6 +514,13 @@ mod tests {
         file.metadata().unwrap().len()
     }
 
+    fn texts(lines: &[Bytes]) -> Vec<&str> {
+        lines
+            .iter()
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect()
+    }
+
     #[test]
     fn the_backlog_at_startup_is_what_the_saved_offset_leaves_unshipped() {
         let dir = tempfile::tempdir().unwrap();
@@ -494,5 +561,106 @@ mod tests {
         )
         .unwrap();
         assert_eq!(started(1000), (len, false));
+    }
+
+    /// The interleaving the writer's failure path makes possible, step by
+    /// step on a real file: a batch that fails part-way leaves whole lines
+    /// in the file until the writer cuts them off, and the shipper must not
+    /// ship them, nor lose its place when they are cut.
+    #[test]
+    fn the_shipper_reads_no_further_than_the_writer_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool.jsonl");
+        let state = Arc::new(ShipState::default());
+        let shipper = shipper(&spool, 1 << 20, state.clone());
+        let (mut open, mut position) = (None, None);
+
+        // The writer opens the file and publishes it, then writes a batch.
+        let empty = append(&spool, "");
+        let inode = std::fs::metadata(&spool).unwrap().ino();
+        state.publish_committed(inode, empty);
+        let committed = append(&spool, "{\"id\":\"ok-1\"}\n");
+        state.publish_committed(inode, committed);
+        let (lines, _, end) = shipper
+            .next_batch(&mut open, &mut position)
+            .unwrap()
+            .unwrap();
+        assert_eq!(texts(&lines), ["{\"id\":\"ok-1\"}"]);
+        assert_eq!(end, committed);
+        position = Some(Position { inode, offset: end });
+
+        // A batch fails part-way (the disk filled up): two whole lines and
+        // a torn one are in the file, and nothing new was published.
+        append(
+            &spool,
+            "{\"id\":\"failed-1\"}\n{\"id\":\"failed-2\"}\n{\"id\":\"fa",
+        );
+        assert!(shipper
+            .next_batch(&mut open, &mut position)
+            .unwrap()
+            .is_none());
+
+        // The writer cuts the failed batch off and writes the next whole.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&spool)
+            .unwrap()
+            .set_len(committed)
+            .unwrap();
+        let next = append(&spool, "{\"id\":\"ok-2\"}\n{\"id\":\"ok-3\"}\n");
+        state.publish_committed(inode, next);
+        let (lines, start, end) = shipper
+            .next_batch(&mut open, &mut position)
+            .unwrap()
+            .unwrap();
+        assert_eq!(texts(&lines), ["{\"id\":\"ok-2\"}", "{\"id\":\"ok-3\"}"]);
+        assert_eq!((start, end), (committed, next));
+    }
+
+    /// The writer's side of it: a batch the file did not take whole never
+    /// publishes its length; one it took does. `/dev/full` fails every write.
+    #[test]
+    fn the_writer_publishes_only_the_length_whole_batches_reached() {
+        use crate::audit::writer::{Entry, Queue, Writer};
+        for (path, expect_ok) in [
+            (PathBuf::from("/dev/full"), false),
+            (
+                tempfile::tempdir().unwrap().keep().join("audit.jsonl"),
+                true,
+            ),
+        ] {
+            let state = Arc::new(ShipState::default());
+            let queue = Arc::new(Queue::new(16, 1 << 20));
+            let writer = Writer {
+                file: Some(path.clone()),
+                stdout: false,
+                durability: crate::audit::Durability::Flush,
+                reopen: Arc::default(),
+                stats: Arc::default(),
+                appended: Some(state.clone()),
+            };
+            let thread = {
+                let queue = queue.clone();
+                std::thread::spawn(move || writer.run(queue))
+            };
+            let line = b"{\"id\":\"one\"}\n".to_vec();
+            let (ack, done) = tokio::sync::oneshot::channel();
+            assert!(queue
+                .push(Entry::Record {
+                    line: line.clone(),
+                    ack: Some(ack)
+                })
+                .is_ok());
+            assert_eq!(done.blocking_recv().unwrap(), expect_ok, "{path:?}");
+            queue.close();
+            thread.join().unwrap();
+            let inode = std::fs::metadata(&path).unwrap().ino();
+            let published = *state.committed.lock().unwrap();
+            let len = if expect_ok { line.len() as u64 } else { 0 };
+            assert_eq!(published, Some(Committed { inode, len }), "{path:?}");
+            if expect_ok {
+                std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+            }
+        }
     }
 }

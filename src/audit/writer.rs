@@ -28,6 +28,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -372,10 +373,20 @@ impl Writer {
             }
             if file.is_none() {
                 match open_append(path).and_then(|f| {
-                    let len = f.metadata()?.len();
-                    Ok(OpenFile { file: f, len })
+                    let metadata = f.metadata()?;
+                    Ok(OpenFile {
+                        file: f,
+                        len: metadata.len(),
+                        inode: metadata.ino(),
+                    })
                 }) {
                     Ok(opened) => {
+                        // Published before anything is written to it: from
+                        // now on the shipper reads this file only as far as
+                        // whole batches reached (see `ShipState::readable`).
+                        if let Some(state) = &self.appended {
+                            state.publish_committed(opened.inode, opened.len);
+                        }
                         if self.durability == Durability::Fsync {
                             // A new file's directory entry must be durable too.
                             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -393,7 +404,12 @@ impl Writer {
                     }
                 }
             }
-            if let Some(OpenFile { file: f, len }) = file.as_mut() {
+            if let Some(OpenFile {
+                file: f,
+                len,
+                inode,
+            }) = file.as_mut()
+            {
                 let written = f.write_all(batch).and_then(|()| match self.durability {
                     Durability::Fsync => f.sync_data(),
                     Durability::Flush | Durability::None => Ok(()),
@@ -401,13 +417,17 @@ impl Writer {
                 if let Err(error) = written {
                     tracing::error!(path = %path.display(), %error, "cannot write the audit file");
                     // Cut a partial batch off, so the next one starts on a
-                    // fresh line and every acknowledged record parses.
+                    // fresh line and every acknowledged record parses. The
+                    // shipper never read past `len`: it was not published.
                     let _ = f.set_len(*len);
                     // Reopen next time: the file may have been replaced or fixed.
                     *file = None;
                     ok = false;
                 } else {
                     *len += batch.len() as u64;
+                    if let Some(state) = &self.appended {
+                        state.publish_committed(*inode, *len);
+                    }
                 }
             }
         }
@@ -419,5 +439,8 @@ impl Writer {
 /// this thread appends to it (a rotation reopens it on SIGHUP).
 struct OpenFile {
     file: File,
+    /// The length up to which whole batches were written.
     len: u64,
+    /// Its inode, to tell the shipper which file `len` is about.
+    inode: u64,
 }
