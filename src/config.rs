@@ -579,6 +579,7 @@ mod tests {
         assert_eq!(config.upstream.url, "https://app.polytomic.com");
         assert_eq!(config.polytomic.version, "2025-09-18");
         assert_eq!(config.polytomic.version_mode, VersionMode::Override);
+        assert_eq!(config.audit.queue_max_bytes, 64 << 20);
     }
 
     #[test]

@@ -67,6 +67,7 @@ struct Inner {
     jwks_keys: IntGauge,
     audit_records: IntCounterVec,
     audit_spool_bytes: IntGauge,
+    audit_queue_bytes: IntGauge,
     spans: IntCounterVec,
     connections_shed: IntCounterVec,
     /// Copy component counters into the families above, before a scrape.
@@ -193,6 +194,11 @@ impl Metrics {
             "gateway_audit_spool_bytes",
             "Bytes in the OTLP audit spool not yet acknowledged by the collector.",
         );
+        let audit_queue_bytes = gauge(
+            &registry,
+            "gateway_audit_queue_bytes",
+            "Bytes of audit records in memory, queued or being written (at most audit.queue_max_bytes).",
+        );
         let spans = counter(
             &registry,
             "gateway_trace_spans_total",
@@ -217,6 +223,7 @@ impl Metrics {
                 jwks_keys,
                 audit_records,
                 audit_spool_bytes,
+                audit_queue_bytes,
                 spans,
                 connections_shed,
                 syncs: Mutex::new(Vec::new()),
@@ -276,10 +283,12 @@ impl Metrics {
         }));
     }
 
-    /// Reports `audit`'s per-sink record counts and spool size at every scrape.
+    /// Reports `audit`'s per-sink record counts, spool size and queued bytes
+    /// at every scrape.
     pub fn watch_audit(&self, audit: Audit) {
         let family = self.inner.audit_records.clone();
         let spool = self.inner.audit_spool_bytes.clone();
+        let queue = self.inner.audit_queue_bytes.clone();
         self.add_sync(Box::new(move || {
             for (sink, counts) in audit.sink_stats() {
                 catch_up(
@@ -296,6 +305,7 @@ impl Metrics {
                 }
             }
             spool.set(i64::try_from(audit.unshipped_bytes()).unwrap_or(i64::MAX));
+            queue.set(i64::try_from(audit.queued_bytes()).unwrap_or(i64::MAX));
         }));
     }
 

@@ -22,23 +22,73 @@ use crate::routes::RouteMatch;
 pub enum BodyNote {
     /// The parsed JSON document (redacted when the record is made).
     Json(Arc<Value>),
-    /// A body that is not acceptable JSON: its size and SHA-256 only.
+    /// A body that is not acceptable JSON: its size and digest only.
     Opaque {
         /// Length in bytes.
         bytes: usize,
-        /// Hex SHA-256 of the bytes.
-        sha256: String,
+        /// How `digest` was made: the record's field name for it.
+        algorithm: &'static str,
+        /// Hex digest of the bytes.
+        digest: String,
     },
 }
 
 impl BodyNote {
-    /// The size and digest of `bytes`.
-    pub fn opaque(bytes: &[u8]) -> Self {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    /// The size and digest of `bytes`, made as `how` says.
+    pub fn opaque(bytes: &[u8], how: &BodyDigest) -> Self {
+        let (algorithm, digest) = match how {
+            BodyDigest::Sha256 => (
+                "sha256",
+                hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes).as_ref()),
+            ),
+            BodyDigest::HmacSha256(key) => (
+                "hmac_sha256",
+                hex(aws_lc_rs::hmac::sign(key, bytes).as_ref()),
+            ),
+        };
         Self::Opaque {
             bytes: bytes.len(),
-            sha256: hex(digest.as_ref()),
+            algorithm,
+            digest,
         }
+    }
+}
+
+/// How the digest of a refused body is made for the audit trail.
+///
+/// A plain SHA-256 of a short body lets anyone who can read the trail
+/// confirm a guess at it (a weak password sent in a malformed body, say), so
+/// with `audit.fingerprint_key` set it is an HMAC-SHA256 under that key, as
+/// the fingerprints of redacted values are.
+#[derive(Clone, Default)]
+pub enum BodyDigest {
+    /// SHA-256: no `audit.fingerprint_key` is configured.
+    #[default]
+    Sha256,
+    /// HMAC-SHA256 under `audit.fingerprint_key`.
+    HmacSha256(Arc<aws_lc_rs::hmac::Key>),
+}
+
+impl BodyDigest {
+    /// Keyed when there is a `key`.
+    pub fn new(key: Option<&[u8]>) -> Self {
+        match key {
+            None => Self::Sha256,
+            Some(key) => Self::HmacSha256(Arc::new(aws_lc_rs::hmac::Key::new(
+                aws_lc_rs::hmac::HMAC_SHA256,
+                key,
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Debug for BodyDigest {
+    /// Never shows the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Sha256 => "Sha256",
+            Self::HmacSha256(_) => "HmacSha256(***)",
+        })
     }
 }
 

@@ -505,6 +505,8 @@ impl Gateway {
             }
         }
 
+        // The grace runs from here: draining, then writing the audit trail.
+        let stopping = tokio::time::Instant::now();
         readiness.start_draining();
         drop(listener);
         tracing::info!(
@@ -533,9 +535,19 @@ impl Gateway {
             // Unshipped records stay in the spool and go out after a restart.
             shipping.abort();
         }
-        // Every record of the drained requests is written before exiting.
-        audit.close().await;
-        Ok(())
+        // Every record of the drained requests is written before exiting,
+        // unless the sink is stalled past the grace (then the process exits
+        // all the same, saying how many records it could not write).
+        let budget = server
+            .shutdown_grace
+            .saturating_sub(stopping.elapsed())
+            .max(crate::audit::MIN_CLOSE_TIME);
+        match audit.close_within(budget).await {
+            0 => Ok(()),
+            lost => Err(std::io::Error::other(format!(
+                "{lost} audit records were not written: the audit sink did not take them within server.shutdown_grace"
+            ))),
+        }
     }
 }
 

@@ -172,8 +172,9 @@ where
         // Inside the body limit, so a body it reads is bounded (and its parse,
         // by `server.max_json_depth` and `server.max_json_values`); after
         // policy, so only allowed callers make the gateway read and parse a
-        // body.
-        .layer(ValidateLayer::new(parts.json_limits))
+        // body. A refused body is digested for the audit trail as the audit
+        // settings say (keyed with `audit.fingerprint_key`).
+        .layer(ValidateLayer::new(parts.json_limits).with_body_digest(parts.audit.body_digest()))
         // Organizations named in the body (`organization_id` on a catalog
         // write) are checked once validation has parsed it; the policy layer
         // above let through only callers some rule grants the operation.

@@ -52,7 +52,7 @@ use tower::{Layer, Service};
 use crate::body::{full, BoxError, GatewayBody};
 use crate::error::GatewayError;
 use crate::future::{take_ready, ResponseFuture, ThenCall};
-use crate::notes::BodyNote;
+use crate::notes::{BodyDigest, BodyNote};
 use crate::routes::RouteMatch;
 use crate::telemetry::RequestTrace;
 
@@ -925,13 +925,24 @@ fn has_body<B: http_body::Body>(req: &Request<B>) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct ValidateLayer {
     limits: JsonLimits,
+    digest: BodyDigest,
 }
 
 impl ValidateLayer {
     /// A layer validating against the schema of each request's route,
     /// parsing within `limits`.
     pub fn new(limits: JsonLimits) -> Self {
-        Self { limits }
+        Self {
+            limits,
+            digest: BodyDigest::default(),
+        }
+    }
+
+    /// Digests a refused body as `digest` says for the audit trail (see
+    /// [`crate::audit::Audit::body_digest`]); plain SHA-256 by default.
+    pub fn with_body_digest(mut self, digest: BodyDigest) -> Self {
+        self.digest = digest;
+        self
     }
 }
 
@@ -942,6 +953,7 @@ impl<S> Layer<S> for ValidateLayer {
         Validate {
             inner,
             limits: self.limits,
+            digest: self.digest.clone(),
         }
     }
 }
@@ -952,6 +964,8 @@ pub struct Validate<S> {
     inner: S,
     /// The bounds on each body's parse.
     limits: JsonLimits,
+    /// How a refused body is digested for the audit trail.
+    digest: BodyDigest,
 }
 
 /// Checks a whole body against `schema`, parsing within `limits`; `Ok`
@@ -1005,12 +1019,13 @@ where
         }
         let inner = take_ready(&mut self.inner);
         let limits = self.limits;
+        let digest = self.digest.clone();
         let span =
             RequestTrace::child_of(req.extensions(), "validate", SpanKind::Internal, Vec::new);
         ResponseFuture::inner(Either::Right(ThenCall::new(
             Box::pin(async move {
                 let _span = span; // ends when the body is read and checked
-                read_and_check(req, schema, limits).await
+                read_and_check(req, schema, limits, &digest).await
             }),
             inner,
         )))
@@ -1028,6 +1043,7 @@ async fn read_and_check(
     req: Request<GatewayBody>,
     schema: Arc<CompiledSchema>,
     limits: JsonLimits,
+    digest: &BodyDigest,
 ) -> Result<Request<GatewayBody>, Response<GatewayBody>> {
     let (mut parts, body) = req.into_parts();
     let bytes: Bytes = match body.collect().await {
@@ -1042,9 +1058,10 @@ async fn read_and_check(
             "request body refused"
         );
         // A refused body may hold a secret in a field no redaction rule
-        // names (a wrongly typed field), so only its size and digest are kept.
+        // names (a wrongly typed field), so only its size and digest are
+        // kept: keyed, with a fingerprint key, so a guess cannot be checked.
         crate::notes::record(&parts.extensions, |n| {
-            n.body = Some(BodyNote::opaque(&bytes))
+            n.body = Some(BodyNote::opaque(&bytes, digest))
         });
         refusal.to_response()
     })?;

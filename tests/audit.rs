@@ -1011,3 +1011,220 @@ async fn a_write_forwarded_without_its_record_is_logged_as_such() {
         }
     }
 }
+
+/// A sample's value from a `/metrics` scrape, by its full series name
+/// (`name{labels}` as printed); 0 when absent.
+fn sample(scrape: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+/// A body the organization update schema accepts, of about `len` bytes.
+fn big_org_body(len: usize) -> String {
+    json!({ "name": "n".repeat(len) }).to_string()
+}
+
+/// Issue 18, finding 1. With the sink stalled (the audit file is a FIFO
+/// whose buffer is full and that nobody reads), write records of ~0.9 MB
+/// each used to pile up in the queue until 65,536 records, ~2.4 MB of
+/// memory per write, never freed. Now the records in memory stay within
+/// `audit.queue_max_bytes`: the two writes that fit in 4 MiB are forwarded
+/// (`durability = "none"`: nothing waits for the sink), every later one is
+/// refused with 503 `audit_unavailable`, its `request` and `response`
+/// records are counted as dropped and logged (rate-limited), and the
+/// process's peak memory grows by far less than the writes sent.
+#[tokio::test]
+async fn a_stalled_sink_holds_at_most_queue_max_bytes_of_records() {
+    const QUEUE_MAX: u64 = 4 << 20;
+    const BODY: usize = 900_000;
+    const WRITES: usize = 30;
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let fifo = StalledFifo::new(dir.path("audit.fifo"));
+    let audit = format!(
+        "[audit]\nsinks = [\"file\"]\npath = {:?}\ndurability = \"none\"\non_failure = \"reject\"\nqueue_max_bytes = {QUEUE_MAX}\n\n[server]\nworkers = 1\nmax_body_bytes = 2097152\n",
+        fifo.path.display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let mut gw = Binary::serve(&path, &[]).await;
+    let c = client();
+    let scrape = || async {
+        let (_, body) = send(&c, get(&gw.admin_url("/metrics"))).await;
+        String::from_utf8(body.to_vec()).unwrap()
+    };
+    let before = gw.proc_kib("VmHWM");
+    let body = big_org_body(BODY);
+    let mut statuses = Vec::new();
+    for i in 0..WRITES {
+        let (parts, response) = put_org(gw.addr, &format!("big-{i}"), &body).await;
+        if parts.status == 503 {
+            assert_gateway_error(&parts, &response, 503, "audit_unavailable");
+        }
+        statuses.push(parts.status.as_u16());
+    }
+    // Each forwarded write holds two records of ~0.9 MB: two fit in 4 MiB.
+    assert_eq!(&statuses[..2], [200, 200], "{statuses:?}");
+    assert!(statuses[2..].iter().all(|s| *s == 503), "{statuses:?}");
+    assert_eq!(fake.requests().len(), 2, "a refused write was forwarded");
+    let refused = (WRITES - 2) as f64;
+    let dropped = r#"gateway_audit_records_total{result="dropped",sink="file"}"#;
+    // A refusal's `response` record is queued (and refused) as its body ends.
+    let text = within("every refused record to be counted", async {
+        loop {
+            let text = scrape().await;
+            if sample(&text, dropped) >= 2.0 * refused {
+                return text;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert_eq!(sample(&text, dropped), 2.0 * refused, "{text}");
+    let queued = sample(&text, "gateway_audit_queue_bytes");
+    assert!(
+        queued >= 4.0 * BODY as f64 && queued <= QUEUE_MAX as f64,
+        "queued bytes {queued} are the two writes' records, within {QUEUE_MAX}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"gateway_audit_records_total{result="written",sink="file"}"#
+        ),
+        0.0
+    );
+    // Before, each write added ~2 MB that stayed (64 MiB for these 30,
+    // measured); now about 17 MiB, mostly the parse of each body.
+    let grown_mib = (gw.proc_kib("VmHWM") - before) / 1024;
+    assert!(
+        grown_mib < 40,
+        "peak memory grew by {grown_mib} MiB for {WRITES} writes of {BODY} bytes"
+    );
+    // Logged, but not once per record.
+    gw.wait_for_line("audit queue full").await;
+    gw.child.start_kill().unwrap();
+    gw.exit().await;
+    let output = gw.collect_output().await;
+    let lines: Vec<_> = output
+        .lines()
+        .filter(|l| l.contains("audit queue full"))
+        .collect();
+    assert!(lines[0].contains("\"level\":\"ERROR\""), "{}", lines[0]);
+    assert!(lines[0].contains("response_records"), "{}", lines[0]);
+    assert!(
+        (lines.len() as f64) < 2.0 * refused,
+        "{} lines for {} refused records",
+        lines.len(),
+        2.0 * refused
+    );
+    drop(fifo);
+}
+
+/// Issue 18, finding 2. On SIGTERM the gateway used to wait for the audit
+/// writer forever, however long `server.shutdown_grace` was, when the sink
+/// had stalled. Now it waits out the grace, then exits (with status 1),
+/// saying at `error` how many records it could not write.
+#[tokio::test]
+async fn sigterm_with_a_stalled_sink_exits_naming_the_records_not_written() {
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let fifo = StalledFifo::new(dir.path("audit.fifo"));
+    let audit = format!(
+        "[audit]\nsinks = [\"file\"]\npath = {:?}\n\n[server]\nshutdown_grace = \"1s\"\n",
+        fifo.path.display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let mut gw = Binary::serve(&path, &[]).await;
+    // Reads never wait for their records: five answered, five records stuck.
+    for i in 0..5 {
+        let (parts, _) = send(
+            &client(),
+            request(
+                Method::GET,
+                &gw.url("/api/organization"),
+                Some(token()),
+                &format!("stuck-{i}"),
+                "",
+            ),
+        )
+        .await;
+        assert_eq!(parts.status, 200);
+    }
+    gw.signal("TERM");
+    // `exit` fails the test if the process is still there after PATIENCE.
+    let status = gw.exit().await;
+    assert_eq!(status.code(), Some(1));
+    let output = gw.collect_output().await;
+    let line = output
+        .lines()
+        .find(|l| l.contains("audit sink stalled at shutdown"))
+        .unwrap_or_else(|| panic!("no line about the stalled sink:\n{output}"));
+    assert!(line.contains("\"level\":\"ERROR\""), "{line}");
+    assert!(line.contains("\"records\":5"), "{line}");
+    assert!(
+        output.contains("5 audit records were not written"),
+        "{output}"
+    );
+    drop(fifo);
+}
+
+/// Issue 18, finding 4. A refused body used to be recorded with its plain
+/// SHA-256 even with `audit.fingerprint_key` set, so anyone reading the
+/// trail could confirm a guess at a short secret in it. With a key, the
+/// digest is the HMAC-SHA256 under it, named `hmac_sha256`, and the plain
+/// SHA-256 appears nowhere.
+#[tokio::test]
+async fn a_refused_body_is_digested_with_the_fingerprint_key() {
+    const KEY: &str = "fingerprint-key-for-tests-5e1b";
+    let fake = FakePolytomic::new(PARTNER_KEY);
+    let addr = fake.spawn().await.unwrap();
+    let dir = TestDir::new();
+    let audit_path = dir.path("audit.jsonl");
+    std::fs::write(dir.path("fingerprint-key"), format!("{KEY}\n")).unwrap();
+    let audit = format!(
+        "[audit]\nsinks = [\"file\"]\npath = {:?}\nfingerprint_key = {{ file = {:?} }}\n",
+        audit_path.display().to_string(),
+        dir.path("fingerprint-key").display().to_string()
+    );
+    let path = dir.config(&format!("http://{addr}"), &audit);
+    let gw = start_gateway_from(dir, &path).await;
+    // Not JSON (a weak secret in an unterminated body), and against the schema.
+    let refused = [
+        (
+            "not-json",
+            r#"{"name":"Acme","client_secret":"hunter2""#,
+            400,
+        ),
+        ("bad-field", r#"{"name":"Acme","password":"hunter2"}"#, 422),
+    ];
+    for (id, body, status) in refused {
+        let (parts, _) = put_org(gw.addr, id, body).await;
+        assert_eq!(parts.status, status, "{id}");
+    }
+    assert!(fake.requests().is_empty());
+    let _dir = gw.shutdown().await;
+    let trail = std::fs::read_to_string(&audit_path).unwrap();
+    let records = read_audit(&audit_path);
+    let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, KEY.as_bytes());
+    for (id, body, _) in refused {
+        let plain = polytomic_gateway::notes::hex(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body.as_bytes()).as_ref(),
+        );
+        assert!(!trail.contains(&plain), "{id}: plain SHA-256 in {trail}");
+        let keyed =
+            polytomic_gateway::notes::hex(aws_lc_rs::hmac::sign(&key, body.as_bytes()).as_ref());
+        let record = records
+            .iter()
+            .find(|r| r["client_request_id"] == id)
+            .unwrap_or_else(|| panic!("no record of {id}: {trail}"));
+        assert_eq!(
+            record["request_body"],
+            json!({"bytes": body.len(), "hmac_sha256": keyed}),
+            "{id}"
+        );
+    }
+}

@@ -191,6 +191,28 @@ fn check_names_a_bad_worker_count_and_the_file() {
 }
 
 #[test]
+fn check_names_a_zero_queue_max_bytes_and_the_file() {
+    let dir = TestDir::new();
+    let audit = |bytes: &str| {
+        format!(
+            "[audit]\nsinks = [\"file\"]\npath = {:?}\nqueue_max_bytes = {bytes}\n",
+            dir.path("audit.jsonl").display().to_string()
+        )
+    };
+    let path = dir.config("https://app.polytomic.com", &audit("0"));
+    let (ok, _, stderr) = check(&path, &[]);
+    assert!(!ok, "queue_max_bytes = 0 accepted");
+    assert!(
+        stderr.contains("`audit.queue_max_bytes`") && stderr.contains("at least 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    let path = dir.config("https://app.polytomic.com", &audit("1048576"));
+    let (ok, stdout, stderr) = check(&path, &[]);
+    assert!(ok && stdout.trim() == "ok", "{stderr}");
+}
+
+#[test]
 fn check_names_each_zero_connection_timeout() {
     let dir = TestDir::new();
     let keys = ["idle_timeout", "http2_ping_interval", "http2_ping_timeout"];

@@ -50,15 +50,23 @@ use crate::credentials::{read_secret, CredentialSource};
 use crate::error::{ErrorKey, GatewayError};
 use crate::future::{take_ready, ResponseFuture, ThenCall};
 use crate::notes::ClientRequestId;
-use crate::notes::RequestNotes;
+use crate::notes::{BodyDigest, RequestNotes};
 use crate::server::ClientAddr;
 use crate::telemetry::RequestTrace;
 use record::{RequestInfo, SharedInfo};
 use redact::{Redactor, DEFAULT_REDACT_FIELDS};
 pub use writer::{SinkCounters, WriterStats};
 
-/// Records waiting for the writer beyond this are refused (and counted).
+/// Records waiting for the writer beyond this are refused (and counted),
+/// whatever their size: it bounds the per-record bookkeeping (a queue slot,
+/// a waiter's channel) that `audit.queue_max_bytes` does not count.
 const QUEUE_CAPACITY: usize = 65_536;
+
+/// At shutdown, the writer gets at least this long to write what is queued,
+/// even when draining the requests used up `server.shutdown_grace`: a
+/// healthy sink needs milliseconds, and the records of the requests the
+/// drain cut off are among them.
+pub const MIN_CLOSE_TIME: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Where records go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -140,6 +148,11 @@ pub struct AuditConfig {
     /// A checkpoint at most this many records apart.
     #[serde(default = "default_checkpoint_records")]
     pub checkpoint_records: u64,
+    /// The most record bytes held in memory, queued or being written; past
+    /// it a record is refused (a write request per `on_failure`, any other
+    /// record dropped and counted). Bounds memory when a sink stalls.
+    #[serde(default = "default_queue_max_bytes")]
+    pub queue_max_bytes: u64,
 }
 
 impl Default for AuditConfig {
@@ -156,6 +169,7 @@ impl Default for AuditConfig {
             signing_key: None,
             checkpoint_interval: default_checkpoint_interval(),
             checkpoint_records: default_checkpoint_records(),
+            queue_max_bytes: default_queue_max_bytes(),
         }
     }
 }
@@ -177,6 +191,14 @@ fn default_checkpoint_interval() -> std::time::Duration {
 }
 fn default_checkpoint_records() -> u64 {
     1000
+}
+/// 64 MiB: tens of thousands of typical records (a few hundred bytes to a
+/// few KiB each), so seconds of a busy gateway's traffic ride out a slow
+/// write, and still dozens of the largest ones (a 1 MiB body is recorded
+/// in the `request` and the `response` record, and JSON escaping can grow
+/// it); yet a small part of a usual container's memory limit.
+fn default_queue_max_bytes() -> u64 {
+    64 << 20
 }
 
 /// One sink's record counts, for metrics.
@@ -200,6 +222,10 @@ pub struct Audit {
 
 struct AuditInner {
     queue: Arc<writer::Queue>,
+    /// Rate-limits the line logged for records refused by a full queue.
+    drop_log: Mutex<DropLog>,
+    /// How a refused body is digested (keyed with `fingerprint_key`).
+    body_digest: BodyDigest,
     durability: Durability,
     on_failure: OnFailure,
     redactor: Redactor,
@@ -224,6 +250,41 @@ impl Drop for AuditInner {
     /// The last `Audit` is gone: the writer writes what is queued and stops.
     fn drop(&mut self) {
         self.queue.close();
+    }
+}
+
+/// Records refused by a full (or closed) queue since the last line logged
+/// about them: a stalled sink refuses a record per request, and must not
+/// add a log line per request too.
+#[derive(Debug, Default)]
+struct DropLog {
+    last: Option<Instant>,
+    request: u64,
+    response: u64,
+}
+
+impl DropLog {
+    /// The shortest time between two lines.
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+    /// Notes one refused record of `stage`; `Some((request, response))`,
+    /// the counts since the last line, when a line is due.
+    fn note(&mut self, stage: &str, now: Instant) -> Option<(u64, u64)> {
+        match stage {
+            "request" => self.request += 1,
+            _ => self.response += 1,
+        }
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < Self::EVERY)
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some((
+            std::mem::take(&mut self.request),
+            std::mem::take(&mut self.response),
+        ))
     }
 }
 
@@ -283,6 +344,17 @@ impl Audit {
                 "must list at least one sink",
             ));
         }
+        let queue_max_bytes = match usize::try_from(config.queue_max_bytes) {
+            Ok(0) => {
+                problems.push(ConfigProblem::new(
+                    "audit.queue_max_bytes",
+                    "must be at least 1 (it bounds the memory audit records may take)",
+                ));
+                0
+            }
+            Ok(bytes) => bytes,
+            Err(_) => usize::MAX,
+        };
         let fingerprint = match &config.fingerprint_key {
             None => None,
             Some(source) => {
@@ -358,7 +430,7 @@ impl Audit {
             )),
             _ => None,
         };
-        let queue = Arc::new(writer::Queue::new(QUEUE_CAPACITY));
+        let queue = Arc::new(writer::Queue::new(QUEUE_CAPACITY, queue_max_bytes));
         let rx = queue.clone();
         let writer = writer::Writer {
             file: config.path.clone().filter(|_| file_sink),
@@ -381,6 +453,8 @@ impl Audit {
         Ok(Self {
             inner: Arc::new(AuditInner {
                 queue,
+                drop_log: Mutex::new(DropLog::default()),
+                body_digest: BodyDigest::new(fingerprint.as_deref()),
                 durability: config.durability,
                 on_failure: config.on_failure,
                 redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
@@ -455,6 +529,18 @@ impl Audit {
         self.inner.ship_state.unshipped.load(Ordering::Relaxed)
     }
 
+    /// Record bytes held in memory: queued, or in the batch being written
+    /// (at most `audit.queue_max_bytes`, or one record when it is larger).
+    pub fn queued_bytes(&self) -> u64 {
+        self.inner.queue.outstanding().bytes as u64
+    }
+
+    /// How the validation layer digests a refused body for the records:
+    /// HMAC-SHA256 under `audit.fingerprint_key` when it is set.
+    pub fn body_digest(&self) -> BodyDigest {
+        self.inner.body_digest.clone()
+    }
+
     /// Starts shipping to the OTLP collector, if configured; runs until the
     /// returned task is aborted. Needs a Tokio runtime.
     pub fn start_shipping(&self) -> Option<tokio::task::JoinHandle<()>> {
@@ -483,9 +569,15 @@ impl Audit {
         self.inner.reopen.store(true, Ordering::Release);
     }
 
-    /// Queues a record; with `wait`, returns a receiver told whether it was
-    /// made durable. `None` means it could not even be queued.
-    fn submit(&self, line: Vec<u8>, wait: bool) -> Result<Option<oneshot::Receiver<bool>>, ()> {
+    /// Queues a record of `stage`; with `wait`, returns a receiver told
+    /// whether it was made durable. `Err` means it could not even be queued
+    /// (the queue is full or closed): it is counted as dropped, and logged.
+    fn submit(
+        &self,
+        stage: &'static str,
+        line: Vec<u8>,
+        wait: bool,
+    ) -> Result<Option<oneshot::Receiver<bool>>, ()> {
         let (ack, done) = if wait {
             let (tx, rx) = oneshot::channel();
             (Some(tx), Some(rx))
@@ -496,17 +588,53 @@ impl Audit {
             Ok(()) => Ok(done),
             Err(_) => {
                 self.inner.stats.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("audit queue full or closed: a record was not written");
+                let due = self
+                    .inner
+                    .drop_log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .note(stage, Instant::now());
+                if let Some((request, response)) = due {
+                    tracing::error!(
+                        request_records = request,
+                        response_records = response,
+                        "audit queue full (audit.queue_max_bytes) or closed: records not written (counts since the last such line)"
+                    );
+                }
                 Err(())
             }
         }
     }
 
-    /// Writes every queued record and stops the writer (at shutdown).
+    /// Writes every queued record and stops the writer, however long that
+    /// takes (see [`Audit::close_within`] for a bounded wait).
     pub async fn close(&self) {
+        self.close_within(std::time::Duration::MAX).await;
+    }
+
+    /// Writes every queued record and stops the writer (at shutdown),
+    /// waiting at most `limit` for it: a stalled sink (standard output
+    /// nobody reads, a hung disk) must not keep the process from exiting.
+    /// Returns how many records were not written; when there are any, they
+    /// are logged at `error` (the spool keeps what reached it, for the next
+    /// start to ship).
+    pub async fn close_within(&self, limit: std::time::Duration) -> usize {
         let (tx, rx) = oneshot::channel();
-        if self.inner.queue.push(writer::Entry::Shutdown(tx)).is_ok() {
-            let _ = rx.await;
+        let stopped = match self.inner.queue.push(writer::Entry::Shutdown(tx)) {
+            Ok(()) => tokio::time::timeout(limit, rx).await.is_ok(),
+            Err(_) => true, // closed before
+        };
+        if !stopped {
+            // The writer is stuck in a write: it is left to the process
+            // exit, since joining it would wait just as long.
+            let left = self.inner.queue.outstanding().records;
+            self.inner.queue.close();
+            tracing::error!(
+                records = left,
+                waited = ?limit,
+                "audit sink stalled at shutdown: exiting with records not written"
+            );
+            return left;
         }
         let thread = self
             .inner
@@ -517,6 +645,15 @@ impl Audit {
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
+        // Records queued after the shutdown (by requests the drain cut off).
+        let left = self.inner.queue.close();
+        if left > 0 {
+            tracing::error!(
+                records = left,
+                "audit records queued after the writer stopped were not written"
+            );
+        }
+        left
     }
 
     fn redacted_body(&self, notes: &crate::notes::Notes) -> Option<serde_json::Value> {
@@ -666,7 +803,7 @@ impl Pending {
             body,
             Some(self.info.started.elapsed()),
         );
-        let _ = self.audit.submit(line, false);
+        let _ = self.audit.submit("response", line, false);
     }
 }
 
@@ -862,7 +999,7 @@ where
             tracing::error!("audit spool over audit.spool_max_bytes; write request refused");
             return ResponseFuture::early(GatewayError::AuditUnavailable.to_response());
         }
-        let done = match self.audit.submit(line, wait) {
+        let done = match self.audit.submit("request", line, wait) {
             Ok(done) => done,
             Err(()) if reject => {
                 return ResponseFuture::early(GatewayError::AuditUnavailable.to_response());
@@ -891,5 +1028,66 @@ where
             }
         });
         ResponseFuture::inner(Either::Right(ThenCall::new(prepare, inner)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer::{Entry, Outstanding, Queue};
+    use super::DropLog;
+    use std::time::{Duration, Instant};
+
+    fn record(len: usize) -> Entry {
+        Entry::Record {
+            line: vec![b'x'; len],
+            ack: None,
+        }
+    }
+
+    #[test]
+    fn the_queue_takes_records_up_to_its_bytes() {
+        let queue = Queue::new(100, 1000);
+        assert!(queue.push(record(400)).is_ok());
+        assert!(queue.push(record(400)).is_ok());
+        assert!(queue.push(record(300)).is_err(), "1,100 bytes > 1,000");
+        assert!(queue.push(record(200)).is_ok(), "exactly 1,000");
+        assert!(queue.push(record(1)).is_err());
+        assert_eq!(
+            queue.outstanding(),
+            Outstanding {
+                records: 3,
+                bytes: 1000
+            }
+        );
+        // A shutdown is taken however full the queue is.
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        assert!(queue.push(Entry::Shutdown(tx)).is_ok());
+        assert_eq!(queue.close(), 3);
+
+        // One record over the bound on its own is taken, but only alone.
+        let queue = Queue::new(100, 1000);
+        assert!(queue.push(record(5000)).is_ok());
+        assert!(queue.push(record(1)).is_err());
+        // And the record count still caps tiny records.
+        let queue = Queue::new(2, 1000);
+        assert!(queue.push(record(1)).is_ok());
+        assert!(queue.push(record(1)).is_ok());
+        assert!(queue.push(record(1)).is_err());
+    }
+
+    #[test]
+    fn refused_records_are_logged_once_a_second_with_their_counts() {
+        let mut log = DropLog::default();
+        let start = Instant::now();
+        assert_eq!(log.note("response", start), Some((0, 1)));
+        assert_eq!(log.note("request", start + Duration::from_millis(10)), None);
+        assert_eq!(
+            log.note("response", start + Duration::from_millis(20)),
+            None
+        );
+        assert_eq!(
+            log.note("response", start + Duration::from_millis(1100)),
+            Some((1, 2))
+        );
     }
 }

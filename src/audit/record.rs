@@ -105,12 +105,20 @@ pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'
     }
 }
 
-/// The record body: redacted JSON, or size and digest.
+/// The record body: redacted JSON, or size and digest (`sha256`, or
+/// `hmac_sha256` with a fingerprint key).
 pub fn body_value(body: Option<&BodyNote>, redact: impl Fn(&Value) -> Value) -> Option<Value> {
     match body? {
         BodyNote::Json(value) => Some(redact(value)),
-        BodyNote::Opaque { bytes, sha256 } => {
-            Some(serde_json::json!({"bytes": bytes, "sha256": sha256}))
+        BodyNote::Opaque {
+            bytes,
+            algorithm,
+            digest,
+        } => {
+            let mut value = serde_json::Map::with_capacity(2);
+            value.insert("bytes".into(), (*bytes).into());
+            value.insert((*algorithm).into(), digest.as_str().into());
+            Some(Value::Object(value))
         }
     }
 }

@@ -14,13 +14,46 @@
 //!   `audit.spool_max_bytes` of unshipped data, `audit.on_failure` applies.
 //! - When the file is rotated (a new inode at the path), the old file is
 //!   shipped to its end first.
+//! - After a restart, the backlog the previous run left unshipped counts
+//!   towards `spool_max_bytes` from the start ([`Shipper::new`]).
+//!
+//! # The shipper reads only committed batches
+//!
+//! The writer appends a batch with `write`, and when that fails part-way
+//! (a full disk) it cuts the file back to its previous length (`set_len`),
+//! so the records of the failed batch, whose write requests were refused,
+//! vanish again. Were the shipper to read the file up to its current length,
+//! it could in that moment ship those records, then resume at an offset
+//! past the cut: the next batches would be skipped or shipped from the
+//! middle of a line. So it reads only up to the length the writer has
+//! published as committed for the file ([`ShipState::publish_committed`]):
+//!
+//! 1. The writer publishes `(inode, length)` when it opens a file, before
+//!    writing to it, and again after each batch was written whole (and
+//!    synced, per `durability`). It never publishes a length that a failed
+//!    batch reached; it cuts the file back to the last published one.
+//! 2. The shipper takes the file's length with `stat` first and reads the
+//!    published pair after it (both under the same mutex as the writer's
+//!    publishing). For the writer's current file it reads no further than
+//!    the published length.
+//! 3. For any other file it reads to the `stat` length. That is safe. A
+//!    file the writer opens only after the shipper read the published pair
+//!    was published before the writer wrote to it (1), so after the `stat`:
+//!    the `stat` saw none of it. A file the writer has not opened in this
+//!    run (the backlog of an earlier one) holds only what was committed.
+//!    A file the writer left (a rotation, a reopen) it left whole: a failed
+//!    batch is cut back before the next batch opens another file, and the
+//!    writer never writes to it again. So the bytes there are final by the
+//!    time the shipper reads them, after its look at the pair; if its
+//!    `stat` caught a failed batch before the cut, the read runs into the
+//!    end of the file and fails, and is tried again.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -67,9 +100,35 @@ pub struct ShipState {
     pub acked_bytes: AtomicU64,
     /// `audit.spool_max_bytes`.
     pub spool_max_bytes: AtomicU64,
+    /// The file the writer appends to and how far whole batches reached in
+    /// it; `None` until the writer first opens it. See the module docs.
+    committed: Mutex<Option<Committed>>,
+}
+
+/// A spool file (by inode) and the length of it the writer has committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Committed {
+    inode: u64,
+    len: u64,
 }
 
 impl ShipState {
+    /// The writer's word that file `inode` holds whole batches up to `len`
+    /// (on opening it, before writing, and after each batch written whole).
+    pub(crate) fn publish_committed(&self, inode: u64, len: u64) {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(Committed { inode, len });
+    }
+
+    /// How far the shipper may read file `inode`, whose length a `stat`
+    /// gave as `on_disk` *before* this call: no further than the writer
+    /// committed, if the writer is appending to that file.
+    fn readable(&self, inode: u64, on_disk: u64) -> u64 {
+        match *self.committed.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(committed) if committed.inode == inode => on_disk.min(committed.len),
+            _ => on_disk,
+        }
+    }
+
     /// Recomputes the unshipped size and whether it is over
     /// `spool_max_bytes`; called after every write and every acknowledgement.
     pub fn recompute(&self) {
@@ -117,6 +176,19 @@ fn save_position(path: &Path, position: Position) -> std::io::Result<()> {
     let temp = path.with_extension("shipped.tmp");
     std::fs::write(&temp, format!("{} {}\n", position.inode, position.offset))?;
     std::fs::rename(&temp, path)
+}
+
+/// The bytes of `spool` not yet shipped according to the saved `position`:
+/// what [`Shipper::run`] will send, which is the whole file when the
+/// position is missing or names another file.
+fn backlog(spool: &Path, position: Option<Position>) -> u64 {
+    let Ok(metadata) = std::fs::metadata(spool) else {
+        return 0;
+    };
+    match position {
+        Some(p) if p.inode == metadata.ino() => metadata.len().saturating_sub(p.offset),
+        _ => metadata.len(),
+    }
 }
 
 /// Ships one spool file to one collector endpoint.
@@ -188,8 +260,20 @@ impl Shipper {
         state
             .spool_max_bytes
             .store(spool_max_bytes, Ordering::Relaxed);
+        let offsets = offset_path(&spool);
+        // Counted before the writer starts, so the first write request is
+        // already refused when the previous run left the spool full.
+        let backlog = backlog(&spool, load_position(&offsets));
+        if backlog > 0 {
+            state.appended_bytes.fetch_add(backlog, Ordering::AcqRel);
+            state.recompute();
+            tracing::info!(
+                unshipped = backlog,
+                "audit spool holds records an earlier run did not ship"
+            );
+        }
         Self {
-            offsets: offset_path(&spool),
+            offsets,
             spool,
             endpoint,
             client: Client::builder(TokioExecutor::new()).build(connector),
@@ -267,7 +351,10 @@ impl Shipper {
         }
         let (file, inode) = open.as_mut().expect("opened above");
         let offset = position.map_or(0, |p| p.offset);
-        let len = file.metadata()?.len();
+        // The `stat` first, then the writer's committed length: see the
+        // module docs for why this order is what makes it safe.
+        let on_disk = file.metadata()?.len();
+        let len = self.state.readable(*inode, on_disk);
         if len <= offset {
             if at_path.is_some_and(|ino| ino != *inode) {
                 // Rotated, and the old file is fully shipped: follow the path.
@@ -400,5 +487,188 @@ pub fn export_request(service_name: &str, lines: &[Bytes]) -> ExportLogsServiceR
             }],
             ..Default::default()
         }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn shipper(spool: &Path, spool_max_bytes: u64, state: Arc<ShipState>) -> Shipper {
+        let upstream =
+            crate::proxy::Upstream::from_config(&crate::config::UpstreamConfig::default())
+                .expect("the default upstream is valid");
+        Shipper::new(
+            spool.to_owned(),
+            "http://127.0.0.1:9/v1/logs".parse().unwrap(),
+            upstream.https_connector(),
+            spool_max_bytes,
+            state,
+        )
+    }
+
+    fn append(path: &Path, text: &str) -> u64 {
+        let mut file = crate::audit::writer::open_append(path).unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file.metadata().unwrap().len()
+    }
+
+    fn texts(lines: &[Bytes]) -> Vec<&str> {
+        lines
+            .iter()
+            .map(|l| std::str::from_utf8(l).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_backlog_at_startup_is_what_the_saved_offset_leaves_unshipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool.jsonl");
+        let first = append(&spool, "{\"n\":1}\n");
+        let len = append(&spool, "{\"n\":2}\n{\"n\":3}\n");
+        let inode = std::fs::metadata(&spool).unwrap().ino();
+        let started = |max: u64| {
+            let state = Arc::new(ShipState::default());
+            drop(shipper(&spool, max, state.clone()));
+            (
+                state.unshipped.load(Ordering::Relaxed),
+                state.full.load(Ordering::Relaxed),
+            )
+        };
+        // No saved offset: the whole file is sent again, so all of it waits.
+        assert_eq!(started(1000), (len, false));
+        // Acknowledged up to the first record: the rest waits.
+        let offsets = offset_path(&spool);
+        save_position(
+            &offsets,
+            Position {
+                inode,
+                offset: first,
+            },
+        )
+        .unwrap();
+        assert_eq!(started(1000), (len - first, false));
+        // Over the limit already: full before the first write comes in.
+        assert_eq!(started(len - first - 1), (len - first, true));
+        // The offset of another file (rotated away since): all of it again.
+        save_position(
+            &offsets,
+            Position {
+                inode: inode + 1,
+                offset: first,
+            },
+        )
+        .unwrap();
+        assert_eq!(started(1000), (len, false));
+    }
+
+    /// The interleaving the writer's failure path makes possible, step by
+    /// step on a real file: a batch that fails part-way leaves whole lines
+    /// in the file until the writer cuts them off, and the shipper must not
+    /// ship them, nor lose its place when they are cut.
+    #[test]
+    fn the_shipper_reads_no_further_than_the_writer_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool.jsonl");
+        let state = Arc::new(ShipState::default());
+        let shipper = shipper(&spool, 1 << 20, state.clone());
+        let (mut open, mut position) = (None, None);
+
+        // The writer opens the file and publishes it, then writes a batch.
+        let empty = append(&spool, "");
+        let inode = std::fs::metadata(&spool).unwrap().ino();
+        state.publish_committed(inode, empty);
+        let committed = append(&spool, "{\"id\":\"ok-1\"}\n");
+        state.publish_committed(inode, committed);
+        let (lines, _, end) = shipper
+            .next_batch(&mut open, &mut position)
+            .unwrap()
+            .unwrap();
+        assert_eq!(texts(&lines), ["{\"id\":\"ok-1\"}"]);
+        assert_eq!(end, committed);
+        position = Some(Position { inode, offset: end });
+
+        // A batch fails part-way (the disk filled up): two whole lines and
+        // a torn one are in the file, and nothing new was published.
+        append(
+            &spool,
+            "{\"id\":\"failed-1\"}\n{\"id\":\"failed-2\"}\n{\"id\":\"fa",
+        );
+        assert!(shipper
+            .next_batch(&mut open, &mut position)
+            .unwrap()
+            .is_none());
+
+        // The writer cuts the failed batch off and writes the next whole.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&spool)
+            .unwrap()
+            .set_len(committed)
+            .unwrap();
+        let next = append(&spool, "{\"id\":\"ok-2\"}\n{\"id\":\"ok-3\"}\n");
+        state.publish_committed(inode, next);
+        let (lines, start, end) = shipper
+            .next_batch(&mut open, &mut position)
+            .unwrap()
+            .unwrap();
+        assert_eq!(texts(&lines), ["{\"id\":\"ok-2\"}", "{\"id\":\"ok-3\"}"]);
+        assert_eq!((start, end), (committed, next));
+    }
+
+    /// The writer's side of it: a batch the file did not take whole never
+    /// publishes its length; one it took does. `/dev/full` fails every write.
+    #[test]
+    fn the_writer_publishes_only_the_length_whole_batches_reached() {
+        use crate::audit::writer::{Entry, Queue, Writer};
+        for (path, expect_ok) in [
+            (PathBuf::from("/dev/full"), false),
+            (
+                tempfile::tempdir().unwrap().keep().join("audit.jsonl"),
+                true,
+            ),
+        ] {
+            let state = Arc::new(ShipState::default());
+            let queue = Arc::new(Queue::new(16, 1 << 20));
+            let writer = Writer {
+                file: Some(path.clone()),
+                stdout: false,
+                durability: crate::audit::Durability::Flush,
+                reopen: Arc::default(),
+                stats: Arc::default(),
+                appended: Some(state.clone()),
+                checkpoints: None,
+            };
+            let thread = {
+                let queue = queue.clone();
+                std::thread::spawn(move || writer.run(queue))
+            };
+            let line = b"{\"id\":\"one\"}\n".to_vec();
+            let (ack, done) = tokio::sync::oneshot::channel();
+            assert!(queue
+                .push(Entry::Record {
+                    line: line.clone(),
+                    ack: Some(ack)
+                })
+                .is_ok());
+            assert_eq!(done.blocking_recv().unwrap(), expect_ok, "{path:?}");
+            queue.close();
+            thread.join().unwrap();
+            let inode = std::fs::metadata(&path).unwrap().ino();
+            let published = *state.committed.lock().unwrap();
+            // The whole line as written: the record with its chain fields.
+            let len = if expect_ok {
+                let written = std::fs::read(&path).unwrap();
+                assert!(written.ends_with(&line[1..]), "{written:?}");
+                written.len() as u64
+            } else {
+                0
+            };
+            assert_eq!(published, Some(Committed { inode, len }), "{path:?}");
+            if expect_ok {
+                std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+            }
+        }
     }
 }

@@ -13,6 +13,13 @@
 //! and making a syscall, for each request. A record a request waits for
 //! (`durability` `flush` or `fsync`) wakes it at once.
 //!
+//! The queue is bounded twice: by records ([`Queue::new`]'s `capacity`) and
+//! by bytes (`audit.queue_max_bytes`). The bytes of a record count from the
+//! moment it is queued until the batch holding it has been written, so a
+//! stalled sink (standard output nobody reads, a hung disk) holds at most
+//! that much record data, however large the bodies are; past it a record is
+//! refused at once (see [`Queue::push`]).
+//!
 //! A file that cannot be opened or written (missing directory, read-only,
 //! disk full) fails the records of that batch; the next batch tries again,
 //! so the trail recovers as soon as the problem is fixed. SIGHUP reopens the
@@ -21,6 +28,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -46,7 +54,10 @@ const HIGH_WATER: usize = 1024;
 pub(crate) struct Queue {
     state: Mutex<QueueState>,
     ready: Condvar,
+    /// The most records waiting at once.
     capacity: usize,
+    /// The most record bytes accepted and not yet written (`audit.queue_max_bytes`).
+    max_bytes: usize,
 }
 
 #[derive(Default)]
@@ -60,14 +71,29 @@ struct QueueState {
     urgent: bool,
     /// Every `Audit` is gone: drain and stop.
     closed: bool,
+    /// Records accepted and not yet written: queued, or in the batch the
+    /// writer is writing. What a stalled sink holds back.
+    outstanding: Outstanding,
+    /// Of those, the batch the writer took last: written (or failed) once
+    /// the writer asks for the next one.
+    in_batch: Outstanding,
+}
+
+/// A number of records and their bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Outstanding {
+    pub records: usize,
+    pub bytes: usize,
 }
 
 impl Queue {
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// A queue of at most `capacity` records and `max_bytes` record bytes.
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             state: Mutex::new(QueueState::default()),
             ready: Condvar::new(),
             capacity,
+            max_bytes,
         }
     }
 
@@ -75,18 +101,30 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues an entry; gives it back if the queue is full or closed. A
-    /// shutdown is always taken.
+    /// Queues an entry; gives it back if the queue is closed, or, for a
+    /// record, if it holds `capacity` records or the record would take the
+    /// bytes not yet written past `max_bytes`. A record larger than
+    /// `max_bytes` on its own is taken when nothing else is outstanding, so
+    /// that no record is refused forever. A shutdown is always taken.
     pub(crate) fn push(&self, entry: Entry) -> Result<(), Entry> {
-        let urgent = match &entry {
-            Entry::Record { ack, .. } => ack.is_some(),
-            Entry::Shutdown(_) => true,
+        let (urgent, bytes) = match &entry {
+            Entry::Record { ack, line } => (ack.is_some(), Some(line.len())),
+            Entry::Shutdown(_) => (true, None),
         };
         let mut state = self.lock();
-        if state.closed
-            || (state.entries.len() >= self.capacity && !matches!(entry, Entry::Shutdown(_)))
-        {
+        if state.closed {
             return Err(entry);
+        }
+        if let Some(bytes) = bytes {
+            let outstanding = state.outstanding;
+            let full = state.entries.len() >= self.capacity
+                || (outstanding.bytes > 0
+                    && outstanding.bytes.saturating_add(bytes) > self.max_bytes);
+            if full {
+                return Err(entry);
+            }
+            state.outstanding.records += 1;
+            state.outstanding.bytes += bytes;
         }
         state.entries.push_back(entry);
         state.urgent |= urgent;
@@ -102,18 +140,41 @@ impl Queue {
         Ok(())
     }
 
-    /// Stops the writer once it has written what is queued.
-    pub(crate) fn close(&self) {
-        self.lock().closed = true;
+    /// Stops the writer once it has written what is queued, and refuses
+    /// records from now on; returns the records still queued (none once
+    /// the writer has stopped after a shutdown entry, unless some came
+    /// after it).
+    pub(crate) fn close(&self) -> usize {
+        let mut state = self.lock();
+        state.closed = true;
+        let left = state
+            .entries
+            .iter()
+            .filter(|e| matches!(e, Entry::Record { .. }))
+            .count();
+        drop(state);
         self.ready.notify_one();
+        left
+    }
+
+    /// Records (and their bytes) accepted and not yet written: queued, or
+    /// in the batch the writer is writing.
+    pub(crate) fn outstanding(&self) -> Outstanding {
+        self.lock().outstanding
     }
 
     /// The next batch, at most `MAX_BATCH` entries, into `batch`: waits for
     /// a first entry (or until `wake_at`, when a checkpoint is due: then
     /// the batch is empty), then up to `LINGER` for more unless one is
     /// urgent. True when the queue is closed and this batch drains it.
+    ///
+    /// The writer asks for a batch only once it is done with the previous
+    /// one, so that one's records stop counting as outstanding here.
     fn next_batch(&self, batch: &mut Vec<Entry>, wake_at: Option<Instant>) -> bool {
         let mut state = self.lock();
+        let done = std::mem::take(&mut state.in_batch);
+        state.outstanding.records -= done.records;
+        state.outstanding.bytes -= done.bytes;
         while state.entries.is_empty() {
             if state.closed {
                 return true;
@@ -153,7 +214,15 @@ impl Queue {
         }
         state.waiting = false;
         let n = state.entries.len().min(MAX_BATCH);
-        batch.extend(state.entries.drain(..n));
+        let mut taken = Outstanding::default();
+        for entry in state.entries.drain(..n) {
+            if let Entry::Record { line, .. } = &entry {
+                taken.records += 1;
+                taken.bytes += line.len();
+            }
+            batch.push(entry);
+        }
+        state.in_batch = taken;
         // Urgent entries left behind make the next batch start at once.
         state.urgent = state.entries.iter().any(|e| match e {
             Entry::Record { ack, .. } => ack.is_some(),
@@ -375,10 +444,20 @@ impl Writer {
             }
             if file.is_none() {
                 match open_append(path).and_then(|f| {
-                    let len = f.metadata()?.len();
-                    Ok(OpenFile { file: f, len })
+                    let metadata = f.metadata()?;
+                    Ok(OpenFile {
+                        file: f,
+                        len: metadata.len(),
+                        inode: metadata.ino(),
+                    })
                 }) {
                     Ok(opened) => {
+                        // Published before anything is written to it: from
+                        // now on the shipper reads this file only as far as
+                        // whole batches reached (see `ShipState::readable`).
+                        if let Some(state) = &self.appended {
+                            state.publish_committed(opened.inode, opened.len);
+                        }
                         if self.durability == Durability::Fsync {
                             // A new file's directory entry must be durable too.
                             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -396,7 +475,12 @@ impl Writer {
                     }
                 }
             }
-            if let Some(OpenFile { file: f, len }) = file.as_mut() {
+            if let Some(OpenFile {
+                file: f,
+                len,
+                inode,
+            }) = file.as_mut()
+            {
                 let written = f.write_all(batch).and_then(|()| match self.durability {
                     Durability::Fsync => f.sync_data(),
                     Durability::Flush | Durability::None => Ok(()),
@@ -404,13 +488,17 @@ impl Writer {
                 if let Err(error) = written {
                     tracing::error!(path = %path.display(), %error, "cannot write the audit file");
                     // Cut a partial batch off, so the next one starts on a
-                    // fresh line and every acknowledged record parses.
+                    // fresh line and every acknowledged record parses. The
+                    // shipper never read past `len`: it was not published.
                     let _ = f.set_len(*len);
                     // Reopen next time: the file may have been replaced or fixed.
                     *file = None;
                     ok = false;
                 } else {
                     *len += batch.len() as u64;
+                    if let Some(state) = &self.appended {
+                        state.publish_committed(*inode, *len);
+                    }
                 }
             }
         }
@@ -422,5 +510,8 @@ impl Writer {
 /// this thread appends to it (a rotation reopens it on SIGHUP).
 struct OpenFile {
     file: File,
+    /// The length up to which whole batches were written.
     len: u64,
+    /// Its inode, to tell the shipper which file `len` is about.
+    inode: u64,
 }

@@ -512,6 +512,82 @@ impl http_body::Body for Zeros {
     }
 }
 
+/// A FIFO that is already full, for a sink that stalls: whatever opens it
+/// for writing blocks on its first write, until the test drains it (or
+/// forever). Holds the read end, so opening it for writing succeeds.
+pub struct StalledFifo {
+    pub path: PathBuf,
+    reader: tokio::net::unix::pipe::Receiver,
+    /// The write end the test filled it through (non-blocking).
+    _filler: std::fs::File,
+}
+
+impl StalledFifo {
+    /// Makes the FIFO `path` and fills its buffer. Needs a runtime.
+    pub fn new(path: PathBuf) -> Self {
+        let made = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = tokio::net::unix::pipe::OpenOptions::new()
+            .open_receiver(&path)
+            .unwrap();
+        // O_NONBLOCK (Linux), so a full pipe says so instead of blocking.
+        let mut filler = std::os::unix::fs::OpenOptionsExt::custom_flags(
+            std::fs::OpenOptions::new().write(true),
+            0o4000,
+        )
+        .open(&path)
+        .unwrap();
+        // Full to the last byte: a write of any size must block.
+        let chunk = [b'#'; 4096];
+        let mut size = chunk.len();
+        loop {
+            match std::io::Write::write(&mut filler, &chunk[..size]) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    if size == 1 {
+                        break;
+                    }
+                    size /= 2;
+                }
+                Err(e) => panic!("filling the FIFO: {e}"),
+            }
+        }
+        Self {
+            path,
+            reader,
+            _filler: filler,
+        }
+    }
+
+    /// A blocking write end, e.g. for a child's standard output.
+    pub fn writer(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap()
+    }
+
+    /// Reads everything written until every write end is closed, in the
+    /// background: the stalled sink comes back.
+    pub fn drain(self) -> tokio::task::JoinHandle<Vec<u8>> {
+        let Self {
+            mut reader,
+            _filler,
+            ..
+        } = self;
+        drop(_filler);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut all = Vec::new();
+            let _ = reader.read_to_end(&mut all).await;
+            all
+        })
+    }
+}
+
 /// The gateway binary, started as a child process.
 pub struct Binary {
     pub child: tokio::process::Child,
@@ -537,23 +613,52 @@ impl Binary {
         Self::start(cmd, "gateway listening").await
     }
 
+    /// Like [`Binary::serve`], but standard output goes to `stdout` (a
+    /// FIFO nobody reads, say) instead of to the test.
+    pub async fn serve_with_stdout(
+        path: &Path,
+        envs: &[(&str, &str)],
+        stdout: std::fs::File,
+    ) -> Self {
+        let mut cmd = tokio::process::Command::new(binary_path());
+        cmd.arg("serve").arg("--config").arg(path);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        Self::start_with(cmd, "gateway listening", Some(stdout)).await
+    }
+
     /// Spawns `cmd` and waits for a stderr line containing `ready`, which
     /// must name the listen address as `listen=ADDR`. Logs at `info` unless
     /// `cmd` sets `RUST_LOG` itself.
-    pub async fn start(mut cmd: tokio::process::Command, ready: &str) -> Self {
+    pub async fn start(cmd: tokio::process::Command, ready: &str) -> Self {
+        Self::start_with(cmd, ready, None).await
+    }
+
+    /// [`Binary::start`], with standard output to `stdout` when given
+    /// (unread by the test), else read like stderr.
+    async fn start_with(
+        mut cmd: tokio::process::Command,
+        ready: &str,
+        stdout: Option<std::fs::File>,
+    ) -> Self {
         if !cmd.as_std().get_envs().any(|(k, _)| k == "RUST_LOG") {
             cmd.env("RUST_LOG", "info");
         }
+        let read_stdout = stdout.is_none();
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout.map_or_else(Stdio::piped, Stdio::from))
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child = cmd.spawn().expect("spawn gateway binary");
         let (tx, lines) = mpsc::unbounded_channel();
-        for stream in [
-            Box::pin(child.stderr.take().unwrap()) as Pin<Box<dyn tokio::io::AsyncRead + Send>>,
-            Box::pin(child.stdout.take().unwrap()),
-        ] {
+        let mut streams = vec![
+            Box::pin(child.stderr.take().unwrap()) as Pin<Box<dyn tokio::io::AsyncRead + Send>>
+        ];
+        if read_stdout {
+            streams.push(Box::pin(child.stdout.take().unwrap()));
+        }
+        for stream in streams {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut reader = BufReader::new(stream).lines();
