@@ -66,10 +66,19 @@ pub async fn run(
     let telemetry = crate::telemetry::start(&config)
         .map_err(|problems| config::ConfigErrors::new(config_path, problems))?;
     let grace = config.server.shutdown_grace;
-    let gateway = Gateway::build(config, config_path)?;
+    // Reloads read the file again: they get the same listeners and fake API.
+    let upstream_url = config.upstream.url.clone();
+    let adjust: crate::server::Adjust =
+        std::sync::Arc::new(move |config: &mut config::GatewayConfig| {
+            config.server.listen = listen;
+            config.server.admin_listen = admin_listen;
+            config.upstream.url = upstream_url.clone();
+        });
+    let mut gateway = Gateway::build_adjusted(config, config_path, Some(adjust))?;
     gateway.metrics().watch_spans(telemetry.span_stats());
+    gateway.set_log_filter(telemetry.log_filter());
     let shutdown = shutdown_signal()?;
-    let reload = reload_on_sighup(gateway.credentials().clone(), gateway.audit().clone())?;
+    let reload = reload_on_sighup(gateway.audit().clone(), gateway.reloader())?;
     let listener = tokio::net::TcpListener::bind(gateway.listen_addr())
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -34,6 +34,7 @@
 //! - [`version`]: the `X-Polytomic-Version` header.
 //! - [`proxy`]: the pooled upstream client and the forwarding service.
 //! - [`stack`]: the one function that assembles the layers, in order.
+//! - [`reload`]: what a config reload replaces, and config versions.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
 //! - [`connection`]: how long a connection may wait for a request head or
 //!   sit idle.
@@ -66,6 +67,7 @@ pub mod metrics;
 pub mod notes;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod stack;

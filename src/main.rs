@@ -34,7 +34,7 @@ enum Command {
     /// Run the gateway (the default command).
     Serve,
     /// Load and validate everything `serve` would, fetching the JWKS once;
-    /// print `ok` or every problem.
+    /// print the config version and `ok`, or every problem.
     Check,
     /// Run the gateway in front of a built-in fake Polytomic API.
     Demo {
@@ -206,6 +206,8 @@ async fn check(path: PathBuf) -> ExitCode {
         // The public half only: what `audit verify --public-key` needs.
         print!("audit.signing_key public key:\n{pem}");
     }
+    // What `serve` would record as `config_version`, for a deploy pipeline.
+    println!("config version: {}", gateway.config_version());
     println!("ok");
     ExitCode::SUCCESS
 }
@@ -457,15 +459,16 @@ async fn serve(path: PathBuf) -> ExitCode {
         Err(problems) => return fail(&config::ConfigErrors::new(&path, problems)),
     };
     let grace = config.server.shutdown_grace;
-    let gateway = match Gateway::build(config, &path) {
+    let mut gateway = match Gateway::build(config, &path) {
         Ok(gateway) => gateway,
         Err(e) => return fail(&e),
     };
     gateway.metrics().watch_spans(telemetry.span_stats());
+    gateway.set_log_filter(telemetry.log_filter());
     // Signal handlers first, so a signal at any later point drains cleanly.
     let (shutdown, reload) = match (
         server::shutdown_signal(),
-        server::reload_on_sighup(gateway.credentials().clone(), gateway.audit().clone()),
+        server::reload_on_sighup(gateway.audit().clone(), gateway.reloader()),
     ) {
         (Ok(shutdown), Ok(reload)) => (shutdown, reload),
         (Err(e), _) | (_, Err(e)) => return fail(&format!("cannot install signal handlers: {e}")),

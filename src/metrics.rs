@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::audit::Audit;
@@ -70,6 +70,9 @@ struct Inner {
     audit_queue_bytes: IntGauge,
     spans: IntCounterVec,
     connections_shed: IntCounterVec,
+    config_reloads: IntCounterVec,
+    config_info: IntGaugeVec,
+    config_loaded_at: Gauge,
     /// Copy component counters into the families above, before a scrape.
     syncs: Mutex<Vec<SyncFn>>,
 }
@@ -211,8 +214,36 @@ impl Metrics {
             "Connections refused past server.max_connections, by how (answered: one 503 overloaded; closed: at once, past the cap on connections being answered).",
             &["how"],
         );
+        let config_reloads = counter(
+            &registry,
+            "gateway_config_reloads_total",
+            "Config reloads (SIGHUP or a watched file changing), by result (ok, failed: the config in force stays).",
+            &["result"],
+        );
+        let config_info = IntGaugeVec::new(
+            Opts::new(
+                "gateway_config_info",
+                "The config in force: 1, labelled with its version (SHA-256 of its effective content).",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(config_info.clone()))
+            .expect("unique metric");
+        let config_loaded_at = Gauge::new(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "When the config in force was loaded (at start, or by the last successful reload), in Unix seconds.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(config_loaded_at.clone()))
+            .expect("unique metric");
         Self {
             inner: Arc::new(Inner {
+                config_reloads,
+                config_info,
+                config_loaded_at,
                 registry,
                 requests,
                 request_duration,
@@ -270,17 +301,59 @@ impl Metrics {
         }
     }
 
-    /// Reports `keys`' fetch results and key count at every scrape.
-    pub fn watch_jwks(&self, keys: Arc<KeyStore>) {
+    /// Reports the fetch results and key count of the key store `keys`
+    /// returns, at every scrape. A reload may replace the store: the
+    /// counters then go on from where they were.
+    pub fn watch_jwks(&self, keys: impl Fn() -> Arc<KeyStore> + Send + Sync + 'static) {
         let refresh_ok = self.inner.jwks_refresh.with_label_values(&["ok"]);
         let refresh_error = self.inner.jwks_refresh.with_label_values(&["error"]);
         let gauge = self.inner.jwks_keys.clone();
+        // The store last seen, and the counts from before it.
+        let seen: Mutex<Option<(Arc<KeyStore>, u64, u64)>> = Mutex::new(None);
         self.add_sync(Box::new(move || {
+            let keys = keys();
+            let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            let (ok_before, failed_before) = match &*seen {
+                Some((store, ok, failed)) if Arc::ptr_eq(store, &keys) => (*ok, *failed),
+                _ => {
+                    let before = (refresh_ok.get(), refresh_error.get());
+                    *seen = Some((keys.clone(), before.0, before.1));
+                    before
+                }
+            };
             let stats = keys.stats();
-            catch_up(&refresh_ok, stats.fetch_ok.load(Ordering::Relaxed));
-            catch_up(&refresh_error, stats.fetch_failed.load(Ordering::Relaxed));
+            catch_up(
+                &refresh_ok,
+                ok_before + stats.fetch_ok.load(Ordering::Relaxed),
+            );
+            catch_up(
+                &refresh_error,
+                failed_before + stats.fetch_failed.load(Ordering::Relaxed),
+            );
             gauge.set(keys.key_count() as i64);
         }));
+    }
+
+    /// Notes the config in force: at start, and after each successful
+    /// reload (`ok`, counted in `gateway_config_reloads_total`).
+    pub fn config_loaded(&self, version: &str, reloaded: bool) {
+        if reloaded {
+            self.inner.config_reloads.with_label_values(&["ok"]).inc();
+        }
+        self.inner.config_info.reset();
+        self.inner.config_info.with_label_values(&[version]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.inner.config_loaded_at.set(now.as_secs_f64());
+    }
+
+    /// Counts a reload that failed: the config in force stays.
+    pub fn config_reload_failed(&self) {
+        self.inner
+            .config_reloads
+            .with_label_values(&["failed"])
+            .inc();
     }
 
     /// Reports `audit`'s per-sink record counts, spool size and queued bytes

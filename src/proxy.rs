@@ -91,7 +91,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 type HttpsClient = Client<HttpsConnector<HttpConnector>, GatewayBody>;
 
 /// The upstream API: where requests go and the pooled client that sends them.
-#[derive(Debug)]
+/// A clone shares the pool ([`Upstream::with_own_pool`] makes a new one).
+#[derive(Debug, Clone)]
 pub struct Upstream {
     /// `http` or `https`.
     scheme: Scheme,

@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,20 +30,19 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 
 use crate::audit::Audit;
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, JwksConnector};
 use crate::body::GatewayBody;
 use crate::catalog::CatalogSummary;
 use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
 use crate::connection::{Activity, Check, Deadlines, Tracked, TrackedBody, Watched};
-use crate::credentials::CredentialSet;
 use crate::error::GatewayError;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::policy::Policy;
 use crate::proxy::Upstream;
+use crate::reload::{self, Generation, WatchedFiles};
 use crate::stack::{self, StackParts};
+use crate::telemetry::LogFilter;
 use crate::validate::MAX_JSON_DEPTH_LIMIT;
-use crate::version::VersionPolicy;
 
 /// Adapts the tower stack to hyper, calling it as soon as hyper has parsed a
 /// request head, and keeps the connection's [`Activity`] up to date.
@@ -55,8 +54,45 @@ use crate::version::VersionPolicy;
 /// request in hand and records it as cancelled if it is dropped.
 #[derive(Debug, Clone)]
 struct EagerService<S> {
-    stack: S,
+    stacks: Stacks<S>,
     activity: Arc<Activity>,
+    /// What the requests learn about the peer (none on the admin listener).
+    peer: Option<Peer>,
+}
+
+/// Where a connection finds the stack to serve each request with.
+#[derive(Debug, Clone)]
+enum Stacks<S> {
+    /// Always this one (the admin listener).
+    Fixed(S),
+    /// The worker's stack of the config in force: read per request, so a
+    /// reload applies to every request after it, on every connection.
+    Live {
+        stacks: watch::Receiver<Published<S>>,
+        index: usize,
+    },
+}
+
+impl<S: Clone> Stacks<S> {
+    fn current(&self) -> S {
+        match self {
+            Self::Fixed(stack) => stack.clone(),
+            // Only this worker's thread locks its stack: never contended.
+            Self::Live { stacks, index } => lock(&stacks.borrow()[*index]).clone(),
+        }
+    }
+}
+
+/// Every worker's stack for one config generation. (A stack is `Send`
+/// but not `Sync`; the mutex makes the set shareable.)
+type Published<S> = Arc<[std::sync::Mutex<S>]>;
+
+/// The peer of a connection, as its requests carry it.
+#[derive(Debug, Clone, Copy)]
+struct Peer {
+    addr: ClientAddr,
+    /// In `server.trusted_proxies`.
+    trusted: bool,
 }
 
 impl<S, B, ResBody> hyper::service::Service<Request<B>> for EagerService<S>
@@ -68,9 +104,15 @@ where
     type Future =
         Tracked<futures_util::future::Either<S::Future, tower::util::Oneshot<S, Request<B>>>>;
 
-    fn call(&self, req: Request<B>) -> Self::Future {
+    fn call(&self, mut req: Request<B>) -> Self::Future {
         let guard = self.activity.start(req.version() == http::Version::HTTP_2);
-        let mut svc = self.stack.clone();
+        if let Some(peer) = self.peer {
+            req.extensions_mut().insert(peer.addr);
+            if peer.trusted {
+                req.extensions_mut().insert(FromTrustedProxy);
+            }
+        }
+        let mut svc = self.stacks.current();
         // The stack is always ready (load shedding answers instead of
         // waiting), so this resolves at once; were it not ready, the request
         // would wait for readiness as usual.
@@ -140,10 +182,129 @@ pub struct Gateway {
     server: ServerConfig,
     /// The stack's parts, assembled when serving.
     parts: StackParts,
-    /// What `[catalog]` routes, for `check`.
-    catalog: CatalogSummary,
     /// `server.trusted_proxies`, parsed.
     trusted: Arc<[IpNet]>,
+    /// The generation in force, for readiness, metrics and reloads.
+    current: Current,
+    /// Where reloads read the config from.
+    source: ConfigSource,
+    /// Asks for reloads.
+    reloader: Reloader,
+    /// Reload requests, until `serve` takes them.
+    reloads: mpsc::UnboundedReceiver<ReloadRequest>,
+    /// Applies `telemetry.log_level` on reload.
+    log_filter: LogFilter,
+    /// The running upstream's TLS settings, for a reloaded `auth.jwks_url`.
+    connector: Option<JwksConnector>,
+    /// The files a change of which reloads the config.
+    watched: WatchedFiles,
+}
+
+/// The generation in force; replaced whole by a reload.
+type Current = Arc<std::sync::RwLock<Arc<Generation>>>;
+
+fn current_of(current: &Current) -> Arc<Generation> {
+    current.read().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Changes made to every config read, before it is validated (the demo
+/// sets its listeners and upstream this way).
+pub type Adjust = Arc<dyn Fn(&mut GatewayConfig) + Send + Sync>;
+
+/// Where the config comes from, for reloads.
+#[derive(Clone)]
+struct ConfigSource {
+    file: PathBuf,
+    adjust: Option<Adjust>,
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigSource")
+            .field("file", &self.file)
+            .field("adjust", &self.adjust.is_some())
+            .finish()
+    }
+}
+
+impl ConfigSource {
+    /// Reads the config as at start: the file, the environment, then the
+    /// adjustment.
+    fn load(&self) -> Result<GatewayConfig, ConfigErrors> {
+        let mut config = crate::config::load(&self.file)?;
+        if let Some(adjust) = &self.adjust {
+            adjust(&mut config);
+        }
+        Ok(config)
+    }
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadTrigger {
+    /// `SIGHUP`.
+    Signal,
+    /// A watched file changed on disk.
+    File,
+    /// A caller of [`Reloader::reload`].
+    Request,
+}
+
+impl ReloadTrigger {
+    /// As recorded: `sighup`, `file` or `request`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Signal => "sighup",
+            Self::File => "file",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadOutcome {
+    /// The version in force afterwards (the old one if the reload failed).
+    pub version: Arc<str>,
+    /// Why the reload failed, naming each key and its file; `None`: applied.
+    pub error: Option<String>,
+    /// Restart-only settings that changed and were not applied.
+    pub restart_required: Vec<String>,
+}
+
+/// A reload request, and where to say how it ended.
+#[derive(Debug)]
+struct ReloadRequest {
+    trigger: ReloadTrigger,
+    reply: Option<oneshot::Sender<ReloadOutcome>>,
+}
+
+/// Asks a serving gateway to reload its config. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Reloader {
+    tx: mpsc::UnboundedSender<ReloadRequest>,
+}
+
+impl Reloader {
+    /// Asks for a reload and returns at once (the SIGHUP handler).
+    pub fn request(&self, trigger: ReloadTrigger) {
+        let _ = self.tx.send(ReloadRequest {
+            trigger,
+            reply: None,
+        });
+    }
+
+    /// Reloads and says how it ended; `None` if the gateway is not serving.
+    pub async fn reload(&self) -> Option<ReloadOutcome> {
+        let (reply, outcome) = oneshot::channel();
+        self.tx
+            .send(ReloadRequest {
+                trigger: ReloadTrigger::Request,
+                reply: Some(reply),
+            })
+            .ok()?;
+        outcome.await.ok()
+    }
 }
 
 impl Gateway {
@@ -151,72 +312,42 @@ impl Gateway {
     ///
     /// Every problem is reported, each naming its key and where it was set.
     pub fn build(config: GatewayConfig, file: &Path) -> Result<Self, ConfigErrors> {
+        Self::build_adjusted(config, file, None)
+    }
+
+    /// [`Gateway::build`], for a `config` that `adjust` changed after it was
+    /// read from `file`; reloads apply `adjust` too.
+    pub fn build_adjusted(
+        config: GatewayConfig,
+        file: &Path,
+        adjust: Option<Adjust>,
+    ) -> Result<Self, ConfigErrors> {
         let mut problems = Vec::new();
-        validate_server(&config.server, &mut problems);
+        let (upstream, connector) = validate_fixed(&config, &mut problems);
         let trusted = trusted_proxies(&config.server, &mut problems);
-        problems.extend(config.telemetry.validate());
-        let credentials = CredentialSet::load(&config.credentials).map_err(|p| problems.extend(p));
-        let version = VersionPolicy::from_config(&config.polytomic).map_err(|p| problems.extend(p));
-        let upstream = Upstream::from_config(&config.upstream).map_err(|p| problems.extend(p));
-        let auth = match &config.auth {
-            None => {
-                problems.push(ConfigProblem::new(
-                    "auth",
-                    "is required: every request must carry a verified JWT (see [auth] in README.md)",
-                ));
-                Err(())
-            }
-            Some(auth) => {
-                let connector = upstream.as_ref().ok().map(Upstream::https_connector);
-                Authenticator::from_config(auth, connector)
-                    .map(Arc::new)
-                    .map_err(|p| problems.extend(p))
-            }
-        };
-        let mut catalog = CatalogSummary::default();
-        let routes = crate::catalog::route_table(&config)
-            .map(|(table, summary)| {
-                catalog = summary;
-                Arc::new(table)
-            })
-            .map_err(|p| problems.extend(p));
-        let policy = match &routes {
-            Ok(routes) => Policy::from_config(&config.policy, routes.operations())
-                .map(Arc::new)
-                .map_err(|p| problems.extend(p)),
-            Err(()) => Err(()),
-        };
-        if problems.is_empty() {
+        let audit = if problems.is_empty() {
             // The audit file is tried now so `check` reports it; `serve`
             // starts anyway and applies `audit.on_failure` per request.
             if let Err(problem) = Audit::probe(&config.audit) {
                 tracing::error!(problem = %problem.message, "the audit file is not writable");
             }
-        }
-        let connector = upstream.as_ref().ok().map(Upstream::https_connector);
-        let audit = Audit::from_config(&config.audit, connector).map_err(|p| problems.extend(p));
-        let (
-            Ok(credentials),
-            Ok(version),
-            Ok(upstream),
-            Ok(auth),
-            Ok(routes),
-            Ok(policy),
-            Ok(audit),
-            true,
-        ) = (
-            credentials,
-            version,
-            upstream,
-            auth,
-            routes,
-            policy,
-            audit,
-            problems.is_empty(),
-        )
+            Audit::from_config(&config.audit, connector.clone())
+                .map_err(|p| problems.extend(p))
+                .ok()
+        } else {
+            problems.extend(Audit::validate(&config.audit, connector.is_some()));
+            None
+        };
+        let base = reload::Base {
+            audit: audit.as_ref(),
+            connector: connector.as_ref(),
+        };
+        let generation = Generation::build(&config, base, None).map_err(|p| problems.extend(p));
+        let (Some(upstream), Ok(generation), true) = (upstream, generation, problems.is_empty())
         else {
             return Err(ConfigErrors::new(file, problems));
         };
+        let catalog = &generation.catalog;
         if catalog.enabled {
             if catalog.unrouted.is_empty() {
                 tracing::info!("{}", catalog.describe());
@@ -224,7 +355,7 @@ impl Gateway {
                 tracing::warn!("{}", catalog.describe());
             }
         }
-        if routes.operations().is_empty() {
+        if generation.routes.operations().is_empty() {
             tracing::warn!(
                 "no [[routes]] or [catalog] operations are configured: every request will be refused with 404"
             );
@@ -233,21 +364,22 @@ impl Gateway {
                 "no [[policy.rules]] are configured: every request will be refused with 403"
             );
         }
-        // Records of requests refused before routing redact these too.
-        audit.set_secret_query_params(routes.secret_query_params());
+        let generation = Arc::new(generation);
+        let current: Current = Arc::new(std::sync::RwLock::new(generation.clone()));
+        // Readiness asks the generation in force, whichever it is by then.
         let readiness = {
-            let credentials = credentials.clone();
-            let auth = auth.clone();
+            let credentials = current.clone();
+            let auth = current.clone();
             Readiness::new(vec![
                 Box::new(move || {
-                    if credentials.all_readable() {
+                    if current_of(&credentials).credentials.all_readable() {
                         Ok(())
                     } else {
                         Err("a credential source is unreadable")
                     }
                 }),
                 Box::new(move || {
-                    if auth.is_ready() {
+                    if current_of(&auth).auth.is_ready() {
                         Ok(())
                     } else {
                         Err("signing keys are not loaded yet")
@@ -256,8 +388,14 @@ impl Gateway {
             ])
         };
         let metrics = Metrics::new();
-        metrics.watch_jwks(auth.keys().clone());
-        metrics.watch_audit(audit.clone());
+        {
+            let current = current.clone();
+            metrics.watch_jwks(move || current_of(&current).auth.keys().clone());
+        }
+        metrics.watch_audit(generation.audit.clone());
+        metrics.config_loaded(&generation.version, false);
+        let (tx, reloads) = mpsc::unbounded_channel();
+        let watched = WatchedFiles::new(reload::watched_files(file, Some(&config)));
         Ok(Self {
             parts: StackParts {
                 metrics,
@@ -274,17 +412,21 @@ impl Gateway {
                 inflight: Arc::new(Semaphore::new(config.server.max_inflight)),
                 request_timeout: config.server.request_timeout,
                 readiness,
-                audit,
-                auth,
-                routes,
-                policy,
-                credentials,
-                version,
                 upstream,
+                config: generation,
             },
             server: config.server,
-            catalog,
             trusted,
+            current,
+            source: ConfigSource {
+                file: file.to_path_buf(),
+                adjust,
+            },
+            reloader: Reloader { tx },
+            reloads,
+            log_filter: LogFilter::default(),
+            connector,
+            watched,
         })
     }
 
@@ -305,12 +447,17 @@ impl Gateway {
 
     /// What `[catalog]` routes (`enabled` is false without it).
     pub fn catalog(&self) -> &CatalogSummary {
-        &self.catalog
+        &self.parts.config.catalog
     }
 
     /// The caller authenticator (e.g. for `check` to fetch the JWKS once).
     pub fn authenticator(&self) -> &Arc<Authenticator> {
-        &self.parts.auth
+        &self.parts.config.auth
+    }
+
+    /// The version of the config in force (see [`crate::reload`]).
+    pub fn config_version(&self) -> &str {
+        &self.parts.config.version
     }
 
     /// The metrics served on `/metrics` (e.g. to add the span exporter's).
@@ -320,12 +467,17 @@ impl Gateway {
 
     /// The audit trail (e.g. to reopen its file on SIGHUP).
     pub fn audit(&self) -> &Audit {
-        &self.parts.audit
+        &self.parts.config.audit
     }
 
-    /// The loaded credentials (e.g. to refresh them on SIGHUP).
-    pub fn credentials(&self) -> &CredentialSet {
-        &self.parts.credentials
+    /// Asks the gateway, once serving, to reload its config.
+    pub fn reloader(&self) -> Reloader {
+        self.reloader.clone()
+    }
+
+    /// Where a reload applies `telemetry.log_level`.
+    pub fn set_log_filter(&mut self, filter: LogFilter) {
+        self.log_filter = filter;
     }
 
     /// Serves on `listener` until `shutdown` resolves, then drains.
@@ -352,13 +504,19 @@ impl Gateway {
             server,
             parts,
             trusted,
+            current,
+            source,
+            reloads,
+            log_filter,
+            connector,
+            watched,
             ..
         } = self;
         let readiness = parts.readiness.clone();
-        let audit = parts.audit.clone();
-        let watcher = parts.credentials.watch();
-        let jwks_refresh = tokio::spawn(parts.auth.keys().clone().refresh_forever());
-        let shipping = parts.audit.start_shipping();
+        let audit = parts.config.audit.clone();
+        let background = Arc::new(std::sync::Mutex::new(Background::default()));
+        lock(&background).follow(&parts.config);
+        let shipping = audit.start_shipping();
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
         // hyper's own head limits sit above ours (see `limit`), so a request
@@ -390,13 +548,35 @@ impl Gateway {
         let mut shed_log = ShedLog::default();
 
         let workers = server.workers.unwrap_or_else(default_workers);
+        // One upstream pool per worker, kept across reloads; a reload builds
+        // a new stack for each worker and swaps them all at once.
+        let upstreams: Vec<Upstream> = (0..workers)
+            .map(|_| parts.upstream.with_own_pool())
+            .collect();
+        let make_stacks = {
+            let parts = parts.clone();
+            move |generation: &Arc<Generation>| -> Published<_> {
+                upstreams
+                    .iter()
+                    .map(|upstream| {
+                        std::sync::Mutex::new(stack::build::<Incoming>(StackParts {
+                            upstream: upstream.clone(),
+                            config: generation.clone(),
+                            ..parts.clone()
+                        }))
+                    })
+                    .collect()
+            }
+        };
+        let (publish, stacks) = watch::channel(make_stacks(&parts.config));
         let mut queues = Vec::with_capacity(workers);
         let mut finished = Vec::with_capacity(workers);
         for index in 0..workers {
             let (queue, incoming) = mpsc::unbounded_channel();
             let (done, finished_rx) = oneshot::channel();
             let worker = Worker {
-                stack: stack::build::<Incoming>(parts.for_worker()),
+                stacks: stacks.clone(),
+                index,
                 builder: builder.clone(),
                 deadlines: Deadlines {
                     header: server.header_timeout,
@@ -423,7 +603,18 @@ impl Gateway {
             queues.push(queue);
             finished.push(finished_rx);
         }
+        drop(stacks);
+        let reloading = Reloading {
+            watched,
+            source,
+            current,
+            connector,
+            log_filter,
+            metrics: parts.metrics.clone(),
+            background: background.clone(),
+        };
         drop(parts);
+        let reload_task = tokio::spawn(reloading.run(reloads, make_stacks, publish));
 
         let admin_addr = admin.local_addr()?;
         let admin_task = tokio::spawn(serve_admin(
@@ -526,10 +717,8 @@ impl Gateway {
         } else {
             tracing::warn!("shutdown grace elapsed with requests still in flight; exiting");
         }
-        if let Some(watcher) = watcher {
-            watcher.abort();
-        }
-        jwks_refresh.abort();
+        reload_task.abort();
+        lock(&background).stop();
         admin_task.abort();
         if let Some(shipping) = shipping {
             // Unshipped records stay in the spool and go out after a restart.
@@ -551,10 +740,12 @@ impl Gateway {
     }
 }
 
-/// One core's worth of serving: a copy of the stack, run on a
-/// single-threaded runtime.
+/// One core's worth of serving: its own stacks (one per config
+/// generation), run on a single-threaded runtime.
 struct Worker<S> {
-    stack: S,
+    stacks: watch::Receiver<Published<S>>,
+    /// This worker's stack in each published set.
+    index: usize,
     builder: Arc<auto::Builder<TokioExecutor>>,
     deadlines: Deadlines,
     grace: Duration,
@@ -603,20 +794,17 @@ where
             // Decided once per connection: the peer cannot change.
             let peer_ip = peer.ip().to_canonical();
             let trusted = self.trusted.iter().any(|net| net.contains(&peer_ip));
-            let stack = ServiceBuilder::new()
-                .map_request(move |mut req: Request<Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    if trusted {
-                        req.extensions_mut().insert(FromTrustedProxy);
-                    }
-                    req
-                })
-                .service(self.stack.clone());
             spawn_connection(
                 stream,
-                peer,
+                Some(Peer {
+                    addr: ClientAddr(peer),
+                    trusted,
+                }),
                 permit,
-                stack,
+                Stacks::Live {
+                    stacks: self.stacks.clone(),
+                    index: self.index,
+                },
                 self.builder.clone(),
                 self.deadlines,
                 stopping.clone(),
@@ -639,7 +827,7 @@ async fn serve_watched<C, E>(
     activity: &Activity,
     deadlines: Deadlines,
     mut stopping: watch::Receiver<bool>,
-    peer: SocketAddr,
+    peer: Option<SocketAddr>,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -656,11 +844,11 @@ async fn serve_watched<C, E>(
             None => match activity.check(deadlines, tokio::time::Instant::now()) {
                 Check::WakeAt(at) => at,
                 Check::HeadTimedOut => {
-                    tracing::debug!(%peer, "no complete request head within server.header_timeout; dropping the connection");
+                    tracing::debug!(peer = ?peer, "no complete request head within server.header_timeout; dropping the connection");
                     return;
                 }
                 Check::Idle => {
-                    tracing::debug!(%peer, "idle for server.idle_timeout; closing the connection");
+                    tracing::debug!(peer = ?peer, "idle for server.idle_timeout; closing the connection");
                     graceful_shutdown(conn.as_mut());
                     let deadline = tokio::time::Instant::now() + deadlines.header;
                     closing = Some(deadline);
@@ -672,7 +860,7 @@ async fn serve_watched<C, E>(
             biased;
             ended = conn.as_mut() => {
                 if let Err(error) = ended {
-                    tracing::debug!(%peer, %error, "connection ended with an error");
+                    tracing::debug!(peer = ?peer, %error, "connection ended with an error");
                 }
                 return;
             }
@@ -683,7 +871,7 @@ async fn serve_watched<C, E>(
             }
             () = tokio::time::sleep_until(wake) => {
                 if closing.is_some() {
-                    tracing::debug!(%peer, "a graceful close took longer than server.header_timeout; dropping the connection");
+                    tracing::debug!(peer = ?peer, "a graceful close took longer than server.header_timeout; dropping the connection");
                     return;
                 }
             }
@@ -737,7 +925,7 @@ async fn serve_admin<S>(
     // Never sent: admin connections end with the process.
     let (_stop, stopping) = watch::channel(false);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
+        let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
@@ -746,9 +934,9 @@ async fn serve_admin<S>(
         };
         spawn_connection(
             stream,
-            peer,
+            None,
             permit,
-            svc.clone(),
+            Stacks::Fixed(svc.clone()),
             builder.clone(),
             deadlines,
             stopping.clone(),
@@ -761,9 +949,9 @@ async fn serve_admin<S>(
 /// until the socket starts to close.
 fn spawn_connection<S>(
     stream: tokio::net::TcpStream,
-    peer: SocketAddr,
+    peer: Option<Peer>,
     permit: OwnedSemaphorePermit,
-    stack: S,
+    stacks: Stacks<S>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     deadlines: Deadlines,
     stopping: watch::Receiver<bool>,
@@ -779,9 +967,11 @@ fn spawn_connection<S>(
 {
     let activity = Activity::new();
     let svc = EagerService {
-        stack,
+        stacks,
         activity: activity.clone(),
+        peer,
     };
+    let peer = peer.map(|p| p.addr.0);
     let io = TokioIo::new(Watched::new(stream, activity.clone(), permit));
     tokio::spawn(async move {
         let conn = builder.serve_connection(io, svc);
@@ -944,6 +1134,21 @@ fn validate_server(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) {
     }
 }
 
+/// Checks the settings a reload does not apply (`[server]`,
+/// `[upstream]`, `[telemetry]`), and builds the upstream.
+fn validate_fixed(
+    config: &GatewayConfig,
+    problems: &mut Vec<ConfigProblem>,
+) -> (Option<Upstream>, Option<JwksConnector>) {
+    validate_server(&config.server, problems);
+    problems.extend(config.telemetry.validate());
+    let upstream = Upstream::from_config(&config.upstream)
+        .map_err(|p| problems.extend(p))
+        .ok();
+    let connector = upstream.as_ref().map(Upstream::https_connector);
+    (upstream, connector)
+}
+
 /// A future resolving on SIGTERM or SIGINT.
 ///
 /// The handlers are installed now, not when the future is first polled, so a
@@ -961,23 +1166,303 @@ pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// A future that, on every SIGHUP, re-reads file credentials and reopens the
-/// audit file (for logrotate). The handler is installed now (SIGHUP's default
-/// action is to exit).
+/// A future that, on every SIGHUP, reopens the audit file (for logrotate)
+/// and reloads the config, which also re-reads file credentials. The
+/// handler is installed now (SIGHUP's default action is to exit).
 pub fn reload_on_sighup(
-    credentials: CredentialSet,
     audit: Audit,
+    reloader: Reloader,
 ) -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     Ok(async move {
         while hup.recv().await.is_some() {
             audit.reopen();
-            let set = credentials.clone();
-            let changed = tokio::task::spawn_blocking(move || set.refresh())
-                .await
-                .unwrap_or(0);
-            tracing::info!(changed, "SIGHUP: credentials re-read, audit file reopened");
+            tracing::info!("SIGHUP: audit file reopened; reloading the config");
+            reloader.request(ReloadTrigger::Signal);
         }
     })
+}
+
+/// How often the watched files are looked at: a change is applied within
+/// a second or two (the settle time included), well inside the 5 s a
+/// ConfigMap update may take to be noticed.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a changed file must stay as it is before it is read: an editor
+/// writing in place is not read half-written.
+const WATCH_SETTLE: Duration = Duration::from_millis(200);
+
+/// Background work that belongs to a generation's parts: the JWKS refresh
+/// of its key store and the watcher of its credential files. Aborted when a
+/// reload replaces those parts, and at shutdown.
+#[derive(Debug, Default)]
+struct Background {
+    jwks: Option<tokio::task::JoinHandle<()>>,
+    credentials: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Background {
+    /// Runs the background work of `generation`'s new parts (all of them
+    /// for the first generation), stopping that of the parts they replace.
+    fn follow(&mut self, generation: &Generation) {
+        if generation.new_auth {
+            if let Some(old) = self.jwks.take() {
+                old.abort();
+            }
+            self.jwks = Some(tokio::spawn(
+                generation.auth.keys().clone().refresh_forever(),
+            ));
+        }
+        if generation.new_credentials {
+            if let Some(old) = self.credentials.take() {
+                old.abort();
+            }
+            self.credentials = generation.credentials.watch();
+        }
+    }
+
+    fn stop(&mut self) {
+        for task in [self.jwks.take(), self.credentials.take()]
+            .into_iter()
+            .flatten()
+        {
+            task.abort();
+        }
+    }
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The reload loop's state: where the config comes from, and what a
+/// reload replaces besides the stacks.
+struct Reloading {
+    source: ConfigSource,
+    current: Current,
+    connector: Option<JwksConnector>,
+    log_filter: LogFilter,
+    metrics: Metrics,
+    background: Arc<std::sync::Mutex<Background>>,
+    watched: WatchedFiles,
+}
+
+impl Reloading {
+    /// Reloads on each request and each change of a watched file, until
+    /// aborted. `make_stacks` builds every worker's stack for a generation;
+    /// `publish` swaps them in.
+    async fn run<S, F>(
+        mut self,
+        mut requests: mpsc::UnboundedReceiver<ReloadRequest>,
+        make_stacks: F,
+        publish: watch::Sender<Published<S>>,
+    ) where
+        F: Fn(&Arc<Generation>) -> Published<S>,
+    {
+        let mut poll = tokio::time::interval(WATCH_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut requests_open = true;
+        loop {
+            let request = tokio::select! {
+                request = requests.recv(), if requests_open => match request {
+                    Some(request) => request,
+                    None => {
+                        requests_open = false;
+                        continue;
+                    }
+                },
+                _ = poll.tick() => {
+                    if !self.watched.changed() {
+                        continue;
+                    }
+                    // Settle: read the files once they have stopped changing.
+                    let mut seen = self.watched.now();
+                    for _ in 0..10 {
+                        tokio::time::sleep(WATCH_SETTLE).await;
+                        if !seen.changed() {
+                            break;
+                        }
+                        seen = seen.now();
+                    }
+                    ReloadRequest { trigger: ReloadTrigger::File, reply: None }
+                }
+            };
+            let outcome = self.reload(request.trigger, &make_stacks, &publish).await;
+            if let Some(reply) = request.reply {
+                let _ = reply.send(outcome);
+            }
+        }
+    }
+
+    /// One reload: read and check the config as `check` does, then swap it
+    /// in whole, or keep the running one whole.
+    async fn reload<S, F>(
+        &mut self,
+        trigger: ReloadTrigger,
+        make_stacks: &F,
+        publish: &watch::Sender<Published<S>>,
+    ) -> ReloadOutcome
+    where
+        F: Fn(&Arc<Generation>) -> Published<S>,
+    {
+        let old = current_of(&self.current);
+        // Stamped before reading: a change made while it reads is noticed.
+        let seen = self.watched.now();
+        let source = self.source.clone();
+        let connector = self.connector.clone();
+        let previous = old.clone();
+        let built = tokio::task::spawn_blocking(move || prepare(&source, connector, &previous))
+            .await
+            .unwrap_or_else(|e| Prepared {
+                watched: None,
+                restart_required: Vec::new(),
+                generation: Err(format!("the reload failed: {e}")),
+            });
+        if let Some(files) = built.watched {
+            self.watched = seen.retarget(files);
+        }
+        let generation = match built.generation {
+            Ok(generation) if generation.new_auth => {
+                // As `check` does: a new key source must be fetched before
+                // it is trusted with any request.
+                match generation.auth.keys().refresh().await {
+                    Ok(()) => Ok(generation),
+                    Err(error) => Err(ConfigErrors::new(
+                        &self.source.file,
+                        vec![ConfigProblem::new(
+                            "auth.jwks_url",
+                            format!("fetching the JWKS failed: {error}"),
+                        )],
+                    )
+                    .to_string()),
+                }
+            }
+            other => other,
+        };
+        let restart_required = built.restart_required;
+        let mut record = serde_json::Map::new();
+        record.insert("trigger".into(), trigger.as_str().into());
+        record.insert("old_version".into(), (*old.version).into());
+        let new = match generation {
+            Err(error) => {
+                self.metrics.config_reload_failed();
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    version = %old.version,
+                    "config reload failed; the running config stays in force:\n{error}"
+                );
+                record.insert("result".into(), "failed".into());
+                record.insert("new_version".into(), serde_json::Value::Null);
+                record.insert("error".into(), error.clone().into());
+                old.audit.record_config(record);
+                return ReloadOutcome {
+                    version: old.version.clone(),
+                    error: Some(error),
+                    restart_required,
+                };
+            }
+            Ok(generation) => Arc::new(generation),
+        };
+        // The swap: every request from here on is served by the new stacks.
+        publish.send_replace(make_stacks(&new));
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        lock(&self.background).follow(&new);
+        if new.log_level != old.log_level {
+            if let Err(error) = self.log_filter.set(&new.log_level) {
+                tracing::warn!(%error, "telemetry.log_level not applied");
+            }
+        }
+        self.metrics.config_loaded(&new.version, true);
+        let changes = new.changes_since(&old);
+        tracing::info!(
+            trigger = trigger.as_str(),
+            old_version = %old.version,
+            new_version = %new.version,
+            sections = ?changes.sections,
+            rules_added = ?changes.rules.added,
+            rules_removed = ?changes.rules.removed,
+            rules_changed = ?changes.rules.changed,
+            "config reloaded"
+        );
+        if !restart_required.is_empty() {
+            tracing::warn!(
+                keys = ?restart_required,
+                "these settings changed but apply only after a restart; the running values stay"
+            );
+        }
+        record.insert("result".into(), "applied".into());
+        record.insert("new_version".into(), (*new.version).into());
+        record.insert("sections_changed".into(), changes.sections.into());
+        record.insert(
+            "rules".into(),
+            serde_json::json!({
+                "added": changes.rules.added,
+                "removed": changes.rules.removed,
+                "changed": changes.rules.changed,
+            }),
+        );
+        record.insert("restart_required".into(), restart_required.clone().into());
+        new.audit.record_config(record);
+        ReloadOutcome {
+            version: new.version.clone(),
+            error: None,
+            restart_required,
+        }
+    }
+}
+
+/// What the blocking half of a reload found.
+struct Prepared {
+    /// The files the new config names, if it could be read.
+    watched: Option<Vec<PathBuf>>,
+    /// Restart-only keys that changed.
+    restart_required: Vec<String>,
+    /// The new generation, or every problem (naming key and file).
+    generation: Result<Generation, String>,
+}
+
+/// Reads and checks the config and builds its generation (reads files).
+fn prepare(
+    source: &ConfigSource,
+    connector: Option<JwksConnector>,
+    previous: &Generation,
+) -> Prepared {
+    let config = match source.load() {
+        Ok(config) => config,
+        Err(errors) => {
+            return Prepared {
+                watched: None,
+                restart_required: Vec::new(),
+                generation: Err(errors.to_string()),
+            }
+        }
+    };
+    let watched = Some(reload::watched_files(&source.file, Some(&config)));
+    let mut problems = Vec::new();
+    let _ = validate_fixed(&config, &mut problems);
+    let _ = trusted_proxies(&config.server, &mut problems);
+    problems.extend(Audit::validate(&config.audit, connector.is_some()));
+    let base = reload::Base {
+        audit: Some(&previous.audit),
+        connector: connector.as_ref(),
+    };
+    let generation =
+        Generation::build(&config, base, Some(previous)).map_err(|p| problems.extend(p));
+    let restart_required = reload::restart_required(&config, previous);
+    let generation = match generation {
+        Ok(generation) if problems.is_empty() => {
+            if !generation.new_credentials {
+                // A reload re-reads credential files, as SIGHUP always has.
+                generation.credentials.refresh();
+            }
+            Ok(generation)
+        }
+        _ => Err(ConfigErrors::new(&source.file, problems).to_string()),
+    };
+    Prepared {
+        watched,
+        restart_required,
+        generation,
+    }
 }

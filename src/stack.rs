@@ -14,24 +14,26 @@ use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
 
-use crate::audit::{Audit, AuditLayer, AuditRequestLayer};
-use crate::auth::{Authenticator, JwtAuthLayer};
+use crate::audit::{AuditLayer, AuditRequestLayer};
+use crate::auth::JwtAuthLayer;
 use crate::body::{BoxError, GatewayBody};
-use crate::credentials::{CredentialSet, CredentialSwapLayer};
+use crate::credentials::CredentialSwapLayer;
 use crate::error::RescueLayer;
 use crate::health::{HealthLayer, Readiness};
 use crate::limit::{BodyLimitLayer, HeadLimitLayer, HeadLimits, HeadSize};
 use crate::metrics::Metrics;
 use crate::notes::ClientRequestId;
-use crate::policy::{Policy, PolicyBodyLayer, PolicyLayer};
+use crate::policy::{PolicyBodyLayer, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
-use crate::routes::{RouteLayer, RouteTable};
+use crate::reload::Generation;
+use crate::routes::RouteLayer;
 use crate::telemetry::TelemetryLayer;
 use crate::validate::{JsonLimits, ValidateLayer};
-use crate::version::{PolytomicVersionLayer, VersionPolicy};
+use crate::version::PolytomicVersionLayer;
 
-/// The built parts a stack is assembled from.
-#[derive(Debug)]
+/// The built parts a stack is assembled from: what lasts as long as the
+/// process, and the [`Generation`] of the config in force.
+#[derive(Debug, Clone)]
 pub struct StackParts {
     /// `server.max_body_bytes`.
     pub max_body_bytes: u64,
@@ -42,51 +44,18 @@ pub struct StackParts {
     /// `server.max_uri_bytes`, `server.max_header_bytes`, `server.max_headers`.
     pub head_limits: HeadLimits,
     /// `server.max_inflight` permits, shared by every stack built from these
-    /// parts (see [`StackParts::for_worker`]).
+    /// parts: by each worker's, and by those of later config generations.
     pub inflight: Arc<Semaphore>,
     /// What `/readyz` reports; also refuses work while draining.
     pub readiness: Readiness,
-    /// The audit trail.
-    pub audit: Audit,
     /// Request metrics, and `/metrics`.
     pub metrics: Metrics,
-    /// Verifies callers' JWTs.
-    pub auth: Arc<Authenticator>,
-    /// The operations the gateway forwards.
-    pub routes: Arc<RouteTable>,
-    /// Who may do what.
-    pub policy: Arc<Policy>,
-    /// The credentials injected upstream.
-    pub credentials: CredentialSet,
-    /// The `X-Polytomic-Version` policy.
-    pub version: VersionPolicy,
-    /// Where requests go.
+    /// Where requests go. A clone shares its connection pool: each worker
+    /// has its own, kept across reloads.
     pub upstream: Upstream,
-}
-
-impl StackParts {
-    /// Parts for one more stack, as [`build`] takes them by value: all state
-    /// is shared (limits, audit, caches, metrics) except the upstream pool,
-    /// which is per stack so that a worker runtime only drives its own
-    /// connections.
-    pub fn for_worker(&self) -> Self {
-        Self {
-            max_body_bytes: self.max_body_bytes,
-            json_limits: self.json_limits,
-            request_timeout: self.request_timeout,
-            head_limits: self.head_limits,
-            inflight: self.inflight.clone(),
-            readiness: self.readiness.clone(),
-            audit: self.audit.clone(),
-            metrics: self.metrics.clone(),
-            auth: self.auth.clone(),
-            routes: self.routes.clone(),
-            policy: self.policy.clone(),
-            credentials: self.credentials.clone(),
-            version: self.version.clone(),
-            upstream: self.upstream.with_own_pool(),
-        }
-    }
+    /// What a reload replaces: auth, routes, policy, credentials, the
+    /// version policy and the audit trail's settings.
+    pub config: Arc<Generation>,
 }
 
 /// Builds the whole gateway as one infallible, cloneable service.
@@ -106,6 +75,7 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let config = &*parts.config;
     ServiceBuilder::new()
         // First of all, before any layer reads or sets a header: hop-by-hop
         // headers, and every header the client names in `Connection`, go.
@@ -134,7 +104,7 @@ where
         .layer(TelemetryLayer::new(parts.metrics.clone()))
         // Sees every request with its id and every final response, refusals
         // included (Rescue is inside it), so each gets one `response` record.
-        .layer(AuditLayer::new(parts.audit.clone()))
+        .layer(AuditLayer::new(config.audit.clone()))
         // Turns every `Err` below into a JSON error response: from here up
         // the stack is infallible, as hyper requires.
         .layer(RescueLayer::new(parts.request_timeout))
@@ -156,16 +126,16 @@ where
         // Nothing unauthenticated goes further. It sits inside the timeout so
         // an unknown-kid JWKS refetch is bounded, and before the body limit so
         // an anonymous caller cannot make the gateway read a body at all.
-        .layer(JwtAuthLayer::new(parts.auth))
+        .layer(JwtAuthLayer::new(config.auth.clone()))
         // Routing after authentication, so anonymous callers learn nothing of
         // the route table. Ambiguous paths, unknown routes and wrong methods
         // stop here; the match names the operation for everything below.
         .layer(RouteLayer::new(
-            parts.routes,
-            Some(parts.credentials.clone()),
+            config.routes.clone(),
+            Some(config.credentials.clone()),
         ))
         // Needs both the principal (auth) and the operation (routing).
-        .layer(PolicyLayer::new(parts.policy.clone()))
+        .layer(PolicyLayer::new(config.policy.clone()))
         // Before anything reads the body; also boxes it into the one body
         // type the inner layers share.
         .layer(BodyLimitLayer::new(parts.max_body_bytes))
@@ -174,23 +144,23 @@ where
         // policy, so only allowed callers make the gateway read and parse a
         // body. A refused body is digested for the audit trail as the audit
         // settings say (keyed with `audit.fingerprint_key`).
-        .layer(ValidateLayer::new(parts.json_limits).with_body_digest(parts.audit.body_digest()))
+        .layer(ValidateLayer::new(parts.json_limits).with_body_digest(config.audit.body_digest()))
         // Organizations named in the body (`organization_id` on a catalog
         // write) are checked once validation has parsed it; the policy layer
         // above let through only callers some rule grants the operation.
         // Before the audit's request record, so a refusal is never recorded
         // as a forwarded write.
-        .layer(PolicyBodyLayer::new(parts.policy.clone()))
+        .layer(PolicyBodyLayer::new(config.policy.clone()))
         // Last before anything is sent: the `request` record of a write is
         // durable before the credential swap and the upstream call, and it
         // holds the validated body.
-        .layer(AuditRequestLayer::new(parts.audit))
+        .layer(AuditRequestLayer::new(config.audit.clone()))
         // Strips the caller's credentials (the JWT, already verified above)
         // and injects the partner key. Only the version header and the proxy
         // come after it, so no other layer ever sees the secret.
-        .layer(CredentialSwapLayer::new(parts.credentials))
+        .layer(CredentialSwapLayer::new(config.credentials.clone()))
         // Sets X-Polytomic-Version for every forwarded request.
-        .layer(PolytomicVersionLayer::new(parts.version))
+        .layer(PolytomicVersionLayer::new(config.version_policy.clone()))
         // Innermost: forwards upstream over the pooled client.
         .service(Proxy::new(parts.upstream))
 }

@@ -31,13 +31,30 @@ fn check(path: &std::path::Path, envs: &[(&str, &str)]) -> (bool, String, String
     )
 }
 
+/// `check`'s output once the config passed: the version it would run,
+/// then `ok`, after any `before` lines.
+fn assert_checked_ok(stdout: &str, before: &[&str]) {
+    let lines: Vec<&str> = stdout.lines().collect();
+    let (version, rest) = lines
+        .split_last()
+        .and_then(|(ok, rest)| (*ok == "ok").then_some(rest))
+        .and_then(|rest| rest.split_last())
+        .unwrap_or_else(|| panic!("no version and ok: {stdout}"));
+    let version = version.strip_prefix("config version: ").unwrap_or("");
+    assert!(
+        version.len() == 64 && version.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{stdout}"
+    );
+    assert_eq!(rest, before, "{stdout}");
+}
+
 #[test]
 fn check_accepts_a_good_config_and_prints_ok() {
     let dir = TestDir::new();
     let path = dir.config("https://app.polytomic.com", "");
     let (ok, stdout, stderr) = check(&path, &[]);
     assert!(ok, "{stderr}");
-    assert_eq!(stdout.trim(), "ok");
+    assert_checked_ok(&stdout, &[]);
 }
 
 #[test]
@@ -62,13 +79,9 @@ fn check_accepts_the_shipped_configs() {
     );
     // The shipped config routes the whole catalog.
     assert!(ok, "{stderr}");
-    assert_eq!(
-        stdout.lines().collect::<Vec<_>>(),
-        [
-            "catalog: 198 of 198 operations of API 2025-09-18 routed",
-            "ok"
-        ],
-        "{stderr}"
+    assert_checked_ok(
+        &stdout,
+        &["catalog: 198 of 198 operations of API 2025-09-18 routed"],
     );
     // Unreachable as shipped: `check` says so, naming the key.
     let (ok, _, stderr) = check(
@@ -187,7 +200,8 @@ fn check_names_a_bad_worker_count_and_the_file() {
     }
     let path = dir.config("https://app.polytomic.com", "[server]\nworkers = 3");
     let (ok, stdout, stderr) = check(&path, &[]);
-    assert!(ok && stdout.trim() == "ok", "{stderr}");
+    assert!(ok, "{stderr}");
+    assert_checked_ok(&stdout, &[]);
 }
 
 #[test]
@@ -209,7 +223,8 @@ fn check_names_a_zero_queue_max_bytes_and_the_file() {
     assert!(stderr.contains(&path.display().to_string()), "{stderr}");
     let path = dir.config("https://app.polytomic.com", &audit("1048576"));
     let (ok, stdout, stderr) = check(&path, &[]);
-    assert!(ok && stdout.trim() == "ok", "{stderr}");
+    assert!(ok, "{stderr}");
+    assert_checked_ok(&stdout, &[]);
 }
 
 #[test]
@@ -392,7 +407,7 @@ async fn a_rotated_key_file_is_used_without_a_restart() {
 
     std::fs::write(dir.path("partner-key"), "pk_rotated_second\n").unwrap();
     gw.signal("HUP");
-    gw.wait_for_line("SIGHUP: credentials re-read").await;
+    gw.wait_for_line("config reloaded").await;
     let (parts, _) = send(&c, get(&gw.url("/api/organization"))).await;
     assert_eq!(parts.status, 200);
     let seen = fake.requests();
@@ -679,7 +694,8 @@ fn a_jwks_url_never_shows_its_credentials_or_query() {
         &auth(&format!("http://{jwks_addr}/jwks.json?token={QUERY_TOKEN}")),
     );
     let (ok, stdout, stderr) = check(&path, &[("RUST_LOG", "info")]);
-    assert!(ok && stdout.trim() == "ok", "{stderr}");
+    assert!(ok, "{stderr}");
+    assert_checked_ok(&stdout, &[]);
     assert!(
         stderr.contains(&format!("http://{jwks_addr}/jwks.json?…")),
         "the warning names the URL: {stderr}"

@@ -144,14 +144,15 @@ async fn an_intact_trail_verifies_across_rotation_and_a_restart() {
     assert!(gw.exit().await.success());
     outputs.push(gw.collect_output().await);
 
-    // 15 PUTs, two records each (request, response), in two instances.
+    // 15 PUTs, two records each (request, response), in two instances, and
+    // the `config` record of the reload the rotation's SIGHUP also asks for.
     let (code, report) = verify(
         &dir.path("public.pem"),
         &[rotated.clone(), audit_path.clone()],
     );
     assert_eq!(code, 0, "{report}");
     assert!(
-        report.contains(": 24 records, 24 covered by a checkpoint"),
+        report.contains(": 25 records, 25 covered by a checkpoint"),
         "{report}"
     );
     assert!(

@@ -214,10 +214,29 @@ pub struct SinkCounts {
     pub shipped: Option<u64>,
 }
 
-/// The audit trail: redaction settings and the writer. Cheap to clone.
+/// The audit trail: the writer, and the settings of one loaded config
+/// (redaction, and the config's version that every record carries). Cheap
+/// to clone.
+///
+/// A reload makes a new handle with [`Audit::for_config`]: records of a
+/// request are made with the settings of the config that served it, and all
+/// handles share one writer and one hash chain.
 #[derive(Clone)]
 pub struct Audit {
     inner: Arc<AuditInner>,
+    settings: Arc<Settings>,
+}
+
+/// What a reload may change about the audit trail.
+#[derive(Debug)]
+struct Settings {
+    redactor: Redactor,
+    /// Query parameters that some route marks secret (the catalog's
+    /// `query_runner.run_query` `query`): redacted in every record, also of
+    /// requests refused before a route matched.
+    secret_query: Arc<[Box<str>]>,
+    /// The version of the config in force (`config_version`).
+    config_version: Arc<str>,
 }
 
 struct AuditInner {
@@ -228,7 +247,9 @@ struct AuditInner {
     body_digest: BodyDigest,
     durability: Durability,
     on_failure: OnFailure,
-    redactor: Redactor,
+    /// `audit.fingerprint_key`, which a reload does not change: a new
+    /// redactor keys its fingerprints with it too.
+    fingerprint: Option<Vec<u8>>,
     reopen: Arc<AtomicBool>,
     stats: Arc<WriterStats>,
     /// `audit.sinks`, for per-sink metrics.
@@ -237,10 +258,6 @@ struct AuditInner {
     ship_state: Arc<ship::ShipState>,
     /// The shipper, until `start_shipping` takes it.
     shipper: Mutex<Option<ship::Shipper>>,
-    /// Query parameters that some route marks secret (the catalog's
-    /// `query_runner.run_query` `query`): redacted in every record, also of
-    /// requests refused before a route matched.
-    secret_query: std::sync::OnceLock<Arc<[Box<str>]>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// The public half of `audit.signing_key`, as PEM.
     public_key: Option<String>,
@@ -293,19 +310,24 @@ impl std::fmt::Debug for Audit {
         f.debug_struct("Audit")
             .field("durability", &self.inner.durability)
             .field("on_failure", &self.inner.on_failure)
-            .field("redactor", &self.inner.redactor)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
-impl Audit {
-    /// Validates `[audit]` and starts the writer thread.
-    /// `connector` (the upstream's TLS settings) is used to reach the OTLP
-    /// collector.
-    pub fn from_config(
-        config: &AuditConfig,
-        connector: Option<crate::auth::JwksConnector>,
-    ) -> Result<Self, Vec<ConfigProblem>> {
+/// `[audit]` validated, its secrets read: what starting it needs.
+struct Prepared {
+    endpoint: Option<http::Uri>,
+    queue_max_bytes: usize,
+    fingerprint: Option<Vec<u8>>,
+    signer: Option<chain::Signer>,
+    file_sink: bool,
+}
+
+impl Prepared {
+    /// Validates `config`; `connector`: whether the upstream's TLS
+    /// settings are there to reach the OTLP collector.
+    fn from_config(config: &AuditConfig, connector: bool) -> Result<Self, Vec<ConfigProblem>> {
         let mut problems = Vec::new();
         let otlp = config.sinks.contains(&SinkKind::Otlp);
         let file_sink = config.sinks.contains(&SinkKind::File) || otlp;
@@ -332,7 +354,7 @@ impl Audit {
                 }
             },
         };
-        if otlp && connector.is_none() {
+        if otlp && !connector {
             problems.push(ConfigProblem::new(
                 "audit.otlp_endpoint",
                 "cannot be reached: fix [upstream] first",
@@ -411,6 +433,48 @@ impl Audit {
         if !problems.is_empty() {
             return Err(problems);
         }
+        Ok(Self {
+            endpoint,
+            queue_max_bytes,
+            fingerprint,
+            signer,
+            file_sink,
+        })
+    }
+}
+
+impl Audit {
+    /// Validates `[audit]` and starts the writer thread.
+    /// `connector` (the upstream's TLS settings) is used to reach the OTLP
+    /// collector.
+    pub fn from_config(
+        config: &AuditConfig,
+        connector: Option<crate::auth::JwksConnector>,
+    ) -> Result<Self, Vec<ConfigProblem>> {
+        let prepared = Prepared::from_config(config, connector.is_some())?;
+        Self::start(config, connector, prepared)
+    }
+
+    /// Every problem with `[audit]`, without starting anything (for a
+    /// reload, which does not apply it but checks it as `check` does).
+    pub fn validate(config: &AuditConfig, connector: bool) -> Vec<ConfigProblem> {
+        Prepared::from_config(config, connector)
+            .err()
+            .unwrap_or_default()
+    }
+
+    fn start(
+        config: &AuditConfig,
+        connector: Option<crate::auth::JwksConnector>,
+        prepared: Prepared,
+    ) -> Result<Self, Vec<ConfigProblem>> {
+        let Prepared {
+            endpoint,
+            queue_max_bytes,
+            fingerprint,
+            signer,
+            file_sink,
+        } = prepared;
         let public_key = signer.as_ref().map(chain::Signer::public_key_pem);
         let checkpoints = signer.map(|signer| chain::Checkpoints {
             signer,
@@ -451,18 +515,22 @@ impl Audit {
                 )]
             })?;
         Ok(Self {
+            settings: Arc::new(Settings {
+                redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
+                secret_query: Arc::new([]),
+                config_version: Arc::from(""),
+            }),
             inner: Arc::new(AuditInner {
                 queue,
                 drop_log: Mutex::new(DropLog::default()),
                 body_digest: BodyDigest::new(fingerprint.as_deref()),
                 durability: config.durability,
                 on_failure: config.on_failure,
-                redactor: Redactor::new(&config.redact_fields, fingerprint.as_deref()),
+                fingerprint,
                 reopen,
                 stats,
                 sinks: config.sinks.clone(),
                 ship_state,
-                secret_query: std::sync::OnceLock::new(),
                 public_key,
                 shipper: Mutex::new(shipper),
                 thread: Mutex::new(Some(thread)),
@@ -487,7 +555,49 @@ impl Audit {
 
     /// The redaction settings.
     pub fn redactor(&self) -> &Redactor {
-        &self.inner.redactor
+        &self.settings.redactor
+    }
+
+    /// A handle on the same writer and chain with the settings of a newly
+    /// loaded config: `redact_fields` (`audit.redact_fields`), the query
+    /// parameters some route marks secret, and the config's version.
+    pub fn for_config(
+        &self,
+        redact_fields: &[String],
+        secret_query: Vec<Box<str>>,
+        config_version: Arc<str>,
+    ) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            settings: Arc::new(Settings {
+                redactor: Redactor::new(redact_fields, self.inner.fingerprint.as_deref()),
+                secret_query: secret_query.into(),
+                config_version,
+            }),
+        }
+    }
+
+    /// The version of the config this handle records under.
+    pub fn config_version(&self) -> &Arc<str> {
+        &self.settings.config_version
+    }
+
+    /// Queues a `stage: "config"` record (a reload, or the config loaded at
+    /// start): `fields` follow `time` and `stage`. Never waited for; false
+    /// if the queue refused it (counted like any dropped record).
+    pub fn record_config(&self, fields: serde_json::Map<String, serde_json::Value>) -> bool {
+        let mut record = serde_json::Map::with_capacity(fields.len() + 2);
+        record.insert(
+            "time".into(),
+            humantime::format_rfc3339_millis(std::time::SystemTime::now())
+                .to_string()
+                .into(),
+        );
+        record.insert("stage".into(), "config".into());
+        record.extend(fields);
+        let mut line = serde_json::to_vec(&record).unwrap_or_default();
+        line.push(b'\n');
+        self.submit("config", line, false).is_ok()
     }
 
     /// Counters of written, failed and dropped records.
@@ -660,25 +770,21 @@ impl Audit {
         let schema = notes.route.as_ref().and_then(|r| r.schema.as_ref());
         record::body_value(notes.body.as_ref(), |v| {
             let secrets = schema.map(|s| s.secret_paths_for(v));
-            self.inner
+            self.settings
                 .redactor
                 .redact_json(v, secrets.as_deref().unwrap_or_default())
         })
     }
 
-    /// Sets the query parameters that are secret on any route (once, when
-    /// the route table is built), so that records of requests refused
-    /// before routing redact them too.
-    pub fn set_secret_query_params(&self, names: Vec<Box<str>>) {
-        let _ = self.inner.secret_query.set(names.into());
-    }
-
     /// The query, redacted: by name, and by the parameters any route marks
     /// secret (whether or not this request matched one).
     fn redacted_query(&self, info: &RequestInfo) -> Option<String> {
-        let secret = self.inner.secret_query.get().map_or(&[][..], |s| &s[..]);
         let query = info.raw_query.as_deref()?;
-        Some(self.inner.redactor.redact_query(query, secret))
+        Some(
+            self.settings
+                .redactor
+                .redact_query(query, &self.settings.secret_query),
+        )
     }
 }
 
@@ -763,6 +869,7 @@ where
                 .map(|a| a.0.ip().to_string()),
             user_agent: header_string(headers, header::USER_AGENT.as_str()),
             idempotency_key: header_string(headers, "idempotency-key"),
+            config_version: self.audit.settings.config_version.clone(),
             started: Instant::now(),
         });
         // The telemetry layer, when it sits outside, made the notes already.

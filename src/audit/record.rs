@@ -31,6 +31,8 @@ pub struct RequestInfo {
     pub user_agent: Option<String>,
     /// The `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
+    /// The version of the config that decided the request.
+    pub config_version: Arc<str>,
     /// When the request arrived, for `duration_ms`.
     pub started: std::time::Instant,
 }
@@ -62,6 +64,7 @@ pub struct AuditRecord<'a> {
     pub principal: Option<PrincipalRecord<'a>>,
     pub rule: Option<&'a str>,
     pub policy_mode: Option<&'static str>,
+    pub config_version: &'a str,
     pub status: Option<u16>,
     pub upstream_status: Option<u16>,
     pub duration_ms: Option<f64>,
@@ -155,6 +158,7 @@ pub fn line(
         }),
         rule: notes.decision.as_ref().and_then(|d| d.rule.as_deref()),
         policy_mode: notes.decision.as_ref().map(|d| d.mode.as_str()),
+        config_version: &info.config_version,
         status,
         upstream_status: notes.upstream_status,
         duration_ms: duration.map(|d| (d.as_secs_f64() * 10_000.0).round() / 10.0),

@@ -168,6 +168,42 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     stats: Arc<SpanStats>,
     exporting: bool,
+    log_filter: LogFilter,
+}
+
+/// Changes the running log filter (`telemetry.log_level`) when the config
+/// is reloaded. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct LogFilter {
+    /// None: no subscriber of ours is installed (another one was first).
+    handle: Option<tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>>,
+}
+
+impl std::fmt::Debug for LogFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogFilter")
+            .field("installed", &self.handle.is_some())
+            .finish()
+    }
+}
+
+impl LogFilter {
+    /// Filters log lines by `level` from now on. `RUST_LOG`, when set,
+    /// keeps winning over the config, as it does at start; then this does
+    /// nothing and returns false.
+    pub fn set(&self, level: &str) -> Result<bool, String> {
+        let Some(handle) = &self.handle else {
+            return Ok(false);
+        };
+        if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+            return Ok(false);
+        }
+        let filter = EnvFilter::builder()
+            .parse(level)
+            .map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())?;
+        Ok(true)
+    }
 }
 
 /// Installs the global subscriber (logs, and spans into OpenTelemetry) as
@@ -254,11 +290,12 @@ pub fn init(
     }
     let provider = builder.build();
     opentelemetry::global::set_tracer_provider(provider.clone());
-    install_subscriber(config);
+    let log_filter = install_subscriber(config);
     Ok(Telemetry {
         provider,
         stats,
         exporting,
+        log_filter,
     })
 }
 
@@ -285,9 +322,15 @@ fn is_request_span(metadata: &tracing::Metadata<'_>) -> bool {
         && metadata.target() == "polytomic_gateway::telemetry::layer"
 }
 
-fn install_subscriber(config: &TelemetryConfig) {
+fn install_subscriber(config: &TelemetryConfig) -> LogFilter {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = subscriber(config, std::io::stderr, ansi).try_init();
+    let (subscriber, handle) = reloadable_subscriber(config, std::io::stderr, ansi);
+    match subscriber.try_init() {
+        Ok(()) => LogFilter {
+            handle: Some(handle),
+        },
+        Err(_) => LogFilter::default(),
+    }
 }
 
 /// The gateway's log subscriber: logs to `writer` as `config` says. [`init`]
@@ -302,8 +345,24 @@ pub fn subscriber<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
+    reloadable_subscriber(config, writer, ansi).0
+}
+
+/// [`subscriber`], and the handle that changes its log filter.
+fn reloadable_subscriber<W>(
+    config: &TelemetryConfig,
+    writer: W,
+    ansi: bool,
+) -> (
+    impl tracing::Subscriber + Send + Sync + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    tracing_subscriber::reload::Handle<EnvFilter, tracing_subscriber::Registry>,
+)
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let fmt = match config.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
@@ -326,10 +385,15 @@ where
             .and(filter)
             .or(filter_fn(is_request_span)),
     );
-    tracing_subscriber::registry().with(fmt)
+    (tracing_subscriber::registry().with(fmt), handle)
 }
 
 impl Telemetry {
+    /// Changes the log filter on reload.
+    pub fn log_filter(&self) -> LogFilter {
+        self.log_filter.clone()
+    }
+
     /// Export counters, for metrics.
     pub fn span_stats(&self) -> Arc<SpanStats> {
         self.stats.clone()

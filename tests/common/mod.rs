@@ -275,6 +275,8 @@ pub struct InProcess {
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     dir: Option<TestDir>,
+    /// Reloads the config from its file.
+    pub reloader: polytomic_gateway::server::Reloader,
 }
 
 impl InProcess {
@@ -315,6 +317,7 @@ pub async fn start_gateway(upstream_url: &str, extra: &str) -> InProcess {
 pub async fn start_gateway_from(dir: TestDir, path: &Path) -> InProcess {
     let config = config::load(path).unwrap_or_else(|e| panic!("{e}"));
     let gateway = Gateway::build(config, path).unwrap_or_else(|e| panic!("{e}"));
+    let reloader = gateway.reloader();
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
@@ -329,6 +332,7 @@ pub async fn start_gateway_from(dir: TestDir, path: &Path) -> InProcess {
         shutdown: Some(tx),
         task: Some(task),
         dir: Some(dir),
+        reloader,
     }
 }
 
