@@ -1,0 +1,573 @@
+//! Live reload: SIGHUP and file changes (a ConfigMap-style symlink swap
+//! too) apply a new config atomically; a bad one is refused whole; the
+//! `config` audit record, `config_version` on every record, and the token
+//! cache emptied on a key change. The no-drop load case is here as well.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+const ORG: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
+
+/// Platform may do everything; support may only read organizations.
+const SUPPORT_READS: &str = r#"
+[[policy.rules]]
+name = "platform-all"
+teams = ["platform"]
+allow = ["*"]
+
+[[policy.rules]]
+name = "support-read"
+teams = ["support"]
+allow = ["organizations.get"]
+"#;
+
+/// As [`SUPPORT_READS`], and support may update organizations too.
+const SUPPORT_WRITES: &str = r#"
+[[policy.rules]]
+name = "platform-all"
+teams = ["platform"]
+allow = ["*"]
+
+[[policy.rules]]
+name = "support-read"
+teams = ["support"]
+allow = ["organizations.get", "organizations.update"]
+
+[[policy.rules]]
+name = "support-write"
+teams = ["support"]
+allow = ["organizations.update"]
+"#;
+
+fn support_bearer() -> String {
+    let token = sign(
+        "rsa-a",
+        jsonwebtoken::Algorithm::RS256,
+        &claims("sam@corp", &["support"]),
+    );
+    format!("Bearer {token}")
+}
+
+fn put_org(base: &str, bearer: &str) -> Request<Full<Bytes>> {
+    Request::put(format!("{base}/api/organizations/{ORG}"))
+        .header("authorization", bearer)
+        .header("content-type", "application/json")
+        .body(Full::from(r#"{"name":"Acme"}"#))
+        .unwrap()
+}
+
+async fn ok_upstream() -> String {
+    let addr = spawn_upstream(|_req| async {
+        http::Response::builder()
+            .header("content-type", "application/json")
+            .body(upstream_body(r#"{"data":{}}"#))
+            .unwrap()
+    })
+    .await;
+    format!("http://{addr}")
+}
+
+/// Room left at the end of a config, so that [`write_unnoticed`] can
+/// replace it with a different policy of the same length.
+const ROOM: usize = 2048;
+
+/// Rewrites `path` in place with `text` padded to its current length with
+/// whitespace (which TOML and JSON ignore), and puts its modification time
+/// back: the file watcher cannot tell it changed, so only the reload the
+/// test asks for (SIGHUP, or the reloader) applies it, exactly once.
+fn write_unnoticed(path: &Path, text: &str) {
+    let before = std::fs::metadata(path).unwrap();
+    let len = usize::try_from(before.len()).unwrap();
+    assert!(
+        text.len() < len,
+        "no room for {} bytes in {len}",
+        text.len()
+    );
+    let padded = format!("{text}{}\n", " ".repeat(len - text.len() - 1));
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    std::io::Write::write_all(&mut file, padded.as_bytes()).unwrap();
+    file.set_modified(before.modified().unwrap()).unwrap();
+    drop(file);
+    let after = std::fs::metadata(path).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+}
+
+/// A config for `upstream` with `extra`, and room for [`write_unnoticed`].
+fn roomy_config(dir: &TestDir, upstream: &str, extra: &str) -> PathBuf {
+    let path = dir.config(upstream, extra);
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n{}\n", " ".repeat(ROOM))).unwrap();
+    path
+}
+
+/// The audit file's records, once the gateway wrote them.
+fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A metric's value from a `/metrics` text, by its full series name.
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+async fn metrics(client: &TestClient, url: &str) -> String {
+    let (_, body) = send(client, Request::get(url).body(Full::default()).unwrap()).await;
+    String::from_utf8(body.to_vec()).unwrap()
+}
+
+/// `check`'s `config version:` line for `path`.
+fn checked_version(path: &Path) -> String {
+    let out = std::process::Command::new(binary_path())
+        .arg("check")
+        .arg("--config")
+        .arg(path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("config version: "))
+        .unwrap_or_else(|| panic!("no version in {stdout}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_policy_records_it_and_versions_every_record() {
+    let upstream = ok_upstream().await;
+    let dir = TestDir::new();
+    let path = roomy_config(&dir, &upstream, SUPPORT_READS);
+    let first_version = checked_version(&path);
+    let mut gateway = Binary::serve(&path, &[]).await;
+    let client = client();
+    let support = support_bearer();
+
+    let (parts, body) = send(&client, put_org(&gateway.url(""), &support)).await;
+    assert_gateway_error(&parts, &body, 403, "forbidden");
+
+    // The same files give the same version on every start and in `check`.
+    let text = std::fs::read_to_string(&path).unwrap();
+    write_unnoticed(
+        &path,
+        text.trim_end()
+            .replace(SUPPORT_READS, SUPPORT_WRITES)
+            .as_str(),
+    );
+    let second_version = checked_version(&path);
+    assert_ne!(first_version, second_version);
+    gateway.signal("HUP");
+    gateway.wait_for_line("config reloaded").await;
+
+    let (parts, body) = send(&client, put_org(&gateway.url(""), &support)).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+
+    let text = metrics(&client, &gateway.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(&text, "gateway_config_reloads_total{result=\"ok\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("gateway_config_info{{version=\"{second_version}\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(!text.contains(&first_version), "the old version is gone");
+    assert!(metric(
+        &text,
+        "gateway_config_last_reload_success_timestamp_seconds"
+    )
+    .is_some_and(|t| t > 1.7e9));
+
+    gateway.signal("TERM");
+    assert!(gateway.exit().await.success());
+    // The partner key is in no reload's log line or record.
+    let output = gateway.collect_output().await;
+    let trail = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    for text in [&output, &trail] {
+        assert!(!text.contains(PARTNER_KEY), "{text}");
+    }
+    let records = records(&dir.path("audit.jsonl"));
+    let config: Vec<_> = records.iter().filter(|r| r["stage"] == "config").collect();
+    assert_eq!(config.len(), 1, "{records:?}");
+    let reload = config[0];
+    assert_eq!(reload["trigger"], "sighup");
+    assert_eq!(reload["result"], "applied");
+    assert_eq!(reload["old_version"], first_version.as_str());
+    assert_eq!(reload["new_version"], second_version.as_str());
+    assert_eq!(reload["sections_changed"], serde_json::json!(["policy"]));
+    assert_eq!(
+        reload["rules"],
+        serde_json::json!({"added": ["support-write"], "removed": [], "changed": ["support-read"]})
+    );
+    assert_eq!(reload["restart_required"], serde_json::json!([]));
+    assert!(reload["error"].is_null());
+    // Every request record names the config that decided it: the denial
+    // the first, the allowed write the second.
+    let requests: Vec<_> = records.iter().filter(|r| r["stage"] != "config").collect();
+    assert!(requests.len() >= 3, "{records:?}");
+    for record in &requests {
+        let version = record["config_version"].as_str().unwrap();
+        let expected = if record["outcome"] == "denied" {
+            &first_version
+        } else {
+            &second_version
+        };
+        assert_eq!(version, expected, "{record}");
+    }
+    assert!(requests
+        .iter()
+        .any(|r| r["outcome"] == "allowed" && r["rule"] == "support-read"));
+}
+
+#[tokio::test]
+async fn a_rejected_reload_keeps_the_running_config_whole() {
+    let upstream = ok_upstream().await;
+    let dir = TestDir::new();
+    let path = roomy_config(&dir, &upstream, SUPPORT_READS);
+    let version = checked_version(&path);
+    let mut gateway = Binary::serve(&path, &[]).await;
+    let client = client();
+
+    // Valid TOML, and a policy that would let support write, but one rule
+    // names no operation: nothing of it may apply.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broken = text.trim_end().replace(
+        SUPPORT_READS,
+        &format!("{SUPPORT_WRITES}\n[[policy.rules]]\nname = \"typo\"\nteams = [\"support\"]\nallow = [\"organisations.get\"]\n"),
+    );
+    write_unnoticed(&path, &broken);
+    gateway.signal("HUP");
+    let line = gateway.wait_for_line("config reload failed").await;
+    let path_text = path.display().to_string();
+    assert!(line.contains(&path_text), "{line}");
+    assert!(line.contains("policy.rules[3].allow"), "{line}");
+
+    let support = support_bearer();
+    let (parts, body) = send(&client, put_org(&gateway.url(""), &support)).await;
+    assert_gateway_error(&parts, &body, 403, "forbidden");
+    let (parts, _) = send(&client, put_org(&gateway.url(""), &bearer())).await;
+    assert_eq!(parts.status, 200);
+    let (parts, _) = send(
+        &client,
+        Request::get(gateway.admin_url("/readyz"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let text = metrics(&client, &gateway.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(&text, "gateway_config_reloads_total{result=\"failed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &text,
+            &format!("gateway_config_info{{version=\"{version}\"}}")
+        ),
+        Some(1.0)
+    );
+
+    gateway.signal("TERM");
+    assert!(gateway.exit().await.success());
+    let records = records(&dir.path("audit.jsonl"));
+    let failed = records
+        .iter()
+        .find(|r| r["stage"] == "config")
+        .expect("a config record");
+    assert_eq!(failed["result"], "failed");
+    assert_eq!(failed["old_version"], version.as_str());
+    assert!(failed["new_version"].is_null());
+    let error = failed["error"].as_str().unwrap();
+    assert!(error.contains("`policy.rules[3].allow`"), "{error}");
+    assert!(error.contains(&path_text), "{error}");
+    for record in records.iter().filter(|r| r["stage"] != "config") {
+        assert_eq!(record["config_version"], version.as_str(), "{record}");
+    }
+}
+
+/// Lays out `dir` as Kubernetes mounts a ConfigMap: the file is a symlink
+/// through `..data`, itself a symlink to a timestamped directory.
+fn configmap_publish(dir: &Path, generation: &str, text: &str) -> PathBuf {
+    let data = dir.join(format!("..{generation}"));
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("gateway.toml"), text).unwrap();
+    // The swap: a new `..data` link renamed over the old one, atomically.
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{generation}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let file = dir.join("gateway.toml");
+    if std::fs::symlink_metadata(&file).is_err() {
+        std::os::unix::fs::symlink("..data/gateway.toml", &file).unwrap();
+    }
+    file
+}
+
+#[tokio::test]
+async fn a_configmap_symlink_swap_is_applied_within_five_seconds() {
+    let upstream = ok_upstream().await;
+    let dir = TestDir::new();
+    let written = dir.config(&upstream, SUPPORT_READS);
+    let text = std::fs::read_to_string(&written).unwrap();
+    let mount = dir.path("configmap");
+    std::fs::create_dir(&mount).unwrap();
+    let path = configmap_publish(&mount, "2026_12_01_a", &text);
+    let mut gateway = Binary::serve(&path, &[]).await;
+    let client = client();
+    let support = support_bearer();
+    let (parts, body) = send(&client, put_org(&gateway.url(""), &support)).await;
+    assert_gateway_error(&parts, &body, 403, "forbidden");
+
+    // The file itself is never written: only the directory link changes.
+    let swapped = Instant::now();
+    configmap_publish(
+        &mount,
+        "2026_12_01_b",
+        &text.replace(SUPPORT_READS, SUPPORT_WRITES),
+    );
+    let line = gateway.wait_for_line("config reloaded").await;
+    let took = swapped.elapsed();
+    eprintln!("the swap was applied after {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        line.contains(r#""trigger":"file""#) || line.contains("trigger=\"file\""),
+        "the trigger is named: {line}"
+    );
+    let (parts, body) = send(&client, put_org(&gateway.url(""), &support)).await;
+    assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
+async fn a_key_change_empties_the_token_cache_and_a_restart_only_change_is_named() {
+    let upstream = ok_upstream().await;
+    let dir = TestDir::new();
+    let path = roomy_config(&dir, &upstream, "");
+    let gateway = start_gateway_from(dir, &path).await;
+    let client = client();
+    // Verified once, then served from the token cache.
+    for _ in 0..2 {
+        let (parts, _) = send(&client, get(&gateway.url("/api/organizations"))).await;
+        assert_eq!(parts.status, 200);
+    }
+    let started = gateway.reloader.reload().await.expect("serving");
+    assert_eq!(started.error, None, "a reload of the same files applies");
+
+    // The IdP rotated: rsa-a is no longer trusted. The cached verification
+    // of a token it signed must not outlive the key.
+    let jwks = path.with_file_name("jwks.json");
+    write_unnoticed(&jwks, &common::jwks(&["ec-a"]));
+    let text = std::fs::read_to_string(&path).unwrap();
+    write_unnoticed(
+        &path,
+        text.trim_end()
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nmax_connections = 7",
+                1,
+            )
+            .as_str(),
+    );
+    let outcome = gateway.reloader.reload().await.expect("serving");
+    assert_eq!(outcome.error, None);
+    assert_ne!(outcome.version, started.version, "the JWKS file is content");
+    assert_eq!(outcome.restart_required, ["server.max_connections"]);
+    let (parts, body) = send(&client, get(&gateway.url("/api/organizations"))).await;
+    assert_gateway_error(&parts, &body, 401, "unauthenticated");
+    let ec = sign(
+        "ec-a",
+        jsonwebtoken::Algorithm::ES256,
+        &claims("alice@corp", &["platform"]),
+    );
+    let (parts, _) = send(
+        &client,
+        Request::get(gateway.url("/api/organizations"))
+            .header("authorization", format!("Bearer {ec}"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+
+    let dir = gateway.shutdown().await;
+    let records = records(&dir.path("audit.jsonl"));
+    let reloads: Vec<_> = records.iter().filter(|r| r["stage"] == "config").collect();
+    assert_eq!(reloads.len(), 2, "{records:?}");
+    assert_eq!(reloads[0]["sections_changed"], serde_json::json!([]));
+    assert_eq!(reloads[1]["sections_changed"], serde_json::json!(["auth"]));
+    assert_eq!(
+        reloads[1]["restart_required"],
+        serde_json::json!(["server.max_connections"])
+    );
+}
+
+/// Counts over the load: responses that were not 200, and connections
+/// that failed or closed.
+#[derive(Default)]
+struct Load {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    closed: AtomicU64,
+}
+
+/// Sends GET and PUT alternately as platform on one kept-alive HTTP/1.1
+/// connection until `stop`.
+async fn keep_sending(addr: std::net::SocketAddr, stop: Arc<AtomicBool>, load: Arc<Load>) {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let base = format!("http://{addr}");
+    let mut i = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        i += 1;
+        let req = if i.is_multiple_of(2) {
+            put_org(&base, &bearer())
+        } else {
+            get(&format!("{base}/api/organizations/{ORG}"))
+        };
+        if sender.ready().await.is_err() {
+            load.closed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        match sender.send_request(req).await {
+            Ok(response) => {
+                let status = response.status();
+                let body = response.into_body().collect().await;
+                if status == 200 && body.is_ok() {
+                    load.ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    load.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(_) => {
+                load.closed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    if conn.is_finished() {
+        load.closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Both policies allow platform, under rules of different names, so every
+/// record shows which generation decided it; only the second lets support
+/// write.
+fn policy(generation: char, support_writes: bool) -> String {
+    let mut text = format!(
+        "\n[[policy.rules]]\nname = \"platform-{generation}\"\nteams = [\"platform\"]\nallow = [\"*\"]\n"
+    );
+    if support_writes {
+        text.push_str(
+            "\n[[policy.rules]]\nname = \"support-write\"\nteams = [\"support\"]\nallow = [\"organizations.update\"]\n",
+        );
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_reloads_under_load_drop_nothing_and_never_mix_two_configs() {
+    const CONNECTIONS: usize = 32;
+    const RELOADS: usize = 100;
+    let upstream = ok_upstream().await;
+    let dir = TestDir::new();
+    let audit = dir.path("audit.jsonl");
+    let extra = |g: char, writes: bool| {
+        format!(
+            "{}\n[audit]\nsinks = [\"file\"]\npath = {:?}\ndurability = \"flush\"\n",
+            policy(g, writes),
+            audit.display().to_string()
+        )
+    };
+    // Both texts, then the first written with room for either.
+    let texts = [
+        std::fs::read_to_string(dir.config(&upstream, &extra('a', false))).unwrap(),
+        std::fs::read_to_string(dir.config(&upstream, &extra('b', true))).unwrap(),
+    ];
+    let path = roomy_config(&dir, &upstream, &extra('a', false));
+    let gateway = start_gateway_from(dir, &path).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = Arc::new(Load::default());
+    let senders: Vec<_> = (0..CONNECTIONS)
+        .map(|_| tokio::spawn(keep_sending(gateway.addr, stop.clone(), load.clone())))
+        .collect();
+    let client = client();
+    let support = support_bearer();
+    let mut versions = [String::new(), String::new()];
+    for n in 1..=RELOADS {
+        let which = n % 2;
+        write_unnoticed(&path, &texts[which]);
+        let outcome = within("a reload", gateway.reloader.reload())
+            .await
+            .expect("serving");
+        assert_eq!(outcome.error, None);
+        versions[which] = outcome.version.to_string();
+        // The first request after the swap is decided by the new policy.
+        let (parts, _) = send(&client, put_org(&gateway.url(""), &support)).await;
+        let expected = if which == 1 { 200 } else { 403 };
+        assert_eq!(parts.status, expected, "after reload {n}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        within("a sender to stop", sender).await.unwrap();
+    }
+    let (ok, failed, closed) = (
+        load.ok.load(Ordering::Relaxed),
+        load.failed.load(Ordering::Relaxed),
+        load.closed.load(Ordering::Relaxed),
+    );
+    eprintln!("{RELOADS} reloads under {CONNECTIONS} connections: {ok} requests ok, {failed} failed, {closed} connections closed");
+    assert!(ok > RELOADS as u64, "the load ran throughout: {ok}");
+    assert_eq!((failed, closed), (0, 0));
+
+    let dir = gateway.shutdown().await;
+    let records = records(&dir.path("audit.jsonl"));
+    let reloads = records.iter().filter(|r| r["stage"] == "config").count();
+    assert_eq!(reloads, RELOADS);
+    // The version comes from the outermost layer, the rule from the policy
+    // layer: a request that saw two configs would pair them wrongly.
+    let mut checked = 0;
+    for record in records.iter().filter(|r| r["stage"] != "config") {
+        let version = record["config_version"].as_str().unwrap();
+        let Some(rule) = record["rule"].as_str() else {
+            continue;
+        };
+        let expected = match rule {
+            "platform-a" => &versions[0],
+            "platform-b" | "support-write" => &versions[1],
+            other => panic!("unexpected rule {other}"),
+        };
+        // The start's version is a's too (the same file).
+        assert_eq!(version, expected, "{record}");
+        checked += 1;
+    }
+    assert!(checked as u64 >= ok, "{checked} records checked");
+}
