@@ -42,6 +42,32 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
 
 const ORG: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
 
+fn readme() -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+}
+
+/// The cases-file example in README.md ("Testing a policy") is a valid
+/// case, and passes against the shipped config.
+#[test]
+fn the_readme_example_case_passes() {
+    let readme = readme();
+    let section = readme
+        .split_once("#### Testing a policy: `policy test`")
+        .expect("README.md has the section")
+        .1;
+    let example = section
+        .split_once("```toml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .expect("the section has a TOML example")
+        .0;
+    assert!(example.contains("[[case]]"), "{example}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(&dir, "readme.toml", example);
+    let (code, stdout, stderr) = policy_test(&shipped("gateway.toml"), &path);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(stdout, "1 passed, 0 failed (1 case)\n");
+}
+
 /// The shipped cases pass against the shipped config, and the summary
 /// counts every case in the file.
 #[test]
@@ -138,6 +164,10 @@ expect = "allow"
     );
     let (code, stdout, stderr) = policy_test(&shipped("gateway.toml"), &path);
     assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(
+        readme().contains(&format!("```text\n{stdout}```")),
+        "README.md's example output is not:\n{stdout}"
+    );
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),
         [
