@@ -24,6 +24,8 @@
 //!   routes and wrong methods are refused.
 //! - [`policy`]: which teams may perform which operation on which
 //!   organization; deny by default.
+//! - [`policy_cases`]: `policy test`, cases files that say what the policy
+//!   must decide, run through the same routing and policy as `serve`.
 //! - [`limit`]: the head limits (`server.max_uri_bytes`,
 //!   `server.max_header_bytes`, `server.max_headers`) and
 //!   `server.max_body_bytes`, enforced without buffering.
@@ -66,6 +68,7 @@ pub mod limit;
 pub mod metrics;
 pub mod notes;
 pub mod policy;
+pub mod policy_cases;
 pub mod proxy;
 pub mod reload;
 pub mod routes;

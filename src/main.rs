@@ -98,6 +98,15 @@ enum PolicyCommand {
         #[arg(long)]
         body: Option<String>,
     },
+    /// Run a cases file ("policy as code"): each `[[case]]` names a caller,
+    /// a request and the decision it must get. Prints one `FAIL` line per
+    /// failing case, then a summary. Exits 0 when every case passes, 1 when
+    /// one fails, 2 on a configuration or cases-file error.
+    Test {
+        /// The cases file (TOML; see README, "Testing a policy").
+        #[arg(value_name = "CASES.toml")]
+        cases: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -155,6 +164,9 @@ async fn main() -> ExitCode {
             &path,
             body.as_deref(),
         ),
+        Command::Policy {
+            action: PolicyCommand::Test { cases },
+        } => policy_test(&config::resolve_path(cli.config), &cases),
         Command::Routes => routes(&config::resolve_path(cli.config)),
         Command::Audit {
             action: AuditCommand::Verify { public_key, files },
@@ -350,6 +362,42 @@ fn explain(
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_DENY)
+    }
+}
+
+/// `policy test`: runs a cases file through the routes and policy `explain`
+/// builds, so it judges what `serve` would decide.
+fn policy_test(config_path: &Path, cases_path: &Path) -> ExitCode {
+    use polytomic_gateway::policy::Policy;
+    use polytomic_gateway::policy_cases::CaseSuite;
+    // Apart from 1, a failing case: a CI log tells a broken policy from a
+    // broken test setup.
+    const INVALID: u8 = 2;
+    let invalid = |error: &dyn std::fmt::Display| {
+        eprintln!("{error}");
+        ExitCode::from(INVALID)
+    };
+    let config = match config::load(config_path) {
+        Ok(config) => config,
+        Err(e) => return invalid(&e),
+    };
+    let built = polytomic_gateway::catalog::route_table(&config).and_then(|(table, _)| {
+        Policy::from_config(&config.policy, table.operations()).map(|p| (table, p))
+    });
+    let (table, policy) = match built {
+        Ok(built) => built,
+        Err(problems) => return invalid(&config::ConfigErrors::new(config_path, problems)),
+    };
+    let cases = match CaseSuite::load(cases_path) {
+        Ok(cases) => cases,
+        Err(e) => return invalid(&e),
+    };
+    let report = cases.run(&table, &policy);
+    println!("{report}");
+    if report.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
