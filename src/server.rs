@@ -1319,9 +1319,12 @@ impl Reloading {
                 restart_required: Vec::new(),
                 generation: Err(format!("the reload failed: {e}")),
             });
-        if let Some(files) = built.watched {
-            self.watched = seen.retarget(files);
-        }
+        // Looked at again only once they change again: a broken file is
+        // not reloaded (and refused) every second.
+        self.watched = match built.watched {
+            Some(files) => seen.retarget(files),
+            None => seen,
+        };
         let generation = match built.generation {
             Ok(generation) if generation.new_auth => {
                 // As `check` does: a new key source must be fetched before

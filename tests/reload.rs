@@ -31,23 +31,14 @@ teams = ["support"]
 allow = ["organizations.get"]
 "#;
 
-/// As [`SUPPORT_READS`], and support may update organizations too.
-const SUPPORT_WRITES: &str = r#"
-[[policy.rules]]
-name = "platform-all"
-teams = ["platform"]
-allow = ["*"]
-
-[[policy.rules]]
-name = "support-read"
-teams = ["support"]
-allow = ["organizations.get", "organizations.update"]
-
-[[policy.rules]]
-name = "support-write"
-teams = ["support"]
-allow = ["organizations.update"]
-"#;
+/// [`SUPPORT_READS`] with support's rule changed to allow updates, and a
+/// rule added that allows them too.
+fn support_writes() -> String {
+    SUPPORT_READS.replace(
+        r#"allow = ["organizations.get"]"#,
+        r#"allow = ["organizations.get", "organizations.update"]"#,
+    ) + "\n[[policy.rules]]\nname = \"support-write\"\nteams = [\"support\"]\nallow = [\"organizations.update\"]\n"
+}
 
 fn support_bearer() -> String {
     let token = sign(
@@ -83,8 +74,10 @@ const ROOM: usize = 2048;
 
 /// Rewrites `path` in place with `text` padded to its current length with
 /// whitespace (which TOML and JSON ignore), and puts its modification time
-/// back: the file watcher cannot tell it changed, so only the reload the
-/// test asks for (SIGHUP, or the reloader) applies it, exactly once.
+/// back: the file watcher cannot tell it changed, so the reload the test
+/// asks for (SIGHUP, or the reloader) is the one that applies it. (A poll
+/// landing between the write and the restored time still sees it: the
+/// tests allow for one more reload, by `file`, in that case.)
 fn write_unnoticed(path: &Path, text: &str) {
     let before = std::fs::metadata(path).unwrap();
     let len = usize::try_from(before.len()).unwrap();
@@ -172,7 +165,7 @@ async fn sighup_applies_a_new_policy_records_it_and_versions_every_record() {
     write_unnoticed(
         &path,
         text.trim_end()
-            .replace(SUPPORT_READS, SUPPORT_WRITES)
+            .replace(SUPPORT_READS, &support_writes())
             .as_str(),
     );
     let second_version = checked_version(&path);
@@ -184,10 +177,8 @@ async fn sighup_applies_a_new_policy_records_it_and_versions_every_record() {
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
 
     let text = metrics(&client, &gateway.admin_url("/metrics")).await;
-    assert_eq!(
-        metric(&text, "gateway_config_reloads_total{result=\"ok\"}"),
-        Some(1.0)
-    );
+    let applied = metric(&text, "gateway_config_reloads_total{result=\"ok\"}");
+    assert!(matches!(applied, Some(n) if n >= 1.0), "{text}");
     assert_eq!(
         metric(
             &text,
@@ -213,9 +204,22 @@ async fn sighup_applies_a_new_policy_records_it_and_versions_every_record() {
     }
     let records = records(&dir.path("audit.jsonl"));
     let config: Vec<_> = records.iter().filter(|r| r["stage"] == "config").collect();
-    assert_eq!(config.len(), 1, "{records:?}");
-    let reload = config[0];
-    assert_eq!(reload["trigger"], "sighup");
+    assert!(
+        config.iter().any(|r| r["trigger"] == "sighup") && config.len() <= 2,
+        "{records:?}"
+    );
+    assert!(
+        config.iter().all(|r| r["result"] == "applied"),
+        "{config:?}"
+    );
+    // The reload that changed something (the SIGHUP's, unless a poll saw
+    // the write first; then the SIGHUP's found nothing to change).
+    let changing: Vec<_> = config
+        .iter()
+        .filter(|r| r["old_version"] != r["new_version"])
+        .collect();
+    assert_eq!(changing.len(), 1, "{config:?}");
+    let reload = changing[0];
     assert_eq!(reload["result"], "applied");
     assert_eq!(reload["old_version"], first_version.as_str());
     assert_eq!(reload["new_version"], second_version.as_str());
@@ -258,7 +262,7 @@ async fn a_rejected_reload_keeps_the_running_config_whole() {
     let text = std::fs::read_to_string(&path).unwrap();
     let broken = text.trim_end().replace(
         SUPPORT_READS,
-        &format!("{SUPPORT_WRITES}\n[[policy.rules]]\nname = \"typo\"\nteams = [\"support\"]\nallow = [\"organisations.get\"]\n"),
+        &format!("{}\n[[policy.rules]]\nname = \"typo\"\nteams = [\"support\"]\nallow = [\"organisations.get\"]\n", support_writes()),
     );
     write_unnoticed(&path, &broken);
     gateway.signal("HUP");
@@ -281,9 +285,12 @@ async fn a_rejected_reload_keeps_the_running_config_whole() {
     .await;
     assert_eq!(parts.status, 200);
     let text = metrics(&client, &gateway.admin_url("/metrics")).await;
+    let failed = metric(&text, "gateway_config_reloads_total{result=\"failed\"}");
+    assert!(matches!(failed, Some(n) if n >= 1.0), "{text}");
     assert_eq!(
-        metric(&text, "gateway_config_reloads_total{result=\"failed\"}"),
-        Some(1.0)
+        metric(&text, "gateway_config_reloads_total{result=\"ok\"}"),
+        None,
+        "nothing was applied"
     );
     assert_eq!(
         metric(
@@ -296,11 +303,16 @@ async fn a_rejected_reload_keeps_the_running_config_whole() {
     gateway.signal("TERM");
     assert!(gateway.exit().await.success());
     let records = records(&dir.path("audit.jsonl"));
-    let failed = records
-        .iter()
-        .find(|r| r["stage"] == "config")
-        .expect("a config record");
-    assert_eq!(failed["result"], "failed");
+    let reloads: Vec<_> = records.iter().filter(|r| r["stage"] == "config").collect();
+    assert!(
+        reloads.iter().any(|r| r["trigger"] == "sighup"),
+        "{reloads:?}"
+    );
+    assert!(
+        reloads.iter().all(|r| r["result"] == "failed"),
+        "{reloads:?}"
+    );
+    let failed = reloads[0];
     assert_eq!(failed["old_version"], version.as_str());
     assert!(failed["new_version"].is_null());
     let error = failed["error"].as_str().unwrap();
@@ -330,7 +342,7 @@ fn configmap_publish(dir: &Path, generation: &str, text: &str) -> PathBuf {
 }
 
 #[tokio::test]
-async fn a_configmap_symlink_swap_is_applied_within_five_seconds() {
+async fn a_configmap_symlink_swap_and_a_write_in_place_are_applied_within_five_seconds() {
     let upstream = ok_upstream().await;
     let dir = TestDir::new();
     let written = dir.config(&upstream, SUPPORT_READS);
@@ -349,7 +361,7 @@ async fn a_configmap_symlink_swap_is_applied_within_five_seconds() {
     configmap_publish(
         &mount,
         "2026_12_01_b",
-        &text.replace(SUPPORT_READS, SUPPORT_WRITES),
+        &text.replace(SUPPORT_READS, &support_writes()),
     );
     let line = gateway.wait_for_line("config reloaded").await;
     let took = swapped.elapsed();
@@ -361,6 +373,16 @@ async fn a_configmap_symlink_swap_is_applied_within_five_seconds() {
     );
     let (parts, body) = send(&client, put_org(&gateway.url(""), &support)).await;
     assert_eq!(parts.status, 200, "{}", String::from_utf8_lossy(&body));
+
+    // An editor's write in place (same path, same inode) is noticed too:
+    // back to the first policy, whose version the start already had.
+    let first_version = checked_version(&written);
+    std::fs::write(mount.join("..2026_12_01_b/gateway.toml"), &text).unwrap();
+    gateway
+        .wait_for_line(&format!(r#""new_version":"{first_version}""#))
+        .await;
+    let (parts, body) = send(&client, put_org(&gateway.url(""), &support)).await;
+    assert_gateway_error(&parts, &body, 403, "forbidden");
 }
 
 #[tokio::test]
@@ -417,13 +439,20 @@ async fn a_key_change_empties_the_token_cache_and_a_restart_only_change_is_named
     let dir = gateway.shutdown().await;
     let records = records(&dir.path("audit.jsonl"));
     let reloads: Vec<_> = records.iter().filter(|r| r["stage"] == "config").collect();
-    assert_eq!(reloads.len(), 2, "{records:?}");
+    assert!((2..=3).contains(&reloads.len()), "{records:?}");
     assert_eq!(reloads[0]["sections_changed"], serde_json::json!([]));
-    assert_eq!(reloads[1]["sections_changed"], serde_json::json!(["auth"]));
-    assert_eq!(
-        reloads[1]["restart_required"],
-        serde_json::json!(["server.max_connections"])
-    );
+    let changing: Vec<_> = reloads
+        .iter()
+        .filter(|r| r["old_version"] != r["new_version"])
+        .collect();
+    assert_eq!(changing.len(), 1, "{reloads:?}");
+    assert_eq!(changing[0]["sections_changed"], serde_json::json!(["auth"]));
+    for reload in &reloads[1..] {
+        assert_eq!(
+            reload["restart_required"],
+            serde_json::json!(["server.max_connections"])
+        );
+    }
 }
 
 /// Counts over the load: responses that were not 200, and connections
@@ -551,7 +580,8 @@ async fn a_hundred_reloads_under_load_drop_nothing_and_never_mix_two_configs() {
     let dir = gateway.shutdown().await;
     let records = records(&dir.path("audit.jsonl"));
     let reloads = records.iter().filter(|r| r["stage"] == "config").count();
-    assert_eq!(reloads, RELOADS);
+    // A poll may have applied a write before the reloader did.
+    assert!(reloads >= RELOADS, "{reloads}");
     // The version comes from the outermost layer, the rule from the policy
     // layer: a request that saw two configs would pair them wrongly.
     let mut checked = 0;
