@@ -202,17 +202,13 @@ impl Generation {
 
     /// What changed from `previous` to this generation.
     pub fn changes_since(&self, previous: &Generation) -> Changes {
-        // `routes.files` and `auth.jwks_file.content` count as their section.
+        // `routes.files` and `auth.jwks_file.content` count as their
+        // section. (Every key of the content is there in both: the file
+        // keys come and go only with a change to their section itself.)
         let mut sections: Vec<String> = self
             .content
             .iter()
             .filter(|(name, value)| previous.content.get(*name) != Some(value))
-            .chain(
-                previous
-                    .content
-                    .iter()
-                    .filter(|(name, _)| !self.content.contains_key(*name)),
-            )
             .map(|(name, _)| name.split('.').next().unwrap_or(name).to_owned())
             .collect();
         sections.sort();
@@ -515,5 +511,44 @@ sinks = ["stdout"]
         assert_eq!(digest(&content(&again, None)), digest(&running));
         let text = serde_json::to_string(&running).unwrap();
         assert!(!text.contains("partner-a"), "{text}");
+    }
+
+    #[test]
+    fn a_schema_file_is_part_of_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = dir.path().join("schema.json");
+        std::fs::write(&schema, r#"{"type": "object"}"#).unwrap();
+        let text = format!(
+            "{BASE}[[routes]]\noperation = \"a\"\nmethods = [\"PUT\"]\npath = \"/a\"\nschema = {:?}\n",
+            schema.display().to_string()
+        );
+        let (_d, config) = load(&text);
+        let before = digest(&content(&config, None));
+        std::fs::write(&schema, r#"{"type": "array"}"#).unwrap();
+        assert_ne!(digest(&content(&config, None)), before);
+    }
+
+    #[test]
+    fn watched_files_notice_a_change_made_while_a_reload_read_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, "1").unwrap();
+        let watched = WatchedFiles::new(vec![a.clone()]);
+        assert!(!watched.changed());
+        // Stamped before the reload reads the files ...
+        let seen = watched.now();
+        assert!(!seen.changed());
+        // ... which a write overtakes while they are read.
+        std::fs::write(&a, "22").unwrap();
+        assert!(seen.changed());
+        std::fs::write(&b, "3").unwrap();
+        let next = seen.retarget(vec![a.clone(), b.clone()]);
+        assert!(next.changed(), "a's change is still to be applied");
+        // A file newly named is watched from now.
+        let later = next.now().retarget(vec![b.clone()]);
+        assert!(!later.changed());
+        std::fs::remove_file(&b).unwrap();
+        assert!(later.changed(), "a file that goes missing is a change");
+        assert_eq!(watched_files(&a, None), [a]);
     }
 }

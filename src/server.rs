@@ -515,7 +515,7 @@ impl Gateway {
         let readiness = parts.readiness.clone();
         let audit = parts.config.audit.clone();
         let background = Arc::new(std::sync::Mutex::new(Background::default()));
-        lock(&background).follow(&parts.config);
+        lock(&background).follow(&parts.config, false);
         let shipping = audit.start_shipping();
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -559,11 +559,9 @@ impl Gateway {
                 upstreams
                     .iter()
                     .map(|upstream| {
-                        std::sync::Mutex::new(stack::build::<Incoming>(StackParts {
-                            upstream: upstream.clone(),
-                            config: generation.clone(),
-                            ..parts.clone()
-                        }))
+                        std::sync::Mutex::new(stack::build::<Incoming>(
+                            parts.with(upstream.clone(), generation.clone()),
+                        ))
                     })
                     .collect()
             }
@@ -1205,14 +1203,18 @@ struct Background {
 impl Background {
     /// Runs the background work of `generation`'s new parts (all of them
     /// for the first generation), stopping that of the parts they replace.
-    fn follow(&mut self, generation: &Generation) {
+    /// `reloaded`: a new key store was fetched just now, before the swap.
+    fn follow(&mut self, generation: &Generation, reloaded: bool) {
         if generation.new_auth {
             if let Some(old) = self.jwks.take() {
                 old.abort();
             }
-            self.jwks = Some(tokio::spawn(
-                generation.auth.keys().clone().refresh_forever(),
-            ));
+            let keys = generation.auth.keys().clone();
+            self.jwks = Some(if reloaded {
+                tokio::spawn(keys.refresh_after_fetch())
+            } else {
+                tokio::spawn(keys.refresh_forever())
+            });
         }
         if generation.new_credentials {
             if let Some(old) = self.credentials.take() {
@@ -1370,7 +1372,7 @@ impl Reloading {
         // The swap: every request from here on is served by the new stacks.
         publish.send_replace(make_stacks(&new));
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
-        lock(&self.background).follow(&new);
+        lock(&self.background).follow(&new, true);
         if new.log_level != old.log_level {
             if let Err(error) = self.log_filter.set(&new.log_level) {
                 tracing::warn!(%error, "telemetry.log_level not applied");
@@ -1455,10 +1457,9 @@ fn prepare(
     let restart_required = reload::restart_required(&config, previous);
     let generation = match generation {
         Ok(generation) if problems.is_empty() => {
-            if !generation.new_credentials {
-                // A reload re-reads credential files, as SIGHUP always has.
-                generation.credentials.refresh();
-            }
+            // A reload re-reads credential files, as SIGHUP always has (kept
+            // ones; new ones were read just now, and this is cheap).
+            generation.credentials.refresh();
             Ok(generation)
         }
         _ => Err(ConfigErrors::new(&source.file, problems).to_string()),

@@ -58,6 +58,24 @@ pub struct StackParts {
     pub config: Arc<Generation>,
 }
 
+impl StackParts {
+    /// These parts with another upstream pool and config generation: a
+    /// worker's stack for one generation.
+    pub fn with(&self, upstream: Upstream, config: Arc<Generation>) -> Self {
+        Self {
+            max_body_bytes: self.max_body_bytes,
+            json_limits: self.json_limits,
+            request_timeout: self.request_timeout,
+            head_limits: self.head_limits,
+            inflight: self.inflight.clone(),
+            readiness: self.readiness.clone(),
+            metrics: self.metrics.clone(),
+            upstream,
+            config,
+        }
+    }
+}
+
 /// Builds the whole gateway as one infallible, cloneable service.
 pub fn build<B>(
     parts: StackParts,

@@ -601,3 +601,178 @@ async fn a_hundred_reloads_under_load_drop_nothing_and_never_mix_two_configs() {
     }
     assert!(checked as u64 >= ok, "{checked} records checked");
 }
+
+/// Waits (bounded) until the gateway's `/readyz` answers 200.
+async fn ready(client: &TestClient, url: &str) {
+    within("/readyz to answer 200", async {
+        loop {
+            let req = Request::get(url).body(Full::default()).unwrap();
+            if client.request(req).await.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_jwks_url_is_fetched_again_only_when_auth_changes_and_must_answer() {
+    let upstream = ok_upstream().await;
+    let fetches = Arc::new(AtomicU64::new(0));
+    let counted = fetches.clone();
+    let idp = spawn_upstream(move |_req| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async {
+            http::Response::builder()
+                .header("content-type", "application/json")
+                .body(upstream_body(common::jwks(&["rsa-a"])))
+                .unwrap()
+        }
+    })
+    .await;
+    let dir = TestDir::new();
+    let auth = |audiences: &str, url: &str| {
+        format!("[auth]\nissuers = [{ISSUER:?}]\naudiences = [{audiences}]\nalgorithms = [\"RS256\"]\njwks_url = {url:?}\n")
+    };
+    let jwks_url = format!("http://{idp}/jwks.json");
+    let path = roomy_config(&dir, &upstream, &auth(&format!("{AUDIENCE:?}"), &jwks_url));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text.trim_end();
+    let gateway = start_gateway_from(dir, &path).await;
+    let client = client();
+    ready(&client, &gateway.url("/readyz")).await;
+    let (parts, _) = send(&client, get(&gateway.url("/api/organizations"))).await;
+    assert_eq!(parts.status, 200);
+    let at_start = fetches.load(Ordering::SeqCst);
+
+    // The same [auth]: its key store (and token cache) is kept, unfetched.
+    let outcome = gateway.reloader.reload().await.expect("serving");
+    assert_eq!(outcome.error, None);
+    assert_eq!(fetches.load(Ordering::SeqCst), at_start);
+
+    // Another audience: a new authenticator, fetched before the swap.
+    let audiences = format!("{AUDIENCE:?}, \"other\"");
+    write_unnoticed(
+        &path,
+        &text.replace(
+            &auth(&format!("{AUDIENCE:?}"), &jwks_url),
+            &auth(&audiences, &jwks_url),
+        ),
+    );
+    let outcome = gateway.reloader.reload().await.expect("serving");
+    assert_eq!(outcome.error, None);
+    assert_eq!(fetches.load(Ordering::SeqCst), at_start + 1);
+    let (parts, _) = send(&client, get(&gateway.url("/api/organizations"))).await;
+    assert_eq!(parts.status, 200);
+
+    // A JWKS URL that does not answer is refused, as `check` refuses it.
+    let closed = closed_port();
+    let dead = format!("http://127.0.0.1:{}/jwks.json", closed.port);
+    write_unnoticed(
+        &path,
+        &text.replace(
+            &auth(&format!("{AUDIENCE:?}"), &jwks_url),
+            &auth(&audiences, &dead),
+        ),
+    );
+    let refused = gateway.reloader.reload().await.expect("serving");
+    let error = refused.error.expect("refused");
+    assert!(error.contains("`auth.jwks_url`"), "{error}");
+    assert_eq!(refused.version, outcome.version);
+    let (parts, _) = send(&client, get(&gateway.url("/api/organizations"))).await;
+    assert_eq!(parts.status, 200, "the running config still serves");
+}
+
+#[tokio::test]
+async fn unchanged_credentials_are_kept_and_an_invalid_server_key_refuses_the_reload() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let addr = spawn_upstream(move |req| {
+        let auth = req.headers()["authorization"].to_str().unwrap().to_owned();
+        record.lock().unwrap().push(auth);
+        async { http::Response::new(upstream_body(r#"{"data":{}}"#)) }
+    })
+    .await;
+    let dir = TestDir::new();
+    let path = roomy_config(&dir, &format!("http://{addr}"), "");
+    let key = dir.path("partner-key");
+    let gateway = start_gateway_from(dir, &path).await;
+    let client = client();
+
+    // A Secret volume mid-swap: the key file is briefly missing. A reload
+    // then keeps the loaded credential (and its last good key) instead of
+    // failing, and /readyz says the source is unreadable.
+    std::fs::remove_file(&key).unwrap();
+    let outcome = gateway.reloader.reload().await.expect("serving");
+    assert_eq!(outcome.error, None);
+    let (parts, _) = send(&client, get(&gateway.url("/readyz"))).await;
+    assert_eq!(parts.status, 503);
+    let (parts, _) = send(&client, get(&gateway.url("/api/organizations"))).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        &format!("Bearer {PARTNER_KEY}")
+    );
+    // The rotated key is there: a reload reads it at once.
+    std::fs::write(&key, "pk_rotated_by_reload\n").unwrap();
+    assert_eq!(gateway.reloader.reload().await.unwrap().error, None);
+    let (parts, _) = send(&client, get(&gateway.url("/api/organizations"))).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(
+        seen.lock().unwrap().last().unwrap(),
+        "Bearer pk_rotated_by_reload"
+    );
+
+    // A restart-only key is still checked: an invalid one refuses it all.
+    let text = std::fs::read_to_string(&path).unwrap();
+    write_unnoticed(
+        &path,
+        text.trim_end()
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nmax_connections = 0",
+                1,
+            )
+            .as_str(),
+    );
+    let refused = gateway.reloader.reload().await.expect("serving");
+    let error = refused.error.expect("refused");
+    assert!(error.contains("`server.max_connections`"), "{error}");
+    assert_eq!(refused.version, outcome.version);
+}
+
+#[tokio::test]
+async fn the_log_level_reloads_and_restart_only_keys_are_logged_by_key() {
+    let upstream = ok_upstream().await;
+    let dir = TestDir::new();
+    let path = roomy_config(
+        &dir,
+        &upstream,
+        &format!("{SUPPORT_READS}\n[telemetry]\nlog_level = \"info\"\n"),
+    );
+    let mut cmd = tokio::process::Command::new(binary_path());
+    cmd.arg("serve").arg("--config").arg(&path);
+    // RUST_LOG would win over telemetry.log_level.
+    cmd.env_remove("RUST_LOG");
+    let mut gateway = Binary::start(cmd, "gateway listening").await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    write_unnoticed(
+        &path,
+        text.trim_end()
+            .replace("log_level = \"info\"", "log_level = \"debug\"")
+            .replacen(
+                "listen = \"127.0.0.1:0\"",
+                "listen = \"127.0.0.1:0\"\nmax_connections = 7",
+                1,
+            )
+            .as_str(),
+    );
+    gateway.signal("HUP");
+    let line = gateway.wait_for_line("apply only after a restart").await;
+    assert!(line.contains("server.max_connections"), "{line}");
+    // A denial is logged at debug: only under the new level.
+    let (parts, body) = send(&client(), put_org(&gateway.url(""), &support_bearer())).await;
+    assert_gateway_error(&parts, &body, 403, "forbidden");
+    gateway.wait_for_line("request denied by policy").await;
+}

@@ -245,6 +245,17 @@ impl KeyStore {
         }
     }
 
+    /// [`KeyStore::refresh_forever`] for keys fetched just now (a reload
+    /// fetches a new key store before trusting it): the first refresh is
+    /// one `jwks_refresh` from now.
+    pub async fn refresh_after_fetch(self: Arc<Self>) {
+        if self.fetcher.is_none() {
+            return;
+        }
+        tokio::time::sleep(self.refresh_interval).await;
+        self.refresh_forever().await;
+    }
+
     /// Fetches at startup, then every `jwks_refresh`; retries a failed first
     /// fetch every `jwks_min_refresh_interval`. Runs until aborted.
     pub async fn refresh_forever(self: Arc<Self>) {
