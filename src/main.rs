@@ -259,6 +259,27 @@ fn verify(public_key: &Path, files: &[PathBuf]) -> ExitCode {
     }
 }
 
+/// The route table and policy of the config at `path`, built as `serve`
+/// builds them, reading no credential or key (`policy explain`, `policy
+/// test`); an error names each key and the file.
+fn routes_and_policy(
+    path: &Path,
+) -> Result<
+    (
+        polytomic_gateway::routes::RouteTable,
+        polytomic_gateway::policy::Policy,
+    ),
+    String,
+> {
+    let config = config::load(path).map_err(|e| e.to_string())?;
+    polytomic_gateway::catalog::route_table(&config)
+        .and_then(|(table, _)| {
+            polytomic_gateway::policy::Policy::from_config(&config.policy, table.operations())
+                .map(|policy| (table, policy))
+        })
+        .map_err(|problems| config::ConfigErrors::new(path, problems).to_string())
+}
+
 fn explain(
     config_path: &Path,
     teams: Vec<String>,
@@ -267,17 +288,10 @@ fn explain(
     target: &str,
     body: Option<&str>,
 ) -> ExitCode {
-    use polytomic_gateway::policy::{self, Policy};
-    let config = match config::load(config_path) {
-        Ok(config) => config,
-        Err(e) => return fail(&e),
-    };
-    let built = polytomic_gateway::catalog::route_table(&config).and_then(|(table, _)| {
-        Policy::from_config(&config.policy, table.operations()).map(|p| (table, p))
-    });
-    let (table, policy) = match built {
+    use polytomic_gateway::policy;
+    let (table, policy) = match routes_and_policy(config_path) {
         Ok(built) => built,
-        Err(problems) => return fail(&config::ConfigErrors::new(config_path, problems)),
+        Err(e) => return fail(&e),
     };
     let body: Option<serde_json::Value> = match body.map(serde_json::from_str).transpose() {
         Ok(body) => body,
@@ -368,7 +382,6 @@ fn explain(
 /// `policy test`: runs a cases file through the routes and policy `explain`
 /// builds, so it judges what `serve` would decide.
 fn policy_test(config_path: &Path, cases_path: &Path) -> ExitCode {
-    use polytomic_gateway::policy::Policy;
     use polytomic_gateway::policy_cases::CaseSuite;
     // Apart from 1, a failing case: a CI log tells a broken policy from a
     // broken test setup.
@@ -377,16 +390,9 @@ fn policy_test(config_path: &Path, cases_path: &Path) -> ExitCode {
         eprintln!("{error}");
         ExitCode::from(INVALID)
     };
-    let config = match config::load(config_path) {
-        Ok(config) => config,
-        Err(e) => return invalid(&e),
-    };
-    let built = polytomic_gateway::catalog::route_table(&config).and_then(|(table, _)| {
-        Policy::from_config(&config.policy, table.operations()).map(|p| (table, p))
-    });
-    let (table, policy) = match built {
+    let (table, policy) = match routes_and_policy(config_path) {
         Ok(built) => built,
-        Err(problems) => return invalid(&config::ConfigErrors::new(config_path, problems)),
+        Err(e) => return invalid(&e),
     };
     let cases = match CaseSuite::load(cases_path) {
         Ok(cases) => cases,

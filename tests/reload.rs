@@ -147,13 +147,20 @@ fn checked_version(path: &Path) -> String {
         .to_owned()
 }
 
-#[tokio::test]
-async fn sighup_applies_a_new_policy_records_it_and_versions_every_record() {
+/// A gateway binary serving `extra` (with room for [`write_unnoticed`]),
+/// and the version `check` gave its config first.
+async fn serve_checked(extra: &str) -> (TestDir, PathBuf, String, Binary) {
     let upstream = ok_upstream().await;
     let dir = TestDir::new();
-    let path = roomy_config(&dir, &upstream, SUPPORT_READS);
-    let first_version = checked_version(&path);
-    let mut gateway = Binary::serve(&path, &[]).await;
+    let path = roomy_config(&dir, &upstream, extra);
+    let version = checked_version(&path);
+    let gateway = Binary::serve(&path, &[]).await;
+    (dir, path, version, gateway)
+}
+
+#[tokio::test]
+async fn sighup_applies_a_new_policy_records_it_and_versions_every_record() {
+    let (dir, path, first_version, mut gateway) = serve_checked(SUPPORT_READS).await;
     let client = client();
     let support = support_bearer();
 
@@ -250,11 +257,7 @@ async fn sighup_applies_a_new_policy_records_it_and_versions_every_record() {
 
 #[tokio::test]
 async fn a_rejected_reload_keeps_the_running_config_whole() {
-    let upstream = ok_upstream().await;
-    let dir = TestDir::new();
-    let path = roomy_config(&dir, &upstream, SUPPORT_READS);
-    let version = checked_version(&path);
-    let mut gateway = Binary::serve(&path, &[]).await;
+    let (dir, path, version, mut gateway) = serve_checked(SUPPORT_READS).await;
     let client = client();
 
     // Valid TOML, and a policy that would let support write, but one rule
