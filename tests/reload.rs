@@ -779,3 +779,51 @@ async fn the_log_level_reloads_and_restart_only_keys_are_logged_by_key() {
     assert_gateway_error(&parts, &body, 403, "forbidden");
     gateway.wait_for_line("request denied by policy").await;
 }
+
+#[tokio::test]
+async fn the_version_header_and_audit_redaction_follow_a_reload() {
+    let versions = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = versions.clone();
+    let addr = spawn_upstream(move |req| {
+        let version = req.headers()["x-polytomic-version"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        record.lock().unwrap().push(version);
+        async { http::Response::new(upstream_body(r#"{"data":[]}"#)) }
+    })
+    .await;
+    let dir = TestDir::new();
+    let path = roomy_config(&dir, &format!("http://{addr}"), "");
+    let gateway = start_gateway_from(dir, &path).await;
+    let client = client();
+    let url = gateway.url("/api/organizations?nickname=blue-falcon");
+    let (parts, _) = send(&client, get(&url)).await;
+    assert_eq!(parts.status, 200);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    write_unnoticed(
+        &path,
+        &format!(
+            "{}\n[polytomic]\nversion = \"2024-01-01\"\n",
+            text.trim_end().replace(
+                "durability = \"fsync\"",
+                "durability = \"fsync\"\nredact_fields = [\"nickname\"]"
+            )
+        ),
+    );
+    let outcome = gateway.reloader.reload().await.expect("serving");
+    assert_eq!(outcome.error, None);
+    assert_eq!(outcome.restart_required, Vec::<String>::new());
+    let (parts, _) = send(&client, get(&url)).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(*versions.lock().unwrap(), ["2025-09-18", "2024-01-01"]);
+
+    let dir = gateway.shutdown().await;
+    let queries: Vec<_> = records(&dir.path("audit.jsonl"))
+        .into_iter()
+        .filter(|r| r["stage"] == "response")
+        .map(|r| r["query"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(queries, ["nickname=blue-falcon", "nickname=%5BREDACTED%5D"]);
+}
