@@ -42,6 +42,8 @@
 //!   sit idle.
 //! - [`audit`]: one redacted, durable record per request.
 //! - [`notes`]: what the layers learn about a request, for audit and telemetry.
+//! - [`net`]: the client's address ([`net::ClientAddr`]) and whether it is a
+//!   trusted proxy, as the server records them on each request.
 //! - [`fake`]: an in-memory fake Polytomic API for the demo and the tests.
 //! - [`demo`]: `polytomic-gateway demo`.
 //! - [`telemetry`]: logs, traces (OpenTelemetry, OTLP export) and
@@ -66,6 +68,7 @@ pub mod future;
 pub mod health;
 pub mod limit;
 pub mod metrics;
+pub mod net;
 pub mod notes;
 pub mod policy;
 pub mod policy_cases;

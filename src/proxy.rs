@@ -36,8 +36,8 @@ use tower::Service;
 use crate::body::{boxed, BoxError, GatewayBody};
 use crate::config::{ConfigProblem, UpstreamConfig};
 use crate::error::GatewayError;
+use crate::net::{ClientAddr, FromTrustedProxy};
 use crate::notes::ClientRequestId;
-use crate::server::{ClientAddr, FromTrustedProxy};
 use crate::telemetry::RequestTrace;
 
 /// The W3C trace-state header.

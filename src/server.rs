@@ -38,6 +38,7 @@ use crate::connection::{Activity, Check, Deadlines, Tracked, TrackedBody, Watche
 use crate::error::GatewayError;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
+use crate::net::{ClientAddr, FromTrustedProxy};
 use crate::proxy::Upstream;
 use crate::reload::{self, Generation, WatchedFiles};
 use crate::stack::{self, StackParts};
@@ -147,15 +148,6 @@ pub fn remaining(grace: Duration, signaled: &std::sync::OnceLock<std::time::Inst
         .get()
         .map_or(grace, |at| grace.saturating_sub(at.elapsed()))
 }
-
-/// The peer address of the connection a request arrived on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
-
-/// Marks a request whose peer is in `server.trusted_proxies`: the
-/// forwarding headers it sent are believed and extended, not replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FromTrustedProxy;
 
 /// `server.trusted_proxies`, parsed: each entry an address or a network.
 fn trusted_proxies(server: &ServerConfig, problems: &mut Vec<ConfigProblem>) -> Arc<[IpNet]> {

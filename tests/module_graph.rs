@@ -38,12 +38,13 @@ use Tier::*;
 /// here; a module that goes away must be removed.
 ///
 /// Planned foundation modules, to add when they exist: the outbound HTTP
-/// client (`client`), secret sources (`secret`) and the client address.
+/// client (`client`) and secret sources (`secret`).
 const TIERS: &[(&str, Tier)] = &[
     // Foundation.
     ("body", Foundation),
     ("error", Foundation),
     ("future", Foundation),
+    ("net", Foundation),
     ("notes", Foundation),
     // Layers.
     ("audit", Layer),
