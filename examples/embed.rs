@@ -17,11 +17,10 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use polytomic_gateway::body::{full, BoxError, GatewayBody};
 use polytomic_gateway::config::{CredentialScheme, PolytomicConfig, VersionMode};
-use polytomic_gateway::credentials::{
-    Credential, CredentialSet, CredentialSource, CredentialSwapLayer,
-};
+use polytomic_gateway::credentials::{Credential, CredentialSet, CredentialSwapLayer};
 use polytomic_gateway::error::RescueLayer;
 use polytomic_gateway::limit::BodyLimitLayer;
+use polytomic_gateway::secret::CredentialSource;
 use polytomic_gateway::version::{PolytomicVersionLayer, VersionPolicy, X_POLYTOMIC_VERSION};
 use tower::{service_fn, ServiceBuilder, ServiceExt};
 

@@ -21,6 +21,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::problem::ConfigProblem;
+pub use crate::secret::SecretSourceConfig;
+
 /// The environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "GATEWAY_CONFIG";
 /// The config file used when neither `--config` nor `GATEWAY_CONFIG` is given.
@@ -202,17 +205,6 @@ fn default_token_cache_size() -> usize {
     10_000
 }
 
-/// Where a secret that is not a credential comes from: `{ env = "VAR" }` or
-/// `{ file = "path" }`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SecretSourceConfig {
-    /// An environment variable holding the secret.
-    pub env: Option<String>,
-    /// A file holding the secret (surrounding whitespace is trimmed).
-    pub file: Option<PathBuf>,
-}
-
 /// `[server]`: the listener.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -384,27 +376,6 @@ pub enum CredentialScheme {
     /// `Authorization: Basic base64(<secret>)`, the secret being `user:password`
     /// (on-premises deployment keys).
     Basic,
-}
-
-/// One problem with the configuration: the key it concerns and what is wrong.
-///
-/// Messages never contain secret values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigProblem {
-    /// Dotted key, e.g. `upstream.url` or `credentials.partner.env`.
-    pub key: String,
-    /// What is wrong, and what to do about it.
-    pub message: String,
-}
-
-impl ConfigProblem {
-    /// A problem with `key`.
-    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// Every problem found in a configuration, each labelled with where the

@@ -15,6 +15,10 @@
 //!
 //! - [`config`]: the configuration file format (a public contract) and its
 //!   loading from TOML and `GATEWAY__*` environment variables.
+//! - [`problem`]: [`problem::ConfigProblem`], how every layer reports a
+//!   problem with its configuration.
+//! - [`secret`]: where a secret is read from (an environment variable or a
+//!   file), and reading it, for the credentials, auth and audit.
 //! - [`error`]: [`GatewayError`], the one refusal type, its JSON response, and
 //!   [`error::RescueLayer`], which makes the stack infallible at the edge.
 //! - [`health`]: `/healthz` and `/readyz`, and refusing work while draining.
@@ -72,9 +76,11 @@ pub mod net;
 pub mod notes;
 pub mod policy;
 pub mod policy_cases;
+pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
+pub mod secret;
 pub mod server;
 pub mod stack;
 pub mod telemetry;

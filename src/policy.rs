@@ -33,9 +33,9 @@ use tower::{Layer, Service};
 
 use crate::auth::Principal;
 use crate::body::GatewayBody;
-use crate::config::ConfigProblem;
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
+use crate::problem::ConfigProblem;
 use crate::routes::{is_uuid, RouteMatch};
 use crate::telemetry::RequestTrace;
 use crate::validate::ParsedBody;

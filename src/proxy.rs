@@ -34,10 +34,11 @@ use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tower::Service;
 
 use crate::body::{boxed, BoxError, GatewayBody};
-use crate::config::{ConfigProblem, UpstreamConfig};
+use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::net::{ClientAddr, FromTrustedProxy};
 use crate::notes::ClientRequestId;
+use crate::problem::ConfigProblem;
 use crate::telemetry::RequestTrace;
 
 /// The W3C trace-state header.

@@ -26,10 +26,11 @@ use crate::audit::Audit;
 use crate::auth::{Authenticator, JwksConnector};
 use crate::catalog::CatalogSummary;
 use crate::config::{ConfigProblem, GatewayConfig};
-use crate::credentials::{read_secret, CredentialSet, CredentialSource};
+use crate::credentials::CredentialSet;
 use crate::notes::hex;
 use crate::policy::Policy;
 use crate::routes::RouteTable;
+use crate::secret::{read_secret, CredentialSource};
 use crate::version::VersionPolicy;
 
 /// Sections a reload does not apply, each with the keys in it that it does

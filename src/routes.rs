@@ -27,10 +27,10 @@ use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
 use crate::body::GatewayBody;
-use crate::config::ConfigProblem;
 use crate::credentials::{CredentialSet, SelectedCredential};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
+use crate::problem::ConfigProblem;
 use crate::validate::{CompiledSchema, SchemaCache};
 
 /// The methods a route may list (upper case, as HTTP sends them).

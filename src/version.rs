@@ -12,7 +12,8 @@ use std::task::{Context, Poll};
 use http::{HeaderName, HeaderValue, Request};
 use tower::{Layer, Service};
 
-use crate::config::{ConfigProblem, PolytomicConfig, VersionMode};
+use crate::config::{PolytomicConfig, VersionMode};
+use crate::problem::ConfigProblem;
 
 /// The header Polytomic reads the API version from.
 pub const X_POLYTOMIC_VERSION: HeaderName = HeaderName::from_static("x-polytomic-version");

@@ -37,8 +37,8 @@ use Tier::*;
 /// Every top-level module, placed in its tier. A new module must be added
 /// here; a module that goes away must be removed.
 ///
-/// Planned foundation modules, to add when they exist: the outbound HTTP
-/// client (`client`) and secret sources (`secret`).
+/// Planned foundation module, to add when it exists: the outbound HTTP
+/// client (`client`).
 const TIERS: &[(&str, Tier)] = &[
     // Foundation.
     ("body", Foundation),
@@ -46,6 +46,8 @@ const TIERS: &[(&str, Tier)] = &[
     ("future", Foundation),
     ("net", Foundation),
     ("notes", Foundation),
+    ("problem", Foundation),
+    ("secret", Foundation),
     // Layers.
     ("audit", Layer),
     ("auth", Layer),

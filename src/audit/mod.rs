@@ -45,13 +45,14 @@ use tokio::sync::oneshot;
 use tower::{Layer, Service};
 
 use crate::body::GatewayBody;
-use crate::config::{ConfigProblem, SecretSourceConfig};
-use crate::credentials::{read_secret, CredentialSource};
 use crate::error::{ErrorKey, GatewayError};
 use crate::future::{take_ready, ResponseFuture, ThenCall};
 use crate::net::ClientAddr;
 use crate::notes::ClientRequestId;
 use crate::notes::{BodyDigest, RequestNotes};
+use crate::problem::ConfigProblem;
+use crate::secret::SecretSourceConfig;
+use crate::secret::{read_secret, CredentialSource};
 use crate::telemetry::RequestTrace;
 use record::{RequestInfo, SharedInfo};
 use redact::{Redactor, DEFAULT_REDACT_FIELDS};

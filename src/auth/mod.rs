@@ -45,10 +45,11 @@ use tower::{Layer, Service};
 use crate::telemetry::RequestTrace;
 
 use crate::body::GatewayBody;
-use crate::config::{AuthConfig, ConfigProblem};
-use crate::credentials::{read_secret, CredentialSource};
+use crate::config::AuthConfig;
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
+use crate::problem::ConfigProblem;
+use crate::secret::{read_secret, CredentialSource};
 use jwks::{load_jwks_file, JwksFetcher, KeyStore};
 use keys::VerifyKey;
 pub use verify::{AuthError, Verifier, VerifyError};

@@ -9,7 +9,7 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{Map, Value};
 
 use crate::config::AuthConfig;
-use crate::credentials::{read_secret, CredentialSource};
+use crate::secret::{read_secret, CredentialSource};
 
 /// Mints an HS256 token for `sub` and `teams`, valid for `ttl`, with the
 /// first configured issuer and audience.

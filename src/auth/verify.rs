@@ -17,7 +17,8 @@ use serde_json::Value;
 
 use super::keys::{KeyChoiceError, KeySet};
 use super::Principal;
-use crate::config::{AuthConfig, ConfigProblem};
+use crate::config::AuthConfig;
+use crate::problem::ConfigProblem;
 
 /// The largest `auth.max_token_bytes`.
 pub const MAX_TOKEN_BYTES_LIMIT: usize = 1024 * 1024;

@@ -36,7 +36,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
-use crate::config::ConfigProblem;
+use crate::problem::ConfigProblem;
 pub use layer::{TelemetryFuture, TelemetryLayer, TelemetryService, TraceId};
 pub(crate) use trace::set as set_attribute;
 pub use trace::{ChildSpan, RequestTrace, TRACER_NAME};
