@@ -39,6 +39,8 @@
 //!   [`credentials::CredentialSwapLayer`], which swaps it in.
 //! - [`version`]: the `X-Polytomic-Version` header.
 //! - [`proxy`]: the pooled upstream client and the forwarding service.
+//! - [`client`]: the outbound connector every client shares (upstream, JWKS,
+//!   audit shipping, trace export), its TLS roots, and error chains.
 //! - [`stack`]: the one function that assembles the layers, in order.
 //! - [`reload`]: what a config reload replaces, and config versions.
 //! - [`server`]: the listener, connection limit and graceful shutdown.
@@ -62,6 +64,7 @@ pub mod audit;
 pub mod auth;
 pub mod body;
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub mod connection;
 pub mod credentials;

@@ -13,7 +13,6 @@
 //!   upstream a 502 (see [`GatewayError`]). Upstream 4xx/5xx pass unchanged.
 
 use std::future::Future;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,8 +20,6 @@ use std::time::Duration;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::propagation::TextMapPropagator;
@@ -30,10 +27,12 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use rustls::pki_types::{pem::PemObject, CertificateDer};
 use tower::Service;
 
 use crate::body::{boxed, BoxError, GatewayBody};
+use crate::client::{
+    connector, error_chain, is_loopback_host, root_store, tls_config, JwksConnector,
+};
 use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::net::{ClientAddr, FromTrustedProxy};
@@ -89,7 +88,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, GatewayBody>;
+type HttpsClient = Client<JwksConnector, GatewayBody>;
 
 /// The upstream API: where requests go and the pooled client that sends them.
 /// A clone shares the pool ([`Upstream::with_own_pool`] makes a new one).
@@ -137,14 +136,7 @@ impl Upstream {
             }
         };
         let (scheme, authority, base_path) = target;
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports the default TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tls = Arc::new(tls);
+        let tls = tls_config(roots);
         let client = pooled_client(tls.clone(), config.connect_timeout);
         Ok(Self {
             scheme,
@@ -189,7 +181,7 @@ impl Upstream {
 
     /// A new connector with the upstream's trust roots and connect timeout,
     /// for other outbound clients (the JWKS fetcher).
-    pub fn https_connector(&self) -> HttpsConnector<HttpConnector> {
+    pub fn https_connector(&self) -> JwksConnector {
         connector(self.tls.clone(), self.connect_timeout)
     }
 
@@ -216,33 +208,6 @@ fn pooled_client(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> H
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
         .build(connector(tls, connect_timeout))
-}
-
-/// An HTTP(S) connector: HTTP/2 or HTTP/1.1 by ALPN, TCP_NODELAY, a connect
-/// timeout.
-fn connector(
-    tls: Arc<rustls::ClientConfig>,
-    connect_timeout: Duration,
-) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config((*tls).clone())
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http)
-}
-
-/// Whether a URL's host is a loopback IP literal.
-pub fn is_loopback_host(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        _ => false,
-    }
 }
 
 /// Parses and checks `upstream.url` into scheme, authority and base path.
@@ -279,29 +244,6 @@ fn parse_url(raw: &str) -> Result<(Scheme, Authority, String), String> {
     let authority = Authority::try_from(authority).map_err(|e| format!("bad host: {e}"))?;
     let base_path = url.path().trim_end_matches('/').to_owned();
     Ok((scheme, authority, base_path))
-}
-
-/// The webpki roots, plus every certificate in `ca_file`.
-fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(path) = ca_file {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read {}: {}", path.display(), e.kind()))?;
-        let mut added = 0;
-        for cert in CertificateDer::pem_slice_iter(&pem) {
-            let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(format!("{} holds no PEM certificate", path.display()));
-        }
-    }
-    Ok(roots)
 }
 
 /// Forwards requests to an [`Upstream`].
@@ -341,18 +283,6 @@ fn classify(error: hyper_util::client::legacy::Error) -> GatewayError {
         tracing::warn!(error = %chain, "upstream exchange failed");
         GatewayError::UpstreamFailed(Box::new(error))
     }
-}
-
-/// `error` and its causes, joined, for one log field.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(err) = cause {
-        text.push_str(": ");
-        text.push_str(&err.to_string());
-        cause = err.source();
-    }
-    text
 }
 
 impl Service<Request<GatewayBody>> for Proxy {

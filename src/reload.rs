@@ -23,8 +23,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use crate::audit::Audit;
-use crate::auth::{Authenticator, JwksConnector};
+use crate::auth::Authenticator;
 use crate::catalog::CatalogSummary;
+use crate::client::JwksConnector;
 use crate::config::{ConfigProblem, GatewayConfig};
 use crate::credentials::CredentialSet;
 use crate::notes::hex;

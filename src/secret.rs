@@ -23,7 +23,7 @@ pub struct SecretSourceConfig {
     pub file: Option<PathBuf>,
 }
 
-/// Where a credential's secret is read from.
+/// Where a secret is read from: a credential, the HS256 secret, an audit key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialSource {
     /// An environment variable, read once.

@@ -30,9 +30,10 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceBuilder;
 
 use crate::audit::Audit;
-use crate::auth::{Authenticator, JwksConnector};
+use crate::auth::Authenticator;
 use crate::body::GatewayBody;
 use crate::catalog::CatalogSummary;
+use crate::client::JwksConnector;
 use crate::config::{ConfigErrors, ConfigProblem, GatewayConfig, ServerConfig};
 use crate::connection::{Activity, Check, Deadlines, Tracked, TrackedBody, Watched};
 use crate::error::GatewayError;

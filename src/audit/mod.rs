@@ -450,7 +450,7 @@ impl Audit {
     /// collector.
     pub fn from_config(
         config: &AuditConfig,
-        connector: Option<crate::auth::JwksConnector>,
+        connector: Option<crate::client::JwksConnector>,
     ) -> Result<Self, Vec<ConfigProblem>> {
         let prepared = Prepared::from_config(config, connector.is_some())?;
         Self::start(config, connector, prepared)
@@ -466,7 +466,7 @@ impl Audit {
 
     fn start(
         config: &AuditConfig,
-        connector: Option<crate::auth::JwksConnector>,
+        connector: Option<crate::client::JwksConnector>,
         prepared: Prepared,
     ) -> Result<Self, Vec<ConfigProblem>> {
         let Prepared {

@@ -68,7 +68,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use tokio::sync::Notify;
 
-use crate::auth::JwksConnector;
+use crate::client::JwksConnector;
 
 /// The most spool data sent in one export request.
 const MAX_BATCH_BYTES: usize = 512 * 1024;
@@ -232,7 +232,7 @@ pub fn signal_endpoint(raw: &str, signal_path: &str, key: &str) -> Result<Uri, S
     if url.query().is_some() || url.fragment().is_some() {
         return Err("must not have a query or fragment".into());
     }
-    if url.scheme() == "http" && !crate::proxy::is_loopback_host(&url) {
+    if url.scheme() == "http" && !crate::client::is_loopback_host(&url) {
         tracing::warn!(
             endpoint = raw,
             "{key} is plain http to a non-loopback host: data travels unencrypted"
@@ -406,7 +406,7 @@ impl Shipper {
         let response = tokio::time::timeout(EXPORT_TIMEOUT, self.client.request(req))
             .await
             .map_err(|_| "the collector did not answer in time".to_owned())?
-            .map_err(|e| crate::proxy::error_chain(&e))?;
+            .map_err(|e| crate::client::error_chain(&e))?;
         let status = response.status();
         // Drain the body so the connection can be reused.
         let _ = response.into_body().collect().await;
@@ -496,13 +496,13 @@ mod tests {
     use std::io::Write;
 
     fn shipper(spool: &Path, spool_max_bytes: u64, state: Arc<ShipState>) -> Shipper {
-        let upstream =
-            crate::proxy::Upstream::from_config(&crate::config::UpstreamConfig::default())
-                .expect("the default upstream is valid");
+        let roots = crate::client::root_store(None).expect("the webpki roots load");
+        let connector =
+            crate::client::connector(crate::client::tls_config(roots), Duration::from_secs(5));
         Shipper::new(
             spool.to_owned(),
             "http://127.0.0.1:9/v1/logs".parse().unwrap(),
-            upstream.https_connector(),
+            connector,
             spool_max_bytes,
             state,
         )

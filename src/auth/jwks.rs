@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Uri;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
 use super::keys::{parse_jwks, KeySet, VerifyKey};
+use crate::client::JwksConnector;
 
 /// A JWKS larger than this is refused.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
@@ -35,12 +34,12 @@ pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct JwksFetcher {
     uri: Uri,
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<JwksConnector, Empty<Bytes>>,
 }
 
 impl JwksFetcher {
     /// A fetcher for `uri` over `client`.
-    pub fn new(uri: Uri, client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>) -> Self {
+    pub fn new(uri: Uri, client: Client<JwksConnector, Empty<Bytes>>) -> Self {
         Self { uri, client }
     }
 
@@ -51,7 +50,7 @@ impl JwksFetcher {
                 .client
                 .get(self.uri.clone())
                 .await
-                .map_err(|e| format!("request failed: {}", crate::proxy::error_chain(&e)))?;
+                .map_err(|e| format!("request failed: {}", crate::client::error_chain(&e)))?;
             if !response.status().is_success() {
                 return Err(format!("answered {}", response.status()));
             }

@@ -17,7 +17,7 @@
 //! # async fn demo(config: &polytomic_gateway::config::AuthConfig) {
 //! use std::sync::Arc;
 //! use polytomic_gateway::auth::{Authenticator, JwtAuthLayer};
-//! # let connector: polytomic_gateway::auth::JwksConnector = unimplemented!();
+//! # let connector: polytomic_gateway::client::JwksConnector = unimplemented!();
 //! let auth = Arc::new(Authenticator::from_config(config, Some(connector)).expect("valid [auth]"));
 //! tokio::spawn(auth.keys().clone().refresh_forever());
 //! let layer = JwtAuthLayer::new(auth);
@@ -34,8 +34,6 @@ use std::task::{Context, Poll};
 
 use futures_util::future::{BoxFuture, Either};
 use http::{Request, Response};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use opentelemetry::trace::SpanKind;
@@ -45,6 +43,7 @@ use tower::{Layer, Service};
 use crate::telemetry::RequestTrace;
 
 use crate::body::GatewayBody;
+use crate::client::JwksConnector;
 use crate::config::AuthConfig;
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
@@ -106,9 +105,6 @@ pub struct Authenticator {
     verifier: Verifier,
     keys: Arc<KeyStore>,
 }
-
-/// The connector type the JWKS client uses (shared with the upstream's TLS).
-pub type JwksConnector = HttpsConnector<HttpConnector>;
 
 impl Authenticator {
     /// Validates `[auth]` and loads its static keys. `connector` carries the

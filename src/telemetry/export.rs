@@ -18,7 +18,7 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
 use super::SpanStats;
-use crate::auth::JwksConnector;
+use crate::client::JwksConnector;
 
 /// A collector's answer larger than this is an error (it is a tiny protobuf).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;

@@ -212,7 +212,7 @@ impl LogFilter {
 /// HTTP/protobuf endpoint (the upstream's, including `upstream.ca_file`).
 pub fn init(
     config: &TelemetryConfig,
-    tls: Option<crate::auth::JwksConnector>,
+    tls: Option<crate::client::JwksConnector>,
 ) -> Result<Telemetry, Vec<ConfigProblem>> {
     let problems = config.validate();
     if !problems.is_empty() {
