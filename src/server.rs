@@ -287,7 +287,8 @@ impl Reloader {
         });
     }
 
-    /// Reloads and says how it ended; `None` if the gateway is not serving.
+    /// Reloads and says how it ended (once `serve` runs: a request made
+    /// before waits for it); `None` once the gateway has stopped.
     pub async fn reload(&self) -> Option<ReloadOutcome> {
         let (reply, outcome) = oneshot::channel();
         self.tx
