@@ -28,3 +28,14 @@ where
 {
     body.map_err(Into::into).boxed_unsync()
 }
+
+/// The bytes of a body the gateway read whole (a validated write body), in
+/// the request's extensions: the proxy can send it again on a retry.
+#[derive(Debug, Clone)]
+pub struct BufferedBody(pub Bytes);
+
+/// The client's request body failed (bad chunked framing, a cut
+/// connection): the client's fault, so a 400, not an upstream failure.
+#[derive(Debug, thiserror::Error)]
+#[error("the request body could not be read")]
+pub struct ClientBodyError(#[source] pub BoxError);

@@ -18,6 +18,7 @@
 //! token, key or body value can be echoed back.
 
 use std::convert::Infallible;
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -38,6 +39,27 @@ pub struct ErrorKey(pub &'static str);
 /// the request's log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorMessage(pub std::sync::Arc<str>);
+
+/// Why a body is not acceptable JSON; the 400's message and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JsonError {
+    /// 1-based line of the problem.
+    pub line: usize,
+    /// 1-based column of the problem (0 when the body is empty).
+    pub column: usize,
+    /// What is wrong, never quoting the body.
+    pub reason: String,
+}
+
+impl fmt::Display for JsonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid JSON at line {} column {}: {}",
+            self.line, self.column, self.reason
+        )
+    }
+}
 
 /// A refusal or failure, with the HTTP status and stable `key` it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +107,9 @@ pub enum GatewayError {
     /// The gateway is not ready to forward requests (e.g. its credential is unreadable).
     #[error("the gateway is not ready: {0}")]
     NotReady(&'static str),
-    /// The caller's JWT is missing or invalid.
+    /// The caller's JWT is missing or invalid; the auth layer's reason.
     #[error("{0}")]
-    Unauthenticated(crate::auth::AuthError),
+    Unauthenticated(BoxError),
     /// The path exists but not for this method.
     #[error("{method} is not allowed here; allowed: {}", allow.to_str().unwrap_or_default())]
     MethodNotAllowed {
@@ -99,9 +121,9 @@ pub enum GatewayError {
     /// No route matches the path.
     #[error("no route for this path")]
     NoRoute,
-    /// The path is ambiguous or malformed.
+    /// The path is ambiguous or malformed; the routes layer's reason.
     #[error("{0}")]
-    InvalidPath(crate::routes::PathError),
+    InvalidPath(BoxError),
     /// A path parameter documented as a UUID (`{id}`) is not one.
     #[error("path parameter {{{param}}} must be a UUID")]
     InvalidId {
@@ -116,7 +138,7 @@ pub enum GatewayError {
     UnsupportedMediaType,
     /// The write body is not strict, well-formed JSON.
     #[error("{0}")]
-    InvalidJson(crate::validate::JsonError),
+    InvalidJson(JsonError),
     /// The write body nests arrays and objects deeper than
     /// `server.max_json_depth`.
     #[error("the JSON body nests deeper than server.max_json_depth ({limit})")]
@@ -132,7 +154,7 @@ pub enum GatewayError {
     },
     /// The write body violates the route's schema.
     #[error("the body does not match the schema: {} problem(s), see metadata.errors", .0.len())]
-    InvalidBody(Vec<crate::validate::Violation>),
+    InvalidBody(Vec<crate::schema::Violation>),
     /// A body on a method that takes none (GET, DELETE) on a schema route.
     #[error("{0} requests must not have a body")]
     BodyNotAllowed(http::Method),
@@ -466,17 +488,17 @@ pub(crate) fn one_of_each() -> Vec<GatewayError> {
         },
         E::UriTooLong { limit: 1 },
         E::NotReady("not yet"),
-        E::Unauthenticated(crate::auth::AuthError::MissingToken),
+        E::Unauthenticated("missing bearer token".into()),
         E::MethodNotAllowed {
             method: http::Method::POST,
             allow: HeaderValue::from_static("GET"),
         },
         E::NoRoute,
-        E::InvalidPath(crate::routes::PathError::TooLong),
+        E::InvalidPath("path too long".into()),
         E::InvalidId { param: "id".into() },
         E::MethodOverride(http::HeaderName::from_static("x-http-method")),
         E::UnsupportedMediaType,
-        E::InvalidJson(crate::validate::JsonError {
+        E::InvalidJson(JsonError {
             line: 1,
             column: 1,
             reason: "expected value".into(),

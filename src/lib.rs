@@ -83,10 +83,12 @@ pub mod problem;
 pub mod proxy;
 pub mod reload;
 pub mod routes;
+pub mod schema;
 pub mod secret;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod trace;
 pub mod validate;
 pub mod version;
 

@@ -24,6 +24,7 @@ use http::{header, Request, Response};
 use http_body_util::{BodyExt, Limited};
 use tower::{Layer, Service};
 
+pub use crate::body::ClientBodyError;
 use crate::body::{BoxError, GatewayBody};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
@@ -149,12 +150,6 @@ where
         }
     }
 }
-
-/// The client's request body failed (bad chunked framing, a cut
-/// connection): the client's fault, so a 400, not an upstream failure.
-#[derive(Debug, thiserror::Error)]
-#[error("the request body could not be read")]
-pub struct ClientBodyError(#[source] pub BoxError);
 
 /// Refuses request bodies over a limit, without reading past it.
 #[derive(Debug, Clone, Copy)]

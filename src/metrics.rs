@@ -425,23 +425,7 @@ impl Drop for InflightGuard {
     }
 }
 
-/// The `method` label: a standard method's name, else `_OTHER` (as the
-/// OpenTelemetry HTTP conventions say), so a client cannot mint labels.
-pub fn method_label(method: &http::Method) -> &'static str {
-    use http::Method;
-    match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        Method::OPTIONS => "OPTIONS",
-        Method::TRACE => "TRACE",
-        Method::CONNECT => "CONNECT",
-        _ => "_OTHER",
-    }
-}
+pub use crate::trace::method_label;
 
 #[cfg(test)]
 mod tests {

@@ -1,4 +1,10 @@
-//! What the stack learns about a request, for audit records and telemetry.
+//! What the stack learns about a request, for audit records and telemetry,
+//! and the request facts the layers share.
+//!
+//! Foundation: a layer that needs what another learned (the principal auth
+//! verified, the route routing matched, the policy's decision, the parsed
+//! body) reads one of these types from the request extensions, never by
+//! importing the layer that put it there.
 //!
 //! The outermost observing layer (telemetry, else audit) puts a
 //! [`RequestNotes`] in the request extensions. Each layer that learns something records it there: the
@@ -13,9 +19,9 @@ use std::sync::{Arc, Mutex};
 use http::Extensions;
 use serde_json::Value;
 
-use crate::auth::Principal;
-use crate::policy::PolicyDecision;
-use crate::routes::RouteMatch;
+use serde::{Deserialize, Serialize};
+
+use crate::schema::CompiledSchema;
 
 /// What a write body was, as far as the audit trail may say.
 #[derive(Debug, Clone)]
@@ -141,6 +147,178 @@ pub fn hex(bytes: &[u8]) -> String {
     }
     out
 }
+
+/// Who is calling: the token's subject and teams. Cheap to clone.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Principal(Arc<PrincipalData>);
+
+#[derive(PartialEq, Eq)]
+struct PrincipalData {
+    sub: String,
+    teams: Vec<String>,
+}
+
+impl Principal {
+    /// A principal with this subject and these teams.
+    pub fn new(sub: impl Into<String>, teams: Vec<String>) -> Self {
+        Self(Arc::new(PrincipalData {
+            sub: sub.into(),
+            teams,
+        }))
+    }
+
+    /// The subject (`auth.subject_claim`).
+    pub fn sub(&self) -> &str {
+        &self.0.sub
+    }
+
+    /// The teams (`auth.team_claim`); empty when the claim is absent.
+    pub fn teams(&self) -> &[String] {
+        &self.0.teams
+    }
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("sub", &self.0.sub)
+            .field("teams", &self.0.teams)
+            .finish()
+    }
+}
+
+/// Whether `s` is a UUID in its canonical hyphenated form (either case).
+pub fn is_uuid(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// Where a route comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteSource {
+    /// A `[[routes]]` entry of the config file.
+    Routes,
+    /// The generated catalog of the Polytomic API (`[catalog]`).
+    Catalog,
+}
+
+impl RouteSource {
+    /// `[[routes]]` or `catalog`, as `routes` and `policy explain` print it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Routes => "[[routes]]",
+            Self::Catalog => "catalog",
+        }
+    }
+}
+
+/// A matched route, stored in the request extensions.
+#[derive(Debug, Clone)]
+pub struct RouteMatch {
+    /// The route's operation name.
+    pub operation: Arc<str>,
+    /// The route's path template (the `http.route` of traces).
+    pub template: Arc<str>,
+    /// Where the route comes from.
+    pub source: RouteSource,
+    /// The first organization the path or query names, lowercased (the
+    /// `organization_id` of audit records and traces).
+    pub organization_id: Option<Arc<str>>,
+    /// Every organization the path and query name, lowercased.
+    pub organization_ids: Vec<Arc<str>>,
+    /// Top-level body fields that name organizations; the policy checks
+    /// them once the body is read.
+    pub body_organization_fields: Arc<[Box<str>]>,
+    /// The credential name injected upstream (`None`: the default one).
+    pub credential: Option<Arc<str>>,
+    /// The schema write bodies must satisfy, if the route names one.
+    pub schema: Option<Arc<CompiledSchema>>,
+    /// Whether any route on this path template has a schema (or comes from
+    /// the catalog): bodies on other methods here are refused rather than
+    /// forwarded unvalidated.
+    pub path_has_schema: bool,
+    /// The operation takes no body: any body is refused.
+    pub bodyless: bool,
+    /// Request headers whose values are secret (lower case; a trailing `*`
+    /// matches any suffix).
+    pub secret_headers: Arc<[Box<str>]>,
+}
+
+/// Whether denials are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Denied requests get 403.
+    #[default]
+    Enforce,
+    /// Denied requests are logged and forwarded.
+    Shadow,
+}
+
+impl PolicyMode {
+    /// `enforce` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enforce => "enforce",
+            Self::Shadow => "shadow",
+        }
+    }
+}
+
+/// The decision for one request, stored in its extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDecision {
+    /// Whether a rule allows the request.
+    pub allowed: bool,
+    /// The rule that allowed it.
+    pub rule: Option<Arc<str>>,
+    /// The mode in force; in shadow mode a denied request is forwarded.
+    pub mode: PolicyMode,
+}
+
+/// The parsed body of a validated request, for the audit layer.
+#[derive(Debug, Clone)]
+pub struct ParsedBody(pub Arc<Value>);
+
+/// The `outcome` of a request from the gateway's error key (if it refused
+/// the request itself) and the policy decision.
+pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'static str {
+    match error_key {
+        None if decision.is_some_and(|d| !d.allowed) => "shadow_denied",
+        None => "allowed",
+        Some("unauthenticated") => "unauthenticated",
+        Some("client_disconnected") => "cancelled",
+        Some("internal") => "error",
+        Some("forbidden") => "denied",
+        Some("no_route" | "method_not_allowed") => "no_route",
+        Some(
+            "invalid_path"
+            | "method_override"
+            | "invalid_json"
+            | "invalid_body"
+            | "json_too_deep"
+            | "json_too_many_values"
+            | "unsupported_media_type"
+            | "body_not_allowed"
+            | "payload_too_large"
+            | "incomplete_body"
+            | "headers_too_large"
+            | "uri_too_long",
+        ) => "invalid",
+        Some(
+            "upstream_unreachable" | "upstream_failed" | "upstream_timeout" | "request_timeout",
+        ) => "upstream_error",
+        // draining, overloaded, not_ready, audit_unavailable, internal_error
+        Some(_) => "unavailable",
+    }
+}
+
+/// The `error_key` of a request whose client went away before the response.
+pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
 
 /// The facts recorded about one request.
 #[derive(Debug, Default, Clone)]

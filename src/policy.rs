@@ -31,14 +31,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tower::{Layer, Service};
 
-use crate::auth::Principal;
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
 use crate::problem::ConfigProblem;
-use crate::routes::{is_uuid, RouteMatch};
-use crate::telemetry::RequestTrace;
-use crate::validate::ParsedBody;
+pub use crate::notes::{PolicyDecision, PolicyMode};
+use crate::notes::{is_uuid, ParsedBody, Principal, RouteMatch};
+use crate::trace::RequestTrace;
 
 /// `[policy]`.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -50,27 +49,6 @@ pub struct PolicyConfig {
     /// `[[policy.rules]]`; none means every request is denied.
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
-}
-
-/// Whether denials are enforced.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyMode {
-    /// Denied requests get 403.
-    #[default]
-    Enforce,
-    /// Denied requests are logged and forwarded.
-    Shadow,
-}
-
-impl PolicyMode {
-    /// `enforce` or `shadow`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Enforce => "enforce",
-            Self::Shadow => "shadow",
-        }
-    }
 }
 
 /// `[[policy.rules]]`: one grant.
@@ -90,17 +68,6 @@ pub struct RuleConfig {
     /// If set, only requests naming these organizations (UUIDs), and
     /// nothing else, match.
     pub organizations: Option<Vec<String>>,
-}
-
-/// The decision for one request, stored in its extensions.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyDecision {
-    /// Whether a rule allows the request.
-    pub allowed: bool,
-    /// The rule that allowed it.
-    pub rule: Option<Arc<str>>,
-    /// The mode in force; in shadow mode a denied request is forwarded.
-    pub mode: PolicyMode,
 }
 
 /// A compiled rule.
@@ -289,14 +256,14 @@ fn enforce<B>(
     route: &RouteMatch,
 ) -> Result<(), GatewayError> {
     let mut span = RequestTrace::child_of(req.extensions(), "policy", SpanKind::Internal, Vec::new);
-    crate::telemetry::set_attribute(&mut span, || {
+    crate::trace::set(&mut span, || {
         KeyValue::new(
             "gateway.decision",
             if decision.allowed { "allow" } else { "deny" },
         )
     });
     if let Some(rule) = &decision.rule {
-        crate::telemetry::set_attribute(&mut span, || {
+        crate::trace::set(&mut span, || {
             KeyValue::new("gateway.rule", rule.to_string())
         });
     }

@@ -38,7 +38,7 @@ use crate::error::GatewayError;
 use crate::net::{ClientAddr, FromTrustedProxy};
 use crate::notes::ClientRequestId;
 use crate::problem::ConfigProblem;
-use crate::telemetry::RequestTrace;
+use crate::trace::RequestTrace;
 
 /// The W3C trace-state header.
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
@@ -269,7 +269,7 @@ fn classify(error: hyper_util::client::legacy::Error) -> GatewayError {
         if let Some(GatewayError::PayloadTooLarge { limit }) = err.downcast_ref() {
             return GatewayError::PayloadTooLarge { limit: *limit };
         }
-        if err.is::<crate::limit::ClientBodyError>() {
+        if err.is::<crate::body::ClientBodyError>() {
             tracing::warn!(error = %error_chain(&error), "the request body failed while forwarding");
             return GatewayError::IncompleteBody;
         }
@@ -304,7 +304,7 @@ impl Service<Request<GatewayBody>> for Proxy {
                 vec![
                     KeyValue::new(
                         "http.request.method",
-                        crate::metrics::method_label(&parts.method),
+                        crate::trace::method_label(&parts.method),
                     ),
                     KeyValue::new("server.address", upstream.authority.host().to_owned()),
                     KeyValue::new("server.port", i64::from(upstream.port())),
@@ -371,7 +371,7 @@ impl Service<Request<GatewayBody>> for Proxy {
                             return Err(classify(error).into());
                         };
                         attempt += 1;
-                        crate::telemetry::set_attribute(&mut span, || {
+                        crate::trace::set(&mut span, || {
                             KeyValue::new("http.request.resend_count", i64::from(attempt))
                         });
                         tracing::warn!(
@@ -397,7 +397,7 @@ impl Service<Request<GatewayBody>> for Proxy {
                 }
             };
             let (mut parts, body) = response.into_parts();
-            crate::telemetry::set_attribute(&mut span, || {
+            crate::trace::set(&mut span, || {
                 KeyValue::new(
                     "http.response.status_code",
                     i64::from(parts.status.as_u16()),
@@ -444,7 +444,7 @@ impl Replay {
         if !idempotent {
             return None;
         }
-        let body = match parts.extensions.get::<crate::validate::BufferedBody>() {
+        let body = match parts.extensions.get::<crate::body::BufferedBody>() {
             Some(buffered) => buffered.0.clone(),
             None if http_body::Body::is_end_stream(body) => bytes::Bytes::new(),
             None => return None,

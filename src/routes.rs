@@ -31,7 +31,8 @@ use crate::credentials::{CredentialSet, SelectedCredential};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
 use crate::problem::ConfigProblem;
-use crate::validate::{CompiledSchema, SchemaCache};
+pub use crate::notes::{is_uuid, RouteMatch, RouteSource};
+use crate::schema::{CompiledSchema, SchemaCache};
 
 /// The methods a route may list (upper case, as HTTP sends them).
 pub const STANDARD_METHODS: [Method; 7] = [
@@ -111,6 +112,13 @@ pub enum PathError {
     Fragment,
 }
 
+impl From<PathError> for GatewayError {
+    /// A 400 `invalid_path`, whose message is the reason.
+    fn from(reason: PathError) -> Self {
+        GatewayError::InvalidPath(Box::new(reason))
+    }
+}
+
 /// Checks that a path means one thing to every reader: no normalization
 /// would change it and no decoding would add a delimiter.
 pub fn check_path(path: &str) -> Result<(), PathError> {
@@ -162,35 +170,6 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
         }
     }
     Ok(())
-}
-
-/// Whether `s` is a UUID in its canonical hyphenated form (either case).
-pub fn is_uuid(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 36
-        && b.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_hexdigit(),
-        })
-}
-
-/// Where a route comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RouteSource {
-    /// A `[[routes]]` entry of the config file.
-    Routes,
-    /// The generated catalog of the Polytomic API (`[catalog]`).
-    Catalog,
-}
-
-impl RouteSource {
-    /// `[[routes]]` or `catalog`, as `routes` and `policy explain` print it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Routes => "[[routes]]",
-            Self::Catalog => "catalog",
-        }
-    }
 }
 
 /// A place where a request names an organization, for organization-scoped
@@ -325,38 +304,6 @@ pub fn template_shape(template: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("/")
-}
-
-/// A matched route, stored in the request extensions.
-#[derive(Debug, Clone)]
-pub struct RouteMatch {
-    /// The route's operation name.
-    pub operation: Arc<str>,
-    /// The route's path template (the `http.route` of traces).
-    pub template: Arc<str>,
-    /// Where the route comes from.
-    pub source: RouteSource,
-    /// The first organization the path or query names, lowercased (the
-    /// `organization_id` of audit records and traces).
-    pub organization_id: Option<Arc<str>>,
-    /// Every organization the path and query name, lowercased.
-    pub organization_ids: Vec<Arc<str>>,
-    /// Top-level body fields that name organizations; the policy checks
-    /// them once the body is read.
-    pub body_organization_fields: Arc<[Box<str>]>,
-    /// The credential name injected upstream (`None`: the default one).
-    pub credential: Option<Arc<str>>,
-    /// The schema write bodies must satisfy, if the route names one.
-    pub schema: Option<Arc<CompiledSchema>>,
-    /// Whether any route on this path template has a schema (or comes from
-    /// the catalog): bodies on other methods here are refused rather than
-    /// forwarded unvalidated.
-    pub path_has_schema: bool,
-    /// The operation takes no body: any body is refused.
-    pub bodyless: bool,
-    /// Request headers whose values are secret (lower case; a trailing `*`
-    /// matches any suffix).
-    pub secret_headers: Arc<[Box<str>]>,
 }
 
 /// One compiled route.
@@ -675,7 +622,7 @@ impl RouteTable {
         let trailing_slash = path.len() > 1 && path.ends_with('/');
         let Ok(matched) = self.router.at(path) else {
             return Routed::Refused(if trailing_slash {
-                GatewayError::InvalidPath(PathError::EmptySegment)
+                PathError::EmptySegment.into()
             } else {
                 GatewayError::NoRoute
             });
@@ -683,7 +630,7 @@ impl RouteTable {
         let routes = matched.value;
         if trailing_slash != routes.trailing_slash {
             // Only a template that ends with `/` takes a trailing slash.
-            return Routed::Refused(GatewayError::InvalidPath(PathError::EmptySegment));
+            return Routed::Refused(PathError::EmptySegment.into());
         }
         let Some(route) = routes.by_method.get(method) else {
             return Routed::Refused(GatewayError::MethodNotAllowed {
@@ -747,7 +694,7 @@ impl RouteTable {
                     && path.ends_with('/')
                     && check_path(&path[..path.len() - 1]).is_ok()
                     && self.router.at(path).is_ok_and(|m| m.value.trailing_slash) => {}
-            Err(e) => return Routed::Refused(GatewayError::InvalidPath(e)),
+            Err(e) => return Routed::Refused(e.into()),
         }
         if let Some(name) = METHOD_OVERRIDE_HEADERS
             .iter()

@@ -45,7 +45,9 @@ const TIERS: &[(&str, Tier)] = &[
     ("net", Foundation),
     ("notes", Foundation),
     ("problem", Foundation),
+    ("schema", Foundation),
     ("secret", Foundation),
+    ("trace", Foundation),
     // Layers.
     ("audit", Layer),
     ("auth", Layer),

@@ -53,7 +53,8 @@ use crate::notes::{BodyDigest, RequestNotes};
 use crate::problem::ConfigProblem;
 use crate::secret::SecretSourceConfig;
 use crate::secret::{read_secret, CredentialSource};
-use crate::telemetry::RequestTrace;
+pub use crate::notes::CLIENT_DISCONNECTED;
+use crate::trace::RequestTrace;
 use record::{RequestInfo, SharedInfo};
 use redact::{Redactor, DEFAULT_REDACT_FIELDS};
 pub use writer::{SinkCounters, WriterStats};
@@ -858,7 +859,7 @@ where
                 .map(|id| id.as_str().to_owned()),
             trace_id: req
                 .extensions()
-                .get::<crate::telemetry::TraceId>()
+                .get::<crate::trace::TraceId>()
                 .map(|t| t.0.to_string())
                 .unwrap_or_default(),
             method: req.method().to_string(),
@@ -934,9 +935,6 @@ pin_project! {
         }
     }
 }
-
-/// The `error_key` of a request whose client went away before the response.
-pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
 
 impl<F, E> Future for AuditFuture<F>
 where

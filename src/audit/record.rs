@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::notes::{BodyNote, Notes};
-use crate::policy::PolicyDecision;
+pub use crate::notes::outcome;
 
 /// What the outer layer captured when the request arrived.
 #[derive(Debug, Clone)]
@@ -73,39 +73,6 @@ pub struct AuditRecord<'a> {
     pub idempotency_key: Option<&'a str>,
     pub request_body: Option<Value>,
     pub error_key: Option<&'static str>,
-}
-
-/// The `outcome` of a request from the gateway's error key (if it refused
-/// the request itself) and the policy decision.
-pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'static str {
-    match error_key {
-        None if decision.is_some_and(|d| !d.allowed) => "shadow_denied",
-        None => "allowed",
-        Some("unauthenticated") => "unauthenticated",
-        Some("client_disconnected") => "cancelled",
-        Some("internal") => "error",
-        Some("forbidden") => "denied",
-        Some("no_route" | "method_not_allowed") => "no_route",
-        Some(
-            "invalid_path"
-            | "method_override"
-            | "invalid_json"
-            | "invalid_body"
-            | "json_too_deep"
-            | "json_too_many_values"
-            | "unsupported_media_type"
-            | "body_not_allowed"
-            | "payload_too_large"
-            | "incomplete_body"
-            | "headers_too_large"
-            | "uri_too_long",
-        ) => "invalid",
-        Some(
-            "upstream_unreachable" | "upstream_failed" | "upstream_timeout" | "request_timeout",
-        ) => "upstream_error",
-        // draining, overloaded, not_ready, audit_unavailable, internal_error
-        Some(_) => "unavailable",
-    }
 }
 
 /// The record body: redacted JSON, or size and digest (`sha256`, or

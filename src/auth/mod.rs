@@ -40,7 +40,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue;
 use tower::{Layer, Service};
 
-use crate::telemetry::RequestTrace;
+use crate::trace::RequestTrace;
 
 use crate::body::GatewayBody;
 use crate::client::JwksConnector;
@@ -51,6 +51,7 @@ use crate::problem::ConfigProblem;
 use crate::secret::{read_secret, CredentialSource};
 use jwks::{load_jwks_file, JwksFetcher, KeyStore};
 use keys::VerifyKey;
+pub use crate::notes::Principal;
 pub use verify::{AuthError, Verifier, VerifyError};
 
 /// Paths that are never authenticated: only those the gateway answers itself
@@ -59,45 +60,6 @@ pub const UNAUTHENTICATED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
 
 /// HS256 secrets shorter than this are refused (RFC 7518 §3.2).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
-
-/// Who is calling: the token's subject and teams. Cheap to clone.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Principal(Arc<PrincipalData>);
-
-#[derive(PartialEq, Eq)]
-struct PrincipalData {
-    sub: String,
-    teams: Vec<String>,
-}
-
-impl Principal {
-    /// A principal with this subject and these teams.
-    pub fn new(sub: impl Into<String>, teams: Vec<String>) -> Self {
-        Self(Arc::new(PrincipalData {
-            sub: sub.into(),
-            teams,
-        }))
-    }
-
-    /// The subject (`auth.subject_claim`).
-    pub fn sub(&self) -> &str {
-        &self.0.sub
-    }
-
-    /// The teams (`auth.team_claim`); empty when the claim is absent.
-    pub fn teams(&self) -> &[String] {
-        &self.0.teams
-    }
-}
-
-impl std::fmt::Debug for Principal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Principal")
-            .field("sub", &self.0.sub)
-            .field("teams", &self.0.teams)
-            .finish()
-    }
-}
 
 /// Verifies callers: the verifier plus the live key set. Built once.
 #[derive(Debug)]
@@ -330,7 +292,14 @@ fn refusal(error: VerifyError) -> Response<GatewayBody> {
     };
     // The request's own line (telemetry) says it at warn, with this reason.
     tracing::debug!(%reason, "request refused: not authenticated");
-    GatewayError::Unauthenticated(reason).to_response()
+    GatewayError::from(reason).to_response()
+}
+
+impl From<AuthError> for GatewayError {
+    /// A 401 `unauthenticated`, whose message is the reason.
+    fn from(reason: AuthError) -> Self {
+        GatewayError::Unauthenticated(Box::new(reason))
+    }
 }
 
 impl<S, B> Service<Request<B>> for JwtAuth<S>
@@ -367,7 +336,7 @@ where
             RequestTrace::child_of(req.extensions(), "auth", SpanKind::Internal, Vec::new);
         let verified = self.auth.authenticate(req.headers());
         if let Ok(principal) = &verified {
-            crate::telemetry::set_attribute(&mut span, || {
+            crate::trace::set(&mut span, || {
                 KeyValue::new("enduser.id", principal.sub().to_owned())
             });
         }
@@ -388,7 +357,7 @@ where
                     auth.keys.refetch_for_unknown_kid().await;
                     let verified = auth.authenticate(req.headers());
                     if let Ok(principal) = &verified {
-                        crate::telemetry::set_attribute(&mut span, || {
+                        crate::trace::set(&mut span, || {
                             KeyValue::new("enduser.id", principal.sub().to_owned())
                         });
                     }

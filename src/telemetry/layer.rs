@@ -19,19 +19,12 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tracing::field::Empty;
 
-use crate::audit::record::outcome;
 use crate::body::GatewayBody;
 use crate::error::{ErrorKey, ErrorMessage};
-use crate::metrics::{method_label, InflightGuard, Metrics, RequestMetrics, NO_OPERATION, NO_RULE};
-use crate::notes::{Notes, RequestNotes};
-use crate::policy::PolicyMode;
-use crate::telemetry::trace::{global_tracer, RequestTrace};
-
-/// The request's trace id, for the audit record. Present when a global
-/// OpenTelemetry tracer provider is installed; without one, only when the
-/// caller sent a valid `traceparent` (its trace id is carried through).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceId(pub opentelemetry::trace::TraceId);
+use crate::trace::method_label;
+use crate::metrics::{InflightGuard, Metrics, RequestMetrics, NO_OPERATION, NO_RULE};
+use crate::notes::{outcome, Notes, PolicyMode, RequestNotes, CLIENT_DISCONNECTED};
+use crate::trace::{global_tracer, RequestTrace, TraceId};
 
 /// Paths the gateway answers itself (health): probed constantly, so they
 /// get no span, no log line and no request metrics. (`/metrics` is served
@@ -334,7 +327,7 @@ pin_project! {
     impl<F> PinnedDrop for TelemetryFuture<F> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(pending) = this.project().pending.take() {
-                pending.finish(None, Some(crate::audit::CLIENT_DISCONNECTED), None);
+                pending.finish(None, Some(CLIENT_DISCONNECTED), None);
             }
         }
     }

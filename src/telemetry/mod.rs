@@ -21,7 +21,6 @@
 
 mod export;
 mod layer;
-mod trace;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -37,9 +36,8 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::Layer;
 
 use crate::problem::ConfigProblem;
-pub use layer::{TelemetryFuture, TelemetryLayer, TelemetryService, TraceId};
-pub(crate) use trace::set as set_attribute;
-pub use trace::{ChildSpan, RequestTrace, TRACER_NAME};
+pub use crate::trace::{ChildSpan, RequestTrace, TraceId, TRACER_NAME};
+pub use layer::{TelemetryFuture, TelemetryLayer, TelemetryService};
 
 /// How long one export may take, including the collector's answer.
 pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,10 +1,12 @@
 //! The request's OpenTelemetry spans, made with the OpenTelemetry API.
 //!
-//! [`TelemetryLayer`](super::TelemetryLayer) starts the server span and puts
-//! a [`RequestTrace`] in the request's extensions; each layer below opens its
-//! child span (`auth`, `policy`, `validate`, `audit.write`, `upstream`) from
-//! it. Spans come from the global tracer provider, which
-//! [`init`](super::init) sets; a library user sets their own, or none (then
+//! Foundation: the telemetry layer
+//! ([`TelemetryLayer`](crate::telemetry::TelemetryLayer)) starts the server
+//! span and puts a [`RequestTrace`] (and a [`TraceId`]) in the request's
+//! extensions; each layer below opens its child span (`auth`, `policy`,
+//! `validate`, `audit.write`, `upstream`) from it, without importing the
+//! telemetry layer. Spans come from the global tracer provider, which
+//! [`init`](crate::telemetry::init) sets; a library user sets their own, or none (then
 //! every span is a no-op: no trace id is made, though a caller's
 //! `traceparent` is still carried through to the upstream and the audit).
 //!
@@ -24,8 +26,33 @@ use opentelemetry::{Context, KeyValue};
 /// The instrumentation scope the gateway's spans are made under.
 pub const TRACER_NAME: &str = "polytomic-gateway";
 
+/// The request's trace id, for the audit record. Present when a global
+/// OpenTelemetry tracer provider is installed; without one, only when the
+/// caller sent a valid `traceparent` (its trace id is carried through).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceId(pub opentelemetry::trace::TraceId);
+
+/// The `method` label of metrics and span names: a standard method's name,
+/// else `_OTHER` (as the OpenTelemetry HTTP conventions say), so a client
+/// cannot mint labels.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
 /// A tracer from the global provider (cheap to clone).
-pub(crate) fn global_tracer() -> Arc<BoxedTracer> {
+pub fn global_tracer() -> Arc<BoxedTracer> {
     Arc::new(opentelemetry::global::tracer(TRACER_NAME))
 }
 
@@ -46,7 +73,9 @@ impl std::fmt::Debug for RequestTrace {
 }
 
 impl RequestTrace {
-    pub(crate) fn new(cx: Context, tracer: Arc<BoxedTracer>) -> Self {
+    /// The trace of a request whose server span is `cx`'s active span,
+    /// its child spans made by `tracer`.
+    pub fn new(cx: Context, tracer: Arc<BoxedTracer>) -> Self {
         Self { cx, tracer }
     }
 
@@ -110,7 +139,7 @@ impl ChildSpan {
 }
 
 /// Sets an attribute on an optional child span.
-pub(crate) fn set(span: &mut Option<ChildSpan>, attribute: impl FnOnce() -> KeyValue) {
+pub fn set(span: &mut Option<ChildSpan>, attribute: impl FnOnce() -> KeyValue) {
     if let Some(span) = span {
         span.set(attribute);
     }
