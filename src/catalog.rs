@@ -29,9 +29,9 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::config::{ConfigProblem, GatewayConfig};
 use crate::policy::glob_match;
-use crate::routes::{OrganizationSource, RouteSource, RouteSpec, RouteTable};
+use crate::problem::ConfigProblem;
+use crate::routes::{OrganizationSource, RouteConfig, RouteSource, RouteSpec, RouteTable};
 use crate::validate::{CompiledSchema, SchemaSet};
 
 /// The Polytomic API version the embedded catalog describes.
@@ -286,22 +286,21 @@ impl CatalogSummary {
     }
 }
 
-/// Builds the route table of `config`: its `[[routes]]`, and the catalog's
-/// operations when `[catalog]` is enabled.
+/// Builds the route table of a config: its `[[routes]]`, and the catalog's
+/// operations when `[catalog]` is enabled, for `polytomic.version`;
+/// `credential_exists` says which `[credentials.*]` names exist. (The config
+/// calls it: [`crate::config::GatewayConfig::route_table`].)
 pub fn route_table(
-    config: &GatewayConfig,
+    routes: &[RouteConfig],
+    catalog: Option<&CatalogConfig>,
+    polytomic_version: &str,
+    credential_exists: &dyn Fn(&str) -> bool,
 ) -> Result<(RouteTable, CatalogSummary), Vec<ConfigProblem>> {
-    let credential_exists = |name: &str| config.credentials.contains_key(name);
-    let (specs, mut summary) = match &config.catalog {
+    let (specs, mut summary) = match catalog {
         Some(catalog) if catalog.enabled => {
             let embedded =
                 Catalog::embedded().map_err(|e| vec![ConfigProblem::new("catalog", e)])?;
-            plan(
-                catalog,
-                &embedded,
-                &config.polytomic.version,
-                &credential_exists,
-            )?
+            plan(catalog, &embedded, polytomic_version, credential_exists)?
         }
         _ => (Vec::new(), CatalogSummary::default()),
     };
@@ -309,7 +308,7 @@ pub fn route_table(
         .iter()
         .map(|s| (s.operation.clone(), s.path.clone()))
         .collect();
-    let table = RouteTable::build(&config.routes, specs, &credential_exists)?;
+    let table = RouteTable::build(routes, specs, credential_exists)?;
     let routed: HashSet<&str> = table.operations().iter().map(|o| &**o).collect();
     summary.replaced = catalog_names
         .into_iter()
@@ -450,7 +449,7 @@ pub fn plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::{RouteConfig, Routed};
+    use crate::routes::Routed;
     use crate::GatewayError;
     use http::Method;
 
@@ -491,7 +490,7 @@ mod tests {
         let catalog = catalog();
         assert_eq!(catalog.api_version(), API_VERSION);
         assert_eq!(
-            crate::config::PolytomicConfig::default().version,
+            crate::version::PolytomicConfig::default().version,
             API_VERSION,
             "the default polytomic.version is the catalog's"
         );

@@ -90,3 +90,36 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     text
 }
+
+/// Checks an OTLP endpoint (the config `key`) and derives the URL of one
+/// signal by appending `signal_path` (`/v1/logs`, `/v1/traces`), unless the
+/// endpoint already ends with it.
+pub fn signal_endpoint(raw: &str, signal_path: &str, key: &str) -> Result<http::Uri, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("{raw:?} is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "scheme {:?} is not supported; use http or https",
+            url.scheme()
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not hold credentials".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("must not have a query or fragment".into());
+    }
+    if url.scheme() == "http" && !is_loopback_host(&url) {
+        tracing::warn!(
+            endpoint = raw,
+            "{key} is plain http to a non-loopback host: data travels unencrypted"
+        );
+    }
+    let base = raw.trim_end_matches('/');
+    let full = if base.ends_with(signal_path) {
+        base.to_owned()
+    } else {
+        format!("{base}{signal_path}")
+    };
+    full.parse()
+        .map_err(|e| format!("{full:?} is not a valid URI: {e}"))
+}

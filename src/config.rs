@@ -21,8 +21,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::AuthConfig;
+pub use crate::credentials::{CredentialConfig, CredentialScheme};
 pub use crate::problem::ConfigProblem;
+pub use crate::proxy::UpstreamConfig;
 pub use crate::secret::SecretSourceConfig;
+pub use crate::version::{PolytomicConfig, VersionMode};
 
 /// The environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "GATEWAY_CONFIG";
@@ -78,6 +82,20 @@ pub struct GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The route table: `[[routes]]`, and the catalog's operations when
+    /// `[catalog]` is enabled.
+    pub fn route_table(
+        &self,
+    ) -> Result<(crate::routes::RouteTable, crate::catalog::CatalogSummary), Vec<ConfigProblem>>
+    {
+        crate::catalog::route_table(
+            &self.routes,
+            self.catalog.as_ref(),
+            &self.polytomic.version,
+            &|name| self.credentials.contains_key(name),
+        )
+    }
+
     /// The configuration in force, defaults included, for the startup log.
     /// Anything that could be a secret is `***`: the credentials and query
     /// of a URL, and strings under a key naming a secret, password or token.
@@ -129,80 +147,6 @@ fn mask_secrets(value: &mut serde_json::Value, key: Option<&str>) {
         }
         _ => {}
     }
-}
-
-/// `[auth]`: verifying the caller's internal JWT.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthConfig {
-    /// `iss` must be one of these.
-    pub issuers: Vec<String>,
-    /// `aud` (a string or an array) must contain one of these.
-    pub audiences: Vec<String>,
-    /// Accepted signing algorithms; `none` never is.
-    #[serde(default = "default_algorithms")]
-    pub algorithms: Vec<String>,
-    /// The identity provider's JWKS; `https`, or `http` to a loopback address.
-    pub jwks_url: Option<String>,
-    /// A static JWKS file, instead of or as well as the URL.
-    pub jwks_file: Option<PathBuf>,
-    /// A shared HS256 secret, for development and the demo only.
-    pub hs256_secret: Option<SecretSourceConfig>,
-    /// Clock skew allowed on `exp`, `nbf` and `iat`.
-    #[serde(with = "humantime_serde", default = "default_leeway")]
-    pub leeway: Duration,
-    /// The claim holding the caller's identity.
-    #[serde(default = "default_subject_claim")]
-    pub subject_claim: String,
-    /// The claim holding the caller's teams: a string or an array of strings;
-    /// a dotted path reaches a nested claim.
-    #[serde(default = "default_team_claim")]
-    pub team_claim: String,
-    /// How often the JWKS is refetched in the background.
-    #[serde(with = "humantime_serde", default = "default_jwks_refresh")]
-    pub jwks_refresh: Duration,
-    /// The fastest an unknown `kid` may trigger a JWKS refetch.
-    #[serde(with = "humantime_serde", default = "default_jwks_min_refresh")]
-    pub jwks_min_refresh_interval: Duration,
-    /// How long the last good JWKS from `jwks_url` is used while refreshes
-    /// keep failing; past it, tokens are refused (503 `jwks_unavailable`)
-    /// and `/readyz` fails.
-    #[serde(with = "humantime_serde", default = "default_jwks_max_stale")]
-    pub jwks_max_stale: Duration,
-    /// Longer bearer tokens are refused unread.
-    #[serde(default = "default_max_token_bytes")]
-    pub max_token_bytes: usize,
-    /// Verified tokens remembered until they expire; 0 turns the cache off.
-    #[serde(default = "default_token_cache_size")]
-    pub token_cache_size: usize,
-}
-
-fn default_algorithms() -> Vec<String> {
-    vec!["RS256".into(), "ES256".into()]
-}
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_subject_claim() -> String {
-    "sub".into()
-}
-fn default_team_claim() -> String {
-    "teams".into()
-}
-fn default_jwks_refresh() -> Duration {
-    Duration::from_secs(300)
-}
-fn default_jwks_min_refresh() -> Duration {
-    Duration::from_secs(30)
-}
-fn default_jwks_max_stale() -> Duration {
-    Duration::from_secs(24 * 60 * 60)
-}
-fn default_max_token_bytes() -> usize {
-    8192
-}
-fn default_token_cache_size() -> usize {
-    10_000
 }
 
 /// `[server]`: the listener.
@@ -287,95 +231,6 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
         }
     }
-}
-
-/// `[upstream]`: the Polytomic API.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamConfig {
-    /// Scheme, host, optional port and optional base path.
-    pub url: String,
-    /// A connection not established within this is a 502.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Response headers not received within this are a 504.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Extra PEM trust roots for HTTPS upstreams, added to the webpki roots.
-    pub ca_file: Option<PathBuf>,
-    /// How many times a request that never reached the upstream (the
-    /// connection failed) is sent again; only idempotent methods and
-    /// requests with an `Idempotency-Key`. 0: never.
-    pub retries: u32,
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        Self {
-            url: "https://app.polytomic.com".to_owned(),
-            connect_timeout: Duration::from_secs(5),
-            timeout: Duration::from_secs(30),
-            ca_file: None,
-            retries: 0,
-        }
-    }
-}
-
-/// `[polytomic]`: the `X-Polytomic-Version` header sent upstream.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PolytomicConfig {
-    /// The version sent upstream (a date, `YYYY-MM-DD`).
-    pub version: String,
-    /// Whether a client's own version header may be kept.
-    pub version_mode: VersionMode,
-    /// With `version_mode = "default"`: client versions that are kept as sent.
-    pub allowed_versions: Option<Vec<String>>,
-}
-
-impl Default for PolytomicConfig {
-    fn default() -> Self {
-        Self {
-            version: "2025-09-18".to_owned(),
-            version_mode: VersionMode::Override,
-            allowed_versions: None,
-        }
-    }
-}
-
-/// How the gateway treats a client's `X-Polytomic-Version` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VersionMode {
-    /// Always replace the client's value with `version`.
-    Override,
-    /// Keep the client's value if it is in `allowed_versions`, else set `version`.
-    Default,
-}
-
-/// `[credentials.NAME]`: where a secret injected upstream comes from.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialConfig {
-    /// Read the secret from this environment variable, once at startup.
-    pub env: Option<String>,
-    /// Read the secret from this file; it is re-read when it changes.
-    pub file: Option<PathBuf>,
-    /// How the secret is sent in `Authorization`.
-    #[serde(default)]
-    pub scheme: CredentialScheme,
-}
-
-/// The `Authorization` scheme a credential is sent with.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CredentialScheme {
-    /// `Authorization: Bearer <secret>` (Polytomic partner and API keys).
-    #[default]
-    Bearer,
-    /// `Authorization: Basic base64(<secret>)`, the secret being `user:password`
-    /// (on-premises deployment keys).
-    Basic,
 }
 
 /// Every problem found in a configuration, each labelled with where the

@@ -37,9 +37,35 @@ use base64::Engine;
 use http::{header, HeaderValue, Request};
 use tower::{Layer, Service};
 
-use crate::config::{CredentialConfig, CredentialScheme};
 use crate::problem::ConfigProblem;
 use crate::secret::{read_secret, CredentialSource};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `[credentials.NAME]`: where a secret injected upstream comes from.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Read the secret from this environment variable, once at startup.
+    pub env: Option<String>,
+    /// Read the secret from this file; it is re-read when it changes.
+    pub file: Option<PathBuf>,
+    /// How the secret is sent in `Authorization`.
+    #[serde(default)]
+    pub scheme: CredentialScheme,
+}
+
+/// The `Authorization` scheme a credential is sent with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialScheme {
+    /// `Authorization: Bearer <secret>` (Polytomic partner and API keys).
+    #[default]
+    Bearer,
+    /// `Authorization: Basic base64(<secret>)`, the secret being `user:password`
+    /// (on-premises deployment keys).
+    Basic,
+}
 
 /// How often `file` credentials are re-read to notice a rotated key.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -302,6 +328,21 @@ impl CredentialSet {
 /// Marks which credential a request is sent with; set by routing.
 #[derive(Debug, Clone)]
 pub struct SelectedCredential(pub Arc<Credential>);
+
+impl CredentialSet {
+    /// Marks a request with the credential `name` (see
+    /// [`SelectedCredential`]), for routing to call on each match; `false`
+    /// when there is none.
+    pub fn select(&self, name: &str, extensions: &mut http::Extensions) -> bool {
+        match self.get(name) {
+            Some(credential) => {
+                extensions.insert(SelectedCredential(credential.clone()));
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// Replaces the caller's credentials with a configured one.
 #[derive(Debug, Clone)]

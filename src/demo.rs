@@ -63,7 +63,7 @@ pub async fn run(
     )
     .map_err(|e| format!("{}: {e}", config_path.display()))?;
 
-    let telemetry = crate::telemetry::start(&config)
+    let telemetry = crate::server::start_telemetry(&config)
         .map_err(|problems| config::ConfigErrors::new(config_path, problems))?;
     let grace = config.server.shutdown_grace;
     // Reloads read the file again: they get the same listeners and fake API.
@@ -75,8 +75,7 @@ pub async fn run(
             config.upstream.url = upstream_url.clone();
         });
     let mut gateway = Gateway::build_adjusted(config, config_path, Some(adjust))?;
-    gateway.metrics().watch_spans(telemetry.span_stats());
-    gateway.set_log_filter(telemetry.log_filter());
+    gateway.watch_telemetry(&telemetry);
     let shutdown = shutdown_signal()?;
     let reload = reload_on_sighup(gateway.audit().clone(), gateway.reloader())?;
     let listener = tokio::net::TcpListener::bind(gateway.listen_addr())

@@ -4,8 +4,9 @@
 //! - `GET /healthz` is 200 while the process runs (liveness).
 //! - `GET /readyz` is 200 once everything the gateway needs is loaded and
 //!   readable, and 503 while any [`Readiness`] check fails or while draining.
-//! - `GET /metrics` is the Prometheus text format, when the layer was given
-//!   [`Metrics`] (see [`HealthLayer::with_metrics`]).
+//! - `GET /metrics` is the metrics text, when the layer was given a way to
+//!   encode it (see [`HealthLayer::with_metrics`]; the gateway gives it
+//!   [`crate::metrics::Metrics::encode`]).
 //!
 //! While draining, every other request is refused with 503 `draining` and
 //! `Connection: close`, so clients move to another instance.
@@ -20,7 +21,6 @@ use tower::{Layer, Service};
 use crate::body::{full, GatewayBody};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
-use crate::metrics::{Metrics, METRICS_PATH};
 
 /// The liveness path.
 pub const HEALTHZ: &str = "/healthz";
@@ -75,11 +75,29 @@ impl Readiness {
     }
 }
 
+/// The path metrics are served on; never forwarded, never authenticated.
+pub const METRICS_PATH: &str = "/metrics";
+
+/// What `GET /metrics` serves: the text `encode` makes, as `content_type`.
+#[derive(Clone)]
+struct MetricsText {
+    content_type: &'static str,
+    encode: Arc<dyn Fn() -> Vec<u8> + Send + Sync>,
+}
+
+impl std::fmt::Debug for MetricsText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsText")
+            .field("content_type", &self.content_type)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Answers the health paths and refuses new work while draining.
 #[derive(Debug, Clone)]
 pub struct HealthLayer {
     readiness: Readiness,
-    metrics: Option<Metrics>,
+    metrics: Option<MetricsText>,
 }
 
 impl HealthLayer {
@@ -91,9 +109,17 @@ impl HealthLayer {
         }
     }
 
-    /// Also serves `metrics` on `GET /metrics`.
-    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
-        self.metrics = Some(metrics);
+    /// Also serves metrics on `GET /metrics`: the text `encode` makes at
+    /// each scrape, as `content_type`.
+    pub fn with_metrics(
+        mut self,
+        content_type: &'static str,
+        encode: impl Fn() -> Vec<u8> + Send + Sync + 'static,
+    ) -> Self {
+        self.metrics = Some(MetricsText {
+            content_type,
+            encode: Arc::new(encode),
+        });
         self
     }
 }
@@ -115,7 +141,7 @@ impl<S> Layer<S> for HealthLayer {
 pub struct Health<S> {
     inner: S,
     readiness: Readiness,
-    metrics: Option<Metrics>,
+    metrics: Option<MetricsText>,
 }
 
 fn status_response(status: StatusCode, body: &'static str) -> Response<GatewayBody> {
@@ -152,10 +178,10 @@ where
                 return ResponseFuture::early(refusal.to_response());
             }
             if let Some(metrics) = metrics {
-                let mut response = Response::new(full(metrics.encode()));
+                let mut response = Response::new(full((metrics.encode)()));
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+                    HeaderValue::from_static(metrics.content_type),
                 );
                 return ResponseFuture::early(response);
             }

@@ -272,7 +272,8 @@ fn routes_and_policy(
     String,
 > {
     let config = config::load(path).map_err(|e| e.to_string())?;
-    polytomic_gateway::catalog::route_table(&config)
+    config
+        .route_table()
         .and_then(|(table, _)| {
             polytomic_gateway::policy::Policy::from_config(&config.policy, table.operations())
                 .map(|policy| (table, policy))
@@ -288,7 +289,6 @@ fn explain(
     target: &str,
     body: Option<&str>,
 ) -> ExitCode {
-    use polytomic_gateway::policy;
     let (table, policy) = match routes_and_policy(config_path) {
         Ok(built) => built,
         Err(e) => return fail(&e),
@@ -310,7 +310,7 @@ fn explain(
         None => (target, None),
     };
     let principal = auth::Principal::new(sub.clone().unwrap_or_default(), teams.clone());
-    let explanation = policy::explain(
+    let explanation = polytomic_gateway::policy_cases::explain(
         &table,
         &policy,
         &principal,
@@ -417,10 +417,7 @@ fn routes(config_path: &Path) -> ExitCode {
     // one there is.
     let default_credential =
         polytomic_gateway::credentials::default_credential_name(&config.credentials);
-    let ((table, summary), default_credential) = match (
-        polytomic_gateway::catalog::route_table(&config),
-        default_credential,
-    ) {
+    let ((table, summary), default_credential) = match (config.route_table(), default_credential) {
         (Ok(built), Ok(name)) => (built, name),
         (built, default_credential) => {
             let problems = built
@@ -508,7 +505,7 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
-    let telemetry = match telemetry::start(&config) {
+    let telemetry = match polytomic_gateway::server::start_telemetry(&config) {
         Ok(telemetry) => telemetry,
         Err(problems) => return fail(&config::ConfigErrors::new(&path, problems)),
     };
@@ -517,8 +514,7 @@ async fn serve(path: PathBuf) -> ExitCode {
         Ok(gateway) => gateway,
         Err(e) => return fail(&e),
     };
-    gateway.metrics().watch_spans(telemetry.span_stats());
-    gateway.set_log_filter(telemetry.log_filter());
+    gateway.watch_telemetry(&telemetry);
     // Signal handlers first, so a signal at any later point drains cleanly.
     let (shutdown, reload) = match (
         server::shutdown_signal(),

@@ -1,6 +1,6 @@
 //! Prometheus metrics, served as text on `GET /metrics` by [`crate::health`].
 //!
-//! The request-path families are updated by [`crate::telemetry::TelemetryLayer`]
+//! The request-path families are updated by [`MetricsLayer`]
 //! once per request, from the request's [`crate::notes`]. The components
 //! that keep their own counters (the JWKS key store, the audit writer and
 //! shipper, the span exporter) are read at scrape time instead, so they stay
@@ -19,7 +19,6 @@
 //! assert!(text.contains("# TYPE gateway_inflight_requests gauge"));
 //! ```
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,20 +27,24 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-use crate::audit::Audit;
-use crate::auth::jwks::KeyStore;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
-/// The path metrics are served on; never forwarded, never authenticated.
-pub const METRICS_PATH: &str = "/metrics";
+use futures_util::future::Either;
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+
+use crate::body::GatewayBody;
+use crate::error::ErrorKey;
+use crate::notes::{outcome, RequestNotes, CLIENT_DISCONNECTED};
+pub use crate::notes::{NO_OPERATION, NO_RULE};
+pub use crate::trace::method_label;
 
 /// The `Content-Type` of the Prometheus text format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The `operation` label of a request that matched no route.
-pub const NO_OPERATION: &str = "_none";
-
-/// The `rule` label of a decision no rule made (the default deny).
-pub const NO_RULE: &str = "_default";
 
 /// Request latency buckets, in seconds: 250µs to 10s.
 const DURATION_BUCKETS: [f64; 15] = [
@@ -302,14 +305,18 @@ impl Metrics {
     }
 
     /// Reports the fetch results and key count of the key store `keys`
-    /// returns, at every scrape. A reload may replace the store: the
-    /// counters then go on from where they were.
-    pub fn watch_jwks(&self, keys: impl Fn() -> Arc<KeyStore> + Send + Sync + 'static) {
+    /// returns (as `counts` reads them), at every scrape. A reload may
+    /// replace the store: the counters then go on from where they were.
+    pub fn watch_jwks<K: Send + Sync + 'static>(
+        &self,
+        keys: impl Fn() -> Arc<K> + Send + Sync + 'static,
+        counts: impl Fn(&K) -> JwksCounts + Send + Sync + 'static,
+    ) {
         let refresh_ok = self.inner.jwks_refresh.with_label_values(&["ok"]);
         let refresh_error = self.inner.jwks_refresh.with_label_values(&["error"]);
         let gauge = self.inner.jwks_keys.clone();
         // The store last seen, and the counts from before it.
-        let seen: Mutex<Option<(Arc<KeyStore>, u64, u64)>> = Mutex::new(None);
+        let seen: Mutex<Option<(Arc<K>, u64, u64)>> = Mutex::new(None);
         self.add_sync(Box::new(move || {
             let keys = keys();
             let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -321,16 +328,10 @@ impl Metrics {
                     before
                 }
             };
-            let stats = keys.stats();
-            catch_up(
-                &refresh_ok,
-                ok_before + stats.fetch_ok.load(Ordering::Relaxed),
-            );
-            catch_up(
-                &refresh_error,
-                failed_before + stats.fetch_failed.load(Ordering::Relaxed),
-            );
-            gauge.set(keys.key_count() as i64);
+            let counts = counts(&keys);
+            catch_up(&refresh_ok, ok_before + counts.fetch_ok);
+            catch_up(&refresh_error, failed_before + counts.fetch_failed);
+            gauge.set(i64::try_from(counts.keys).unwrap_or(i64::MAX));
         }));
     }
 
@@ -356,14 +357,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Reports `audit`'s per-sink record counts, spool size and queued bytes
-    /// at every scrape.
-    pub fn watch_audit(&self, audit: Audit) {
+    /// Reports the audit trail's per-sink record counts, spool size and
+    /// queued bytes, as `audit` reads them, at every scrape.
+    pub fn watch_audit(&self, audit: impl Fn() -> AuditCounts + Send + Sync + 'static) {
         let family = self.inner.audit_records.clone();
         let spool = self.inner.audit_spool_bytes.clone();
         let queue = self.inner.audit_queue_bytes.clone();
         self.add_sync(Box::new(move || {
-            for (sink, counts) in audit.sink_stats() {
+            let audit = audit();
+            for (sink, counts) in audit.sinks {
                 catch_up(
                     &family.with_label_values(&[sink, "written"]),
                     counts.written,
@@ -377,18 +379,19 @@ impl Metrics {
                     catch_up(&family.with_label_values(&[sink, "shipped"]), shipped);
                 }
             }
-            spool.set(i64::try_from(audit.unshipped_bytes()).unwrap_or(i64::MAX));
-            queue.set(i64::try_from(audit.queued_bytes()).unwrap_or(i64::MAX));
+            spool.set(i64::try_from(audit.unshipped_bytes).unwrap_or(i64::MAX));
+            queue.set(i64::try_from(audit.queued_bytes).unwrap_or(i64::MAX));
         }));
     }
 
-    /// Reports span export results at every scrape.
-    pub fn watch_spans(&self, stats: Arc<crate::telemetry::SpanStats>) {
+    /// Reports span export results, as `spans` reads them, at every scrape.
+    pub fn watch_spans(&self, spans: impl Fn() -> SpanCounts + Send + Sync + 'static) {
         let exported = self.inner.spans.with_label_values(&["exported"]);
         let dropped = self.inner.spans.with_label_values(&["dropped"]);
         self.add_sync(Box::new(move || {
-            catch_up(&exported, stats.exported.load(Ordering::Relaxed));
-            catch_up(&dropped, stats.dropped.load(Ordering::Relaxed));
+            let spans = spans();
+            catch_up(&exported, spans.exported);
+            catch_up(&dropped, spans.dropped);
         }));
     }
 
@@ -415,6 +418,50 @@ impl Metrics {
     }
 }
 
+/// The JWKS key store's counters, as [`Metrics::watch_jwks`] reads them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JwksCounts {
+    /// Fetches of `auth.jwks_url` that succeeded.
+    pub fetch_ok: u64,
+    /// Fetches that failed.
+    pub fetch_failed: u64,
+    /// Keys in the store.
+    pub keys: usize,
+}
+
+/// One audit sink's record counts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SinkCounts {
+    /// Records the sink took.
+    pub written: u64,
+    /// Records the sink failed to take.
+    pub failed: u64,
+    /// Records lost before any sink because the queue was full.
+    pub dropped: u64,
+    /// Records a collector acknowledged (shipping sinks only).
+    pub shipped: Option<u64>,
+}
+
+/// The audit trail's counters, as [`Metrics::watch_audit`] reads them.
+#[derive(Debug, Clone, Default)]
+pub struct AuditCounts {
+    /// Each sink, by its label.
+    pub sinks: Vec<(&'static str, SinkCounts)>,
+    /// Bytes in the shipping spool not yet acknowledged.
+    pub unshipped_bytes: u64,
+    /// Bytes queued for the writer.
+    pub queued_bytes: u64,
+}
+
+/// The span exporter's counters, as [`Metrics::watch_spans`] reads them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpanCounts {
+    /// Spans the collector accepted.
+    pub exported: u64,
+    /// Spans lost: the queue was full, or their export failed.
+    pub dropped: u64,
+}
+
 /// Decrements `gateway_inflight_requests` when dropped.
 #[derive(Debug)]
 pub struct InflightGuard(IntGauge);
@@ -425,11 +472,152 @@ impl Drop for InflightGuard {
     }
 }
 
-pub use crate::trace::method_label;
+/// Records the request families (`gateway_requests_total`, the duration
+/// histograms, `gateway_inflight_requests`, `gateway_policy_decisions_total`)
+/// once per request, from the request's [`RequestNotes`]: the route's
+/// operation, the policy decision and the upstream timing that the layers
+/// inside it noted.
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    metrics: Metrics,
+    skip: &'static [&'static str],
+}
+
+impl MetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics, skip: &[] }
+    }
+
+    /// Requests for these paths are not counted (health probes).
+    pub fn skip_paths(mut self, paths: &'static [&'static str]) -> Self {
+        self.skip = paths;
+        self
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+            skip: self.skip,
+        }
+    }
+}
+
+/// The service built by [`MetricsLayer`].
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+    skip: &'static [&'static str],
+}
+
+impl<S, B> Service<Request<B>> for MetricsService<S>
+where
+    S: Service<Request<B>, Response = Response<GatewayBody>>,
+{
+    type Response = Response<GatewayBody>;
+    type Error = S::Error;
+    type Future = Either<S::Future, MetricsFuture<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if self.skip.contains(&req.uri().path()) {
+            return Either::Left(self.inner.call(req));
+        }
+        let pending = Pending {
+            started: Instant::now(),
+            method: method_label(req.method()),
+            notes: RequestNotes::get_or_insert(req.extensions_mut()),
+            metrics: self.metrics.clone(),
+            _inflight: self.metrics.inflight(),
+        };
+        Either::Right(MetricsFuture {
+            future: self.inner.call(req),
+            pending: Some(pending),
+        })
+    }
+}
+
+/// What recording a finished request needs.
+struct Pending {
+    started: Instant,
+    method: &'static str,
+    notes: RequestNotes,
+    metrics: Metrics,
+    /// Counts the request in flight until dropped.
+    _inflight: InflightGuard,
+}
+
+impl Pending {
+    /// Records the request. `status` is `None` when the client went away
+    /// before the response.
+    fn finish(self, status: Option<StatusCode>, error_key: Option<&'static str>) {
+        let duration = self.started.elapsed();
+        self.notes.read(|notes| {
+            let operation = notes.route.as_ref().map_or(NO_OPERATION, |r| &*r.operation);
+            self.metrics.record_request(&RequestMetrics {
+                operation,
+                method: self.method,
+                status,
+                outcome: outcome(error_key, notes.decision.as_ref()),
+                duration,
+                upstream: notes.upstream_duration,
+                decision: notes
+                    .decision
+                    .as_ref()
+                    .map(|d| (d.word(), d.rule.as_deref().unwrap_or(NO_RULE))),
+            });
+        });
+    }
+}
+
+pin_project! {
+    /// Response future of [`MetricsService`]: records the request when it
+    /// finishes, or when it is dropped (the client went away).
+    pub struct MetricsFuture<F> {
+        #[pin]
+        future: F,
+        pending: Option<Pending>,
+    }
+
+    impl<F> PinnedDrop for MetricsFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(pending) = this.project().pending.take() {
+                pending.finish(None, Some(CLIENT_DISCONNECTED));
+            }
+        }
+    }
+}
+
+impl<F, E> Future for MetricsFuture<F>
+where
+    F: Future<Output = Result<Response<GatewayBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        if let (Some(pending), Ok(response)) = (this.pending.take(), &result) {
+            let error_key = response.extensions().get::<ErrorKey>().map(|k| k.0);
+            pending.finish(Some(response.status()), error_key);
+        }
+        Poll::Ready(result)
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::Ordering;
 
     #[test]
     fn requests_are_counted_with_bounded_labels() {
@@ -468,13 +656,17 @@ mod tests {
     #[test]
     fn component_counters_are_caught_up_at_scrape_time() {
         let metrics = Metrics::new();
-        let stats = Arc::new(crate::telemetry::SpanStats::default());
-        metrics.watch_spans(stats.clone());
-        stats.exported.store(5, Ordering::Relaxed);
+        let exported = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = exported.clone();
+        metrics.watch_spans(move || SpanCounts {
+            exported: counter.load(Ordering::Relaxed),
+            dropped: 0,
+        });
+        exported.store(5, Ordering::Relaxed);
         assert!(String::from_utf8(metrics.encode())
             .unwrap()
             .contains(r#"gateway_trace_spans_total{result="exported"} 5"#));
-        stats.exported.store(7, Ordering::Relaxed);
+        exported.store(7, Ordering::Relaxed);
         assert!(String::from_utf8(metrics.encode())
             .unwrap()
             .contains(r#"gateway_trace_spans_total{result="exported"} 7"#));

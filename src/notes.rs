@@ -280,6 +280,18 @@ pub struct PolicyDecision {
     pub mode: PolicyMode,
 }
 
+impl PolicyDecision {
+    /// `allow`, `deny` or `shadow_deny`: the decision as metrics and traces
+    /// name it.
+    pub fn word(&self) -> &'static str {
+        match (self.allowed, self.mode) {
+            (true, _) => "allow",
+            (false, PolicyMode::Enforce) => "deny",
+            (false, PolicyMode::Shadow) => "shadow_deny",
+        }
+    }
+}
+
 /// The parsed body of a validated request, for the audit layer.
 #[derive(Debug, Clone)]
 pub struct ParsedBody(pub Arc<Value>);
@@ -320,6 +332,12 @@ pub fn outcome(error_key: Option<&str>, decision: Option<&PolicyDecision>) -> &'
 /// The `error_key` of a request whose client went away before the response.
 pub const CLIENT_DISCONNECTED: &str = "client_disconnected";
 
+/// The `operation` label and log field of a request that matched no route.
+pub const NO_OPERATION: &str = "_none";
+
+/// The `rule` label and trace attribute of a decision no rule made (the default deny).
+pub const NO_RULE: &str = "_default";
+
 /// The facts recorded about one request.
 #[derive(Debug, Default, Clone)]
 pub struct Notes {
@@ -351,6 +369,11 @@ impl RequestNotes {
     /// whichever observing layer runs first makes them.
     pub fn get_or_insert(extensions: &mut Extensions) -> Self {
         extensions.get_or_insert_default::<Self>().clone()
+    }
+
+    /// Reads the notes so far, without copying them.
+    pub fn read<R>(&self, read: impl FnOnce(&Notes) -> R) -> R {
+        read(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// A copy of the notes so far.

@@ -34,9 +34,9 @@ use tower::{Layer, Service};
 use crate::body::GatewayBody;
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
-use crate::problem::ConfigProblem;
-pub use crate::notes::{PolicyDecision, PolicyMode};
 use crate::notes::{is_uuid, ParsedBody, Principal, RouteMatch};
+pub use crate::notes::{PolicyDecision, PolicyMode};
+use crate::problem::ConfigProblem;
 use crate::trace::RequestTrace;
 
 /// `[policy]`.
@@ -419,49 +419,6 @@ where
     }
 }
 
-/// What `policy explain` reports for one hypothetical request.
-#[derive(Debug)]
-pub struct Explanation {
-    /// The matched route, or why there is none.
-    pub route: Result<RouteMatch, GatewayError>,
-    /// The decision, when a route matched.
-    pub decision: Option<PolicyDecision>,
-}
-
-impl Explanation {
-    /// Whether the request would be forwarded (in enforce mode).
-    pub fn allowed(&self) -> bool {
-        self.decision.as_ref().is_some_and(|d| d.allowed)
-    }
-}
-
-/// Explains what the gateway would decide for `principal` calling `method
-/// path?query` with `body` (the organizations a body names count only
-/// when it is given).
-pub fn explain(
-    table: &crate::routes::RouteTable,
-    policy: &Policy,
-    principal: &Principal,
-    method: &http::Method,
-    path: &str,
-    query: Option<&str>,
-    body: Option<&Value>,
-) -> Explanation {
-    match table.resolve(method, path, query, &http::HeaderMap::new()) {
-        crate::routes::Routed::Refused(error) => Explanation {
-            route: Err(error),
-            decision: None,
-        },
-        crate::routes::Routed::Matched(route) => {
-            let decision = policy.decide_with_body(Some(principal), &route, body);
-            Explanation {
-                route: Ok(route),
-                decision: Some(decision),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -487,7 +444,7 @@ mod tests {
         RouteMatch {
             operation: operation.into(),
             template: "/t".into(),
-            source: crate::routes::RouteSource::Routes,
+            source: crate::notes::RouteSource::Routes,
             organization_id: id.map(Into::into),
             organization_ids: id.map(Into::into).into_iter().collect(),
             body_organization_fields: Arc::new([]),

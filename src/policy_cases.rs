@@ -25,10 +25,10 @@
 //!
 //! ```
 //! use std::path::Path;
-//! use polytomic_gateway::{catalog, config, policy::Policy, policy_cases::CaseSuite};
+//! use polytomic_gateway::{config, policy::Policy, policy_cases::CaseSuite};
 //!
 //! let config = config::load(Path::new("config/gateway.toml")).unwrap();
-//! let (table, _) = catalog::route_table(&config).unwrap();
+//! let (table, _) = config.route_table().unwrap();
 //! let policy = Policy::from_config(&config.policy, table.operations()).unwrap();
 //! let cases = CaseSuite::load(Path::new("config/policy-tests.toml")).unwrap();
 //! let report = cases.run(&table, &policy);
@@ -46,7 +46,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::auth::Principal;
-use crate::policy::{self, Explanation, Policy};
+use crate::notes::{PolicyDecision, RouteMatch};
+use crate::policy::Policy;
 use crate::routes::{RouteTable, STANDARD_METHODS};
 use crate::validate::{parse_strict, JsonLimits};
 use crate::GatewayError;
@@ -420,7 +421,7 @@ impl CaseSuite {
             .cases
             .iter()
             .map(|case| {
-                let explanation = policy::explain(
+                let explanation = explain(
                     table,
                     policy,
                     &case.principal,
@@ -611,6 +612,49 @@ fn describe_deserialize_error(
     (key, message)
 }
 
+/// What `policy explain` reports for one hypothetical request.
+#[derive(Debug)]
+pub struct Explanation {
+    /// The matched route, or why there is none.
+    pub route: Result<RouteMatch, GatewayError>,
+    /// The decision, when a route matched.
+    pub decision: Option<PolicyDecision>,
+}
+
+impl Explanation {
+    /// Whether the request would be forwarded (in enforce mode).
+    pub fn allowed(&self) -> bool {
+        self.decision.as_ref().is_some_and(|d| d.allowed)
+    }
+}
+
+/// Explains what the gateway would decide for `principal` calling `method
+/// path?query` with `body` (the organizations a body names count only
+/// when it is given).
+pub fn explain(
+    table: &crate::routes::RouteTable,
+    policy: &Policy,
+    principal: &Principal,
+    method: &http::Method,
+    path: &str,
+    query: Option<&str>,
+    body: Option<&Value>,
+) -> Explanation {
+    match table.resolve(method, path, query, &http::HeaderMap::new()) {
+        crate::routes::Routed::Refused(error) => Explanation {
+            route: Err(error),
+            decision: None,
+        },
+        crate::routes::Routed::Matched(route) => {
+            let decision = policy.decide_with_body(Some(principal), &route, body);
+            Explanation {
+                route: Ok(route),
+                decision: Some(decision),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -656,7 +700,7 @@ organizations = ["{ORG}"]
         let mut file = tempfile::NamedTempFile::new().unwrap();
         file.write_all(text.as_bytes()).unwrap();
         let config = crate::config::load(file.path()).unwrap();
-        let (table, _) = crate::catalog::route_table(&config).unwrap();
+        let (table, _) = config.route_table().unwrap();
         let policy = Policy::from_config(&config.policy, table.operations()).unwrap();
         (table, policy)
     }

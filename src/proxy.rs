@@ -33,12 +33,45 @@ use crate::body::{boxed, BoxError, GatewayBody};
 use crate::client::{
     connector, error_chain, is_loopback_host, root_store, tls_config, JwksConnector,
 };
-use crate::config::UpstreamConfig;
 use crate::error::GatewayError;
 use crate::net::{ClientAddr, FromTrustedProxy};
 use crate::notes::ClientRequestId;
 use crate::problem::ConfigProblem;
 use crate::trace::RequestTrace;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// `[upstream]`: the Polytomic API.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Scheme, host, optional port and optional base path.
+    pub url: String,
+    /// A connection not established within this is a 502.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Response headers not received within this are a 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Extra PEM trust roots for HTTPS upstreams, added to the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// How many times a request that never reached the upstream (the
+    /// connection failed) is sent again; only idempotent methods and
+    /// requests with an `Idempotency-Key`. 0: never.
+    pub retries: u32,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            url: "https://app.polytomic.com".to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            ca_file: None,
+            retries: 0,
+        }
+    }
+}
 
 /// The W3C trace-state header.
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");

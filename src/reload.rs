@@ -133,7 +133,8 @@ impl Generation {
             ),
         };
         let mut catalog = CatalogSummary::default();
-        let routes = crate::catalog::route_table(config)
+        let routes = config
+            .route_table()
             .map(|(table, summary)| {
                 catalog = summary;
                 Arc::new(table)

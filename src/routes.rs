@@ -27,11 +27,10 @@ use serde::{Deserialize, Serialize};
 use tower::{Layer, Service};
 
 use crate::body::GatewayBody;
-use crate::credentials::{CredentialSet, SelectedCredential};
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
-use crate::problem::ConfigProblem;
 pub use crate::notes::{is_uuid, RouteMatch, RouteSource};
+use crate::problem::ConfigProblem;
 use crate::schema::{CompiledSchema, SchemaCache};
 
 /// The methods a route may list (upper case, as HTTP sends them).
@@ -785,16 +784,32 @@ fn mark_sensitive(headers: &mut http::HeaderMap, secret: &[Box<str>]) {
     }
 }
 
+/// Marks a matched request with the credential its route names
+/// (`credential = "NAME"`), in its extensions; `false` when there is no
+/// such credential. The assembly gives it (the credentials layer's
+/// selection), so routing needs no credential type.
+pub type SelectCredential = Arc<dyn Fn(&str, &mut http::Extensions) -> bool + Send + Sync>;
+
 /// Routes every request, refusing what it does not know.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouteLayer {
     table: Arc<RouteTable>,
-    credentials: Option<CredentialSet>,
+    credentials: Option<SelectCredential>,
+}
+
+impl std::fmt::Debug for RouteLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteLayer")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RouteLayer {
-    /// Routes with `table`; with `credentials`, selects each route's credential.
-    pub fn new(table: Arc<RouteTable>, credentials: Option<CredentialSet>) -> Self {
+    /// Routes with `table`; with `credentials`, marks each request with
+    /// the credential its route names, refusing it (500 `internal_error`)
+    /// if there is none, so it is never sent with the wrong key.
+    pub fn new(table: Arc<RouteTable>, credentials: Option<SelectCredential>) -> Self {
         Self { table, credentials }
     }
 }
@@ -812,11 +827,19 @@ impl<S> Layer<S> for RouteLayer {
 }
 
 /// The service built by [`RouteLayer`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RouteService<S> {
     inner: S,
     table: Arc<RouteTable>,
-    credentials: Option<CredentialSet>,
+    credentials: Option<SelectCredential>,
+}
+
+impl<S> std::fmt::Debug for RouteService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouteService")
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, B> Service<Request<B>> for RouteService<S>
@@ -843,14 +866,10 @@ where
                 ResponseFuture::early(error.to_response())
             }
             Routed::Matched(matched) => {
-                if let (Some(set), Some(name)) = (&self.credentials, &matched.credential) {
-                    match set.get(name) {
-                        Some(credential) => {
-                            req.extensions_mut()
-                                .insert(SelectedCredential(credential.clone()));
-                        }
-                        // Validated at startup; never forward with the wrong key.
-                        None => return ResponseFuture::early(GatewayError::Internal.to_response()),
+                if let (Some(select), Some(name)) = (&self.credentials, &matched.credential) {
+                    // Validated at startup; never forward with the wrong key.
+                    if !select(name, req.extensions_mut()) {
+                        return ResponseFuture::early(GatewayError::Internal.to_response());
                     }
                 }
                 if !matched.secret_headers.is_empty() {

@@ -17,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -384,9 +385,35 @@ impl Gateway {
         let metrics = Metrics::new();
         {
             let current = current.clone();
-            metrics.watch_jwks(move || current_of(&current).auth.keys().clone());
+            metrics.watch_jwks(
+                move || current_of(&current).auth.keys().clone(),
+                |store| crate::metrics::JwksCounts {
+                    fetch_ok: store.stats().fetch_ok.load(Ordering::Relaxed),
+                    fetch_failed: store.stats().fetch_failed.load(Ordering::Relaxed),
+                    keys: store.key_count(),
+                },
+            );
         }
-        metrics.watch_audit(generation.audit.clone());
+        {
+            let audit = generation.audit.clone();
+            metrics.watch_audit(move || crate::metrics::AuditCounts {
+                sinks: audit
+                    .sink_stats()
+                    .into_iter()
+                    .map(|(sink, c)| {
+                        let counts = crate::metrics::SinkCounts {
+                            written: c.written,
+                            failed: c.failed,
+                            dropped: c.dropped,
+                            shipped: c.shipped,
+                        };
+                        (sink, counts)
+                    })
+                    .collect(),
+                unshipped_bytes: audit.unshipped_bytes(),
+                queued_bytes: audit.queued_bytes(),
+            });
+        }
         metrics.config_loaded(&generation.version, false);
         let (tx, reloads) = mpsc::unbounded_channel();
         let watched = WatchedFiles::new(reload::watched_files(file, Some(&config)));
@@ -467,6 +494,18 @@ impl Gateway {
     /// Asks the gateway, once serving, to reload its config.
     pub fn reloader(&self) -> Reloader {
         self.reloader.clone()
+    }
+
+    /// Reports `telemetry`'s span export counts in the metrics, and lets a
+    /// reload apply `telemetry.log_level` to its log filter.
+    pub fn watch_telemetry(&mut self, telemetry: &crate::telemetry::Telemetry) {
+        let stats = telemetry.span_stats();
+        self.metrics()
+            .watch_spans(move || crate::metrics::SpanCounts {
+                exported: stats.exported.load(Ordering::Relaxed),
+                dropped: stats.dropped.load(Ordering::Relaxed),
+            });
+        self.set_log_filter(telemetry.log_filter());
     }
 
     /// Where a reload applies `telemetry.log_level`.
@@ -886,7 +925,10 @@ pub fn admin_service(
        + Send
        + 'static {
     ServiceBuilder::new()
-        .layer(crate::health::HealthLayer::new(readiness).with_metrics(metrics))
+        .layer(
+            crate::health::HealthLayer::new(readiness)
+                .with_metrics(crate::metrics::CONTENT_TYPE, move || metrics.encode()),
+        )
         .service_fn(|_req: Request<Incoming>| async {
             Ok::<_, std::convert::Infallible>(GatewayError::NoRoute.to_response())
         })
@@ -1463,4 +1505,22 @@ fn prepare(
         restart_required,
         generation,
     }
+}
+
+/// Starts telemetry for a gateway running `config` (see [`crate::telemetry::init`]; the
+/// upstream's TLS settings reach the collector), then logs the effective
+/// configuration with secrets masked.
+pub fn start_telemetry(
+    config: &crate::config::GatewayConfig,
+) -> Result<crate::telemetry::Telemetry, Vec<ConfigProblem>> {
+    let tls = crate::proxy::Upstream::from_config(&config.upstream)
+        .ok()
+        .map(|upstream| upstream.https_connector());
+    let telemetry = crate::telemetry::init(&config.telemetry, tls)?;
+    tracing::info!(
+        config = %config.effective(),
+        version = env!("CARGO_PKG_VERSION"),
+        "effective configuration"
+    );
+    Ok(telemetry)
 }

@@ -19,14 +19,14 @@ use crate::auth::JwtAuthLayer;
 use crate::body::{BoxError, GatewayBody};
 use crate::credentials::CredentialSwapLayer;
 use crate::error::RescueLayer;
-use crate::health::{HealthLayer, Readiness};
+use crate::health::{HealthLayer, Readiness, HEALTHZ, READYZ};
 use crate::limit::{BodyLimitLayer, HeadLimitLayer, HeadLimits, HeadSize};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, MetricsLayer};
 use crate::notes::ClientRequestId;
 use crate::policy::{PolicyBodyLayer, PolicyLayer};
 use crate::proxy::{Proxy, Upstream};
 use crate::reload::Generation;
-use crate::routes::RouteLayer;
+use crate::routes::{RouteLayer, SelectCredential};
 use crate::telemetry::TelemetryLayer;
 use crate::validate::{JsonLimits, ValidateLayer};
 use crate::version::PolytomicVersionLayer;
@@ -119,7 +119,11 @@ where
         // log line belongs to it; it needs the request id, and its trace id
         // goes into the audit record, so it sits between the two. It also
         // sees refusals (Rescue is inside) and the client going away.
-        .layer(TelemetryLayer::new(parts.metrics.clone()))
+        .layer(TelemetryLayer::new().skip_paths(&PROBES))
+        // The request metrics, from the notes the layers below fill in. Just
+        // inside telemetry, so it times the same span of work; it counts
+        // refusals (Rescue is inside) and the client going away.
+        .layer(MetricsLayer::new(parts.metrics.clone()).skip_paths(&PROBES))
         // Sees every request with its id and every final response, refusals
         // included (Rescue is inside it), so each gets one `response` record.
         .layer(AuditLayer::new(config.audit.clone()))
@@ -150,7 +154,7 @@ where
         // stop here; the match names the operation for everything below.
         .layer(RouteLayer::new(
             config.routes.clone(),
-            Some(config.credentials.clone()),
+            Some(select_credential(config)),
         ))
         // Needs both the principal (auth) and the operation (routing).
         .layer(PolicyLayer::new(config.policy.clone()))
@@ -182,6 +186,18 @@ where
         // Innermost: forwards upstream over the pooled client.
         .service(Proxy::new(parts.upstream))
 }
+
+/// How routing marks a request with its route's credential (for the
+/// credential swap): from the credential set of the config in force.
+fn select_credential(config: &Generation) -> SelectCredential {
+    let credentials = config.credentials.clone();
+    Arc::new(move |name, extensions| credentials.select(name, extensions))
+}
+
+/// Paths the gateway answers itself (health): probed constantly, so they
+/// get no span, no log line and no request metrics. (`/metrics` is served
+/// on the admin listener, outside this stack.)
+const PROBES: [&str; 2] = [HEALTHZ, READYZ];
 
 /// Moves the client's `x-request-id` out of the way of the gateway's own,
 /// keeping it as a [`ClientRequestId`] if it is one sane value.

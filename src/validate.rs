@@ -45,14 +45,14 @@ use serde::de::{DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
+pub use crate::body::BufferedBody;
 use crate::body::{full, BoxError, GatewayBody};
 use crate::error::GatewayError;
-use crate::future::{take_ready, ResponseFuture, ThenCall};
-use crate::notes::{BodyDigest, BodyNote};
-pub use crate::body::BufferedBody;
 pub use crate::error::JsonError;
+use crate::future::{take_ready, ResponseFuture, ThenCall};
 pub use crate::notes::ParsedBody;
 use crate::notes::RouteMatch;
+use crate::notes::{BodyDigest, BodyNote};
 pub use crate::schema::{CompiledSchema, SchemaCache, SchemaSet, Violation, MAX_JSON_DEPTH_LIMIT};
 use crate::trace::RequestTrace;
 
@@ -89,7 +89,6 @@ impl Default for JsonLimits {
         Self::DEFAULT
     }
 }
-
 
 /// Why [`parse_strict`] refused a body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -657,6 +656,4 @@ mod tests {
         assert!(!ct("text/json"));
         assert!(!is_json_content_type(&HeaderMap::new()));
     }
-
-    type BTreeMapForTest = std::collections::BTreeMap<String, Value>;
 }

@@ -12,8 +12,40 @@ use std::task::{Context, Poll};
 use http::{HeaderName, HeaderValue, Request};
 use tower::{Layer, Service};
 
-use crate::config::{PolytomicConfig, VersionMode};
 use crate::problem::ConfigProblem;
+use serde::{Deserialize, Serialize};
+
+/// `[polytomic]`: the `X-Polytomic-Version` header sent upstream.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolytomicConfig {
+    /// The version sent upstream (a date, `YYYY-MM-DD`).
+    pub version: String,
+    /// Whether a client's own version header may be kept.
+    pub version_mode: VersionMode,
+    /// With `version_mode = "default"`: client versions that are kept as sent.
+    pub allowed_versions: Option<Vec<String>>,
+}
+
+impl Default for PolytomicConfig {
+    fn default() -> Self {
+        Self {
+            version: "2025-09-18".to_owned(),
+            version_mode: VersionMode::Override,
+            allowed_versions: None,
+        }
+    }
+}
+
+/// How the gateway treats a client's `X-Polytomic-Version` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionMode {
+    /// Always replace the client's value with `version`.
+    Override,
+    /// Keep the client's value if it is in `allowed_versions`, else set `version`.
+    Default,
+}
 
 /// The header Polytomic reads the API version from.
 pub const X_POLYTOMIC_VERSION: HeaderName = HeaderName::from_static("x-polytomic-version");

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::notes::{BodyNote, Notes};
 pub use crate::notes::outcome;
+use crate::notes::{BodyNote, Notes};
 
 /// What the outer layer captured when the request arrived.
 #[derive(Debug, Clone)]

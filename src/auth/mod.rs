@@ -44,15 +44,93 @@ use crate::trace::RequestTrace;
 
 use crate::body::GatewayBody;
 use crate::client::JwksConnector;
-use crate::config::AuthConfig;
 use crate::error::GatewayError;
 use crate::future::ResponseFuture;
+pub use crate::notes::Principal;
 use crate::problem::ConfigProblem;
 use crate::secret::{read_secret, CredentialSource};
 use jwks::{load_jwks_file, JwksFetcher, KeyStore};
 use keys::VerifyKey;
-pub use crate::notes::Principal;
+use std::path::PathBuf;
+use std::time::Duration;
 pub use verify::{AuthError, Verifier, VerifyError};
+
+use crate::secret::SecretSourceConfig;
+use serde::{Deserialize, Serialize};
+
+/// `[auth]`: verifying the caller's internal JWT.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `iss` must be one of these.
+    pub issuers: Vec<String>,
+    /// `aud` (a string or an array) must contain one of these.
+    pub audiences: Vec<String>,
+    /// Accepted signing algorithms; `none` never is.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// The identity provider's JWKS; `https`, or `http` to a loopback address.
+    pub jwks_url: Option<String>,
+    /// A static JWKS file, instead of or as well as the URL.
+    pub jwks_file: Option<PathBuf>,
+    /// A shared HS256 secret, for development and the demo only.
+    pub hs256_secret: Option<SecretSourceConfig>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(with = "humantime_serde", default = "default_leeway")]
+    pub leeway: Duration,
+    /// The claim holding the caller's identity.
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// The claim holding the caller's teams: a string or an array of strings;
+    /// a dotted path reaches a nested claim.
+    #[serde(default = "default_team_claim")]
+    pub team_claim: String,
+    /// How often the JWKS is refetched in the background.
+    #[serde(with = "humantime_serde", default = "default_jwks_refresh")]
+    pub jwks_refresh: Duration,
+    /// The fastest an unknown `kid` may trigger a JWKS refetch.
+    #[serde(with = "humantime_serde", default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh_interval: Duration,
+    /// How long the last good JWKS from `jwks_url` is used while refreshes
+    /// keep failing; past it, tokens are refused (503 `jwks_unavailable`)
+    /// and `/readyz` fails.
+    #[serde(with = "humantime_serde", default = "default_jwks_max_stale")]
+    pub jwks_max_stale: Duration,
+    /// Longer bearer tokens are refused unread.
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered until they expire; 0 turns the cache off.
+    #[serde(default = "default_token_cache_size")]
+    pub token_cache_size: usize,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".into(), "ES256".into()]
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+fn default_team_claim() -> String {
+    "teams".into()
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_min_refresh() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_max_stale() -> Duration {
+    Duration::from_secs(24 * 60 * 60)
+}
+fn default_max_token_bytes() -> usize {
+    8192
+}
+fn default_token_cache_size() -> usize {
+    10_000
+}
 
 /// Paths that are never authenticated: only those the gateway answers itself
 /// (see [`crate::health`]), so nothing unauthenticated can be forwarded.

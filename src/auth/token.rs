@@ -8,7 +8,7 @@ use std::time::Duration;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{Map, Value};
 
-use crate::config::AuthConfig;
+use super::AuthConfig;
 use crate::secret::{read_secret, CredentialSource};
 
 /// Mints an HS256 token for `sub` and `teams`, valid for `ttl`, with the

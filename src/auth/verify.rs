@@ -16,8 +16,8 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::Value;
 
 use super::keys::{KeyChoiceError, KeySet};
+use super::AuthConfig;
 use super::Principal;
-use crate::config::AuthConfig;
 use crate::problem::ConfigProblem;
 
 /// The largest `auth.max_token_bytes`.

@@ -21,25 +21,18 @@ use tracing::field::Empty;
 
 use crate::body::GatewayBody;
 use crate::error::{ErrorKey, ErrorMessage};
+use crate::notes::{outcome, Notes, RequestNotes, CLIENT_DISCONNECTED, NO_OPERATION, NO_RULE};
 use crate::trace::method_label;
-use crate::metrics::{InflightGuard, Metrics, RequestMetrics, NO_OPERATION, NO_RULE};
-use crate::notes::{outcome, Notes, PolicyMode, RequestNotes, CLIENT_DISCONNECTED};
 use crate::trace::{global_tracer, RequestTrace, TraceId};
-
-/// Paths the gateway answers itself (health): probed constantly, so they
-/// get no span, no log line and no request metrics. (`/metrics` is served
-/// on the admin listener, outside this stack.)
-const LOCAL_PATHS: [&str; 2] = [crate::health::HEALTHZ, crate::health::READYZ];
 
 /// Wraps every request in a server span (continuing the caller's W3C trace
 /// context), gives the stack a [`RequestNotes`] slot, and when the response
-/// is ready records the span's attributes, the request metrics and one log
-/// line: info when the request was answered upstream, warn when the gateway
-/// refused it.
+/// is ready records the span's attributes and one log line: info when the
+/// request was answered upstream, warn when the gateway refused it.
 #[derive(Clone)]
 pub struct TelemetryLayer {
-    metrics: Metrics,
     tracer: Arc<BoxedTracer>,
+    skip: &'static [&'static str],
 }
 
 impl std::fmt::Debug for TelemetryLayer {
@@ -49,13 +42,26 @@ impl std::fmt::Debug for TelemetryLayer {
 }
 
 impl TelemetryLayer {
-    /// A layer recording into `metrics`, with spans from the global tracer
-    /// provider as it is now (install it first: [`init`](super::init)).
-    pub fn new(metrics: Metrics) -> Self {
+    /// A layer with spans from the global tracer provider as it is now
+    /// (install it first: [`init`](super::init)).
+    pub fn new() -> Self {
         Self {
-            metrics,
             tracer: global_tracer(),
+            skip: &[],
         }
+    }
+
+    /// Requests for these paths get no span and no log line (health probes,
+    /// which come constantly).
+    pub fn skip_paths(mut self, paths: &'static [&'static str]) -> Self {
+        self.skip = paths;
+        self
+    }
+}
+
+impl Default for TelemetryLayer {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -65,8 +71,8 @@ impl<S> Layer<S> for TelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         TelemetryService {
             inner,
-            metrics: self.metrics.clone(),
             tracer: self.tracer.clone(),
+            skip: self.skip,
         }
     }
 }
@@ -75,8 +81,8 @@ impl<S> Layer<S> for TelemetryLayer {
 #[derive(Clone)]
 pub struct TelemetryService<S> {
     inner: S,
-    metrics: Metrics,
     tracer: Arc<BoxedTracer>,
+    skip: &'static [&'static str],
 }
 
 impl<S> std::fmt::Debug for TelemetryService<S> {
@@ -98,7 +104,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if LOCAL_PATHS.contains(&req.uri().path()) {
+        if self.skip.contains(&req.uri().path()) {
             return Either::Left(self.inner.call(req));
         }
         let started = Instant::now();
@@ -158,7 +164,6 @@ where
         req.extensions_mut()
             .insert(RequestTrace::new(otel.clone(), self.tracer.clone()));
         let notes = RequestNotes::get_or_insert(req.extensions_mut());
-        let inflight = self.metrics.inflight();
         let future = span.in_scope(|| self.inner.call(req));
         Either::Right(TelemetryFuture {
             future,
@@ -168,8 +173,6 @@ where
                 notes,
                 method,
                 started,
-                metrics: self.metrics.clone(),
-                _inflight: inflight,
             }),
         })
     }
@@ -183,9 +186,6 @@ struct Pending {
     notes: RequestNotes,
     method: &'static str,
     started: Instant,
-    metrics: Metrics,
-    /// Counts the request in flight until dropped.
-    _inflight: InflightGuard,
 }
 
 impl std::fmt::Debug for Pending {
@@ -207,15 +207,6 @@ fn host_name(host: &str) -> &str {
     }
 }
 
-/// The `gateway.decision` word of a policy decision.
-fn decision_word(allowed: bool, mode: PolicyMode) -> &'static str {
-    match (allowed, mode) {
-        (true, _) => "allow",
-        (false, PolicyMode::Enforce) => "deny",
-        (false, PolicyMode::Shadow) => "shadow_deny",
-    }
-}
-
 impl Pending {
     /// Records everything about the finished request. `status` is `None`
     /// when the client went away before the response.
@@ -231,12 +222,10 @@ impl Pending {
         let outcome = outcome(error_key, notes.decision.as_ref());
         let route = notes.route.as_ref();
         let operation = route.map_or(NO_OPERATION, |r| &*r.operation);
-        let decision = notes.decision.as_ref().map(|d| {
-            (
-                decision_word(d.allowed, d.mode),
-                d.rule.as_deref().unwrap_or(NO_RULE),
-            )
-        });
+        let decision = notes
+            .decision
+            .as_ref()
+            .map(|d| (d.word(), d.rule.as_deref().unwrap_or(NO_RULE)));
         let server = self.otel.span();
         if server.is_recording() {
             let mut attributes = Vec::with_capacity(10);
@@ -277,15 +266,6 @@ impl Pending {
                 _ => {}
             }
         }
-        self.metrics.record_request(&RequestMetrics {
-            operation,
-            method: self.method,
-            status,
-            outcome,
-            duration,
-            upstream: notes.upstream_duration,
-            decision,
-        });
         let duration_ms = (duration.as_secs_f64() * 10_000.0).round() / 10.0;
         let status = status.map(|s| s.as_u16());
         // Entered rather than named as `parent:`: the JSON formatter lists

@@ -136,11 +136,11 @@ impl TelemetryConfig {
         let key = "telemetry.otlp_endpoint";
         match self.otlp_protocol {
             OtlpProtocol::HttpProtobuf => {
-                crate::audit::ship::signal_endpoint(&self.otlp_endpoint, "/v1/traces", key)
+                crate::client::signal_endpoint(&self.otlp_endpoint, "/v1/traces", key)
                     .map(|uri| Some(uri.to_string()))
             }
             OtlpProtocol::Grpc => {
-                crate::audit::ship::signal_endpoint(&self.otlp_endpoint, "", key)?;
+                crate::client::signal_endpoint(&self.otlp_endpoint, "", key)?;
                 Ok(Some(self.otlp_endpoint.trim_end_matches('/').to_owned()))
             }
         }
@@ -295,22 +295,6 @@ pub fn init(
         exporting,
         log_filter,
     })
-}
-
-/// Starts telemetry for a gateway running `config` (see [`init`]; the
-/// upstream's TLS settings reach the collector), then logs the effective
-/// configuration with secrets masked.
-pub fn start(config: &crate::config::GatewayConfig) -> Result<Telemetry, Vec<ConfigProblem>> {
-    let tls = crate::proxy::Upstream::from_config(&config.upstream)
-        .ok()
-        .map(|upstream| upstream.https_connector());
-    let telemetry = init(&config.telemetry, tls)?;
-    tracing::info!(
-        config = %config.effective(),
-        version = env!("CARGO_PKG_VERSION"),
-        "effective configuration"
-    );
-    Ok(telemetry)
 }
 
 /// The server span of a request ([`TelemetryLayer`]).
