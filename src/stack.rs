@@ -29,7 +29,6 @@ use crate::reload::Generation;
 use crate::routes::{RouteLayer, SelectCredential};
 use crate::telemetry::TelemetryLayer;
 use crate::validate::{JsonLimits, ValidateLayer};
-use crate::version::PolytomicVersionLayer;
 
 /// The built parts a stack is assembled from: what lasts as long as the
 /// process, and the [`Generation`] of the config in force.
@@ -182,7 +181,7 @@ where
         // come after it, so no other layer ever sees the secret.
         .layer(CredentialSwapLayer::new(config.credentials.clone()))
         // Sets X-Polytomic-Version for every forwarded request.
-        .layer(PolytomicVersionLayer::new(config.version_policy.clone()))
+        .layer(crate::version::layer(config.version_policy.clone()))
         // Innermost: forwards upstream over the pooled client.
         .service(Proxy::new(parts.upstream))
 }

@@ -6,11 +6,8 @@
 //! `allowed_versions` and replaced otherwise. Header values are built once,
 //! when the layer is built; a request only compares bytes.
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
 use http::{HeaderName, HeaderValue, Request};
-use tower::{Layer, Service};
+use tower_http::set_header::{MakeHeaderValue, SetRequestHeader, SetRequestHeaderLayer};
 
 use crate::problem::ConfigProblem;
 use serde::{Deserialize, Serialize};
@@ -119,72 +116,48 @@ impl VersionPolicy {
         &self.version
     }
 
-    /// Sets the upstream version header on `headers`.
-    pub fn apply(&self, headers: &mut http::HeaderMap) {
+    /// The version to send upstream for a request with `headers`: the
+    /// client's own, when the mode keeps it, else the configured one.
+    pub fn value_for<'h>(&'h self, headers: &'h http::HeaderMap) -> &'h HeaderValue {
         if self.mode == VersionMode::Default {
             let mut sent = headers.get_all(&X_POLYTOMIC_VERSION).iter();
             // Exactly one allowed value is kept; none, several or another is replaced.
             if let (Some(value), None) = (sent.next(), sent.next()) {
                 if self.allowed.contains(value) {
-                    return;
+                    return value;
                 }
             }
         }
         if headers.contains_key(&X_POLYTOMIC_VERSION) {
             tracing::debug!("replacing the client's x-polytomic-version");
         }
-        headers.insert(X_POLYTOMIC_VERSION, self.version.clone());
+        &self.version
+    }
+
+    /// Sets the upstream version header on `headers`.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        let value = self.value_for(headers).clone();
+        headers.insert(X_POLYTOMIC_VERSION, value);
     }
 }
 
-/// Sets `X-Polytomic-Version` on every request, per [`VersionPolicy`].
-#[derive(Debug, Clone)]
-pub struct PolytomicVersionLayer {
-    policy: Arc<VersionPolicy>,
-}
-
-impl PolytomicVersionLayer {
-    /// A layer applying `policy`.
-    pub fn new(policy: VersionPolicy) -> Self {
-        Self {
-            policy: Arc::new(policy),
-        }
-    }
-}
-
-impl<S> Layer<S> for PolytomicVersionLayer {
-    type Service = PolytomicVersion<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        PolytomicVersion {
-            inner,
-            policy: self.policy.clone(),
-        }
-    }
-}
+/// Sets `X-Polytomic-Version` on every request, per [`VersionPolicy`]:
+/// tower-http's header setter, overriding whatever the client sent with
+/// the value the policy makes (which, in `default` mode, may be the
+/// client's own).
+pub type PolytomicVersionLayer = SetRequestHeaderLayer<VersionPolicy>;
 
 /// The service built by [`PolytomicVersionLayer`].
-#[derive(Debug, Clone)]
-pub struct PolytomicVersion<S> {
-    inner: S,
-    policy: Arc<VersionPolicy>,
+pub type PolytomicVersion<S> = SetRequestHeader<S, VersionPolicy>;
+
+/// The layer applying `policy` (see [`PolytomicVersionLayer`]).
+pub fn layer(policy: VersionPolicy) -> PolytomicVersionLayer {
+    SetRequestHeaderLayer::overriding(X_POLYTOMIC_VERSION, policy)
 }
 
-impl<S, B> Service<Request<B>> for PolytomicVersion<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        self.policy.apply(req.headers_mut());
-        self.inner.call(req)
+impl<B> MakeHeaderValue<Request<B>> for VersionPolicy {
+    fn make_header_value(&mut self, req: &Request<B>) -> Option<HeaderValue> {
+        Some(self.value_for(req.headers()).clone())
     }
 }
 
