@@ -726,34 +726,32 @@ async fn only_replayable_requests_are_retried_and_only_after_a_connect_failure()
         send(&client, retried_put).await
     });
     gateway.wait_for_line("sending the request again").await;
-    let listener = closed.listen();
-    let received = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut received = Vec::new();
-        let mut chunk = [0u8; 8192];
-        // Head and body, which may come in several reads.
-        while !String::from_utf8_lossy(&received).ends_with(body) {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the connection closed before the body");
-            received.extend_from_slice(&chunk[..n]);
-        }
-        stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"data\":{}}",
-            )
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&received).into_owned()
-    });
+    // The upstream comes up on the reserved port: each request it gets,
+    // head and whole body, goes to `received`.
+    let (arrived, mut received) = tokio::sync::mpsc::unbounded_channel();
+    serve_upstream(
+        closed.listen(),
+        move |req: Request<hyper::body::Incoming>| {
+            let arrived = arrived.clone();
+            async move {
+                let (head, sent) = req.into_parts();
+                let sent = sent.collect().await.map(|b| b.to_bytes());
+                let _ = arrived.send((head, sent));
+                http::Response::new(upstream_body(r#"{"data":{}}"#))
+            }
+        },
+    );
     let (parts, _) = within("the retried PUT's response", request).await.unwrap();
     assert_eq!(parts.status, 200);
-    let head = within("the retried PUT at the upstream", received)
+    let (head, sent) = within("the retried PUT at the upstream", received.recv())
         .await
-        .unwrap();
-    assert!(head.contains("idempotency-key: idem-7"), "{head}");
-    assert!(
-        head.ends_with(body),
-        "the body was sent again whole: {head}"
+        .expect("the upstream got the PUT");
+    assert_eq!(head.headers["idempotency-key"], "idem-7", "{head:?}");
+    let sent = sent.expect("the upstream read the whole body");
+    assert_eq!(
+        &sent[..],
+        body.as_bytes(),
+        "the body was sent again whole: {sent:?}"
     );
     let output = {
         gateway.signal("TERM");

@@ -437,6 +437,18 @@ where
 {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_upstream(listener, handler);
+    addr
+}
+
+/// Serves `handler` (HTTP/1.1 and h2c) on `listener`, bound beforehand:
+/// say, a [`ClosedPort`] that starts listening when the test wants the
+/// upstream to come up.
+pub fn serve_upstream<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpstreamBody>> + Send + 'static,
+{
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -454,7 +466,6 @@ where
             });
         }
     });
-    addr
 }
 
 pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
