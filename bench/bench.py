@@ -37,6 +37,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection, IncompleteRead, RemoteDisconnected
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ORG_ID = "248df4b7-aa70-47b8-a036-33ac447e668d"
@@ -208,35 +209,28 @@ def wait_ready(proc, procs, url, timeout=60, status=200):
 
 def open_keepalive(port, count, token):
     """`count` connections, each having had one GET answered, left open."""
-    request = (f"GET {GET_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-               f"Authorization: Bearer {token}\r\n\r\n").encode()
-    socks = []
+    conns = []
     try:
         for _ in range(count):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10)
-            socks.append(s)
-            s.sendall(request)
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise SetupError("keep-alive connection closed before the response")
-                data += chunk
-            head, _, rest = data.partition(b"\r\n\r\n")
-            if not head.startswith(b"HTTP/1.1 200"):
-                raise SetupError(f"keep-alive GET: {head[:40]!r}")
-            length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
-            while len(rest) < length:
-                chunk = s.recv(65536)
-                if not chunk:
-                    raise SetupError("keep-alive connection closed mid-body")
-                rest += chunk
+            conn = HTTPConnection("127.0.0.1", port, timeout=10)
+            conns.append(conn)
+            conn.request("GET", GET_PATH, headers={"Authorization": f"Bearer {token}"})
+            try:
+                response = conn.getresponse()
+                response.read()
+            except RemoteDisconnected:
+                raise SetupError("keep-alive connection closed before the response")
+            except IncompleteRead:
+                raise SetupError("keep-alive connection closed mid-body")
+            if response.status != 200:
+                raise SetupError(f"keep-alive GET: HTTP {response.status} {response.reason}")
+            if response.will_close:
+                raise SetupError("keep-alive GET: the server closed the connection")
     except BaseException:
-        for s in socks:
-            s.close()
+        for conn in conns:
+            conn.close()
         raise
-    return socks
+    return conns
 
 
 def http(method, url, token=None, body=None):
@@ -656,12 +650,12 @@ def run(args, tmp, procs):
     log(f"10 MB upload x3: RSS before {before_kb / 1024:.1f} MB, peak {upload_peak_kb / 1024:.1f} MB")
 
     reset_peak(mem_pid)
-    socks = open_keepalive(ports["gw_mem"], 1000, rs_tokens[0])
+    conns = open_keepalive(ports["gw_mem"], 1000, rs_tokens[0])
     try:
         held_kb, held_peak_kb = status_kb(mem_pid, "VmRSS"), status_kb(mem_pid, "VmHWM")
     finally:
-        for s in socks:
-            s.close()
+        for conn in conns:
+            conn.close()
     log(f"1,000 open keep-alive connections: RSS {held_kb / 1024:.1f} MB (peak {held_peak_kb / 1024:.1f} MB)")
 
     conn1000 = load.wrk(ports["gw_mem"], [mem_pid], tokens=one_rs, conns=1000,

@@ -266,7 +266,9 @@ impl Discriminated {
         let Some(member) = instance.get(&self.field) else {
             return; // absent: the root schema says whether it is required
         };
-        let pointer = pointer_join("", &self.field);
+        let pointer = jsonschema::paths::Location::new()
+            .join(&self.field)
+            .to_string();
         match self.schema_for(instance) {
             Some(schema) => {
                 if let Err(inner) = schema.validate(member) {
@@ -289,7 +291,9 @@ impl Discriminated {
                     return;
                 }
                 violations.push(Violation {
-                    pointer: pointer_join("", &self.type_field),
+                    pointer: jsonschema::paths::Location::new()
+                        .join(&self.type_field)
+                        .to_string(),
                     keyword: "connectionType".into(),
                     message: format!(
                         "must name a known connection type, so that {} can be checked",
@@ -481,14 +485,6 @@ fn instance_secrets(
     }
 }
 
-/// Appends `segment` to a JSON pointer, escaping `~` and `/`.
-fn pointer_join(pointer: &str, segment: &str) -> String {
-    format!(
-        "{pointer}/{}",
-        segment.replace('~', "~0").replace('/', "~1")
-    )
-}
-
 /// Describes a JSON type list from the schema: `"a string or null"`.
 fn describe_types(types: Option<&Value>) -> String {
     let name = |t: &str| match t {
@@ -534,7 +530,7 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>, out: &mut V
         Kind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             push(
-                pointer_join(&pointer, name),
+                error.instance_path().join(name).to_string(),
                 "required",
                 "is required".into(),
             );
@@ -542,7 +538,7 @@ fn describe(schema: &Value, error: &jsonschema::ValidationError<'_>, out: &mut V
         Kind::AdditionalProperties { unexpected } => {
             for name in unexpected {
                 push(
-                    pointer_join(&pointer, name),
+                    error.instance_path().join(name).to_string(),
                     "additionalProperties",
                     "is not a known field".into(),
                 );
@@ -655,6 +651,103 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("/a~1b~0c"), "pointers are escaped: {text}");
+    }
+
+    /// What the gateway wrote by hand before it used `Location::join`: a
+    /// pointer, `/`, then the segment with `~` as `~0` and `/` as `~1`.
+    fn hand_joined(pointer: &str, segment: &str) -> String {
+        format!(
+            "{pointer}/{}",
+            segment.replace('~', "~0").replace('/', "~1")
+        )
+    }
+
+    #[test]
+    fn pointer_segments_are_escaped_byte_for_byte_as_before() {
+        // Every string of up to four characters over an alphabet holding
+        // both escaped characters, the escapes' own digits, a multi-byte
+        // character and an ASCII one...
+        let alphabet = ["a", "~", "/", "0", "1", "é"];
+        let mut segments = vec![String::new()];
+        let mut shorter = vec![String::new()];
+        for _ in 0..4 {
+            shorter = shorter
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            segments.extend(shorter.iter().cloned());
+        }
+        // ...and longer ones with an escaped character at every position,
+        // across the eight-byte words jsonschema scans at a time.
+        for len in [7, 8, 9, 15, 16, 17, 33] {
+            for at in 0..len {
+                for c in ['~', '/'] {
+                    let mut s: Vec<char> = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJ"
+                        .chars()
+                        .take(len)
+                        .collect();
+                    s[at] = c;
+                    segments.push(s.iter().collect());
+                }
+            }
+        }
+        segments.push("ünï/cö~dé~1/~0".to_owned());
+        let nested = jsonschema::paths::Location::new()
+            .join("a/b~c")
+            .join(0usize);
+        assert_eq!(nested.as_str(), "/a~1b~0c/0");
+        for base in [jsonschema::paths::Location::new(), nested] {
+            for segment in &segments {
+                assert_eq!(
+                    base.join(segment).as_str(),
+                    hand_joined(base.as_str(), segment),
+                    "{segment:?} after {base:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn violation_pointers_escape_every_segment() {
+        let schema = CompiledSchema::compile(
+            "test",
+            serde_json::json!({
+                "type": "object",
+                "properties": {"o/k~": {
+                    "type": "object",
+                    "required": ["n~e/w"],
+                    "additionalProperties": false,
+                    "properties": {"n~e/w": {}}
+                }}
+            }),
+        )
+        .unwrap();
+        let violations = schema
+            .validate(&serde_json::json!({"o/k~": {"x/~y": 1}}))
+            .unwrap_err();
+        let mut pointers: Vec<_> = violations.iter().map(|v| v.pointer.as_str()).collect();
+        pointers.sort_unstable();
+        assert_eq!(pointers, ["/o~1k~0/n~0e~1w", "/o~1k~0/x~1~0y"]);
+
+        // The discriminated member and its type field, named with both.
+        let types: BTreeMapForTest = [(
+            "pg".to_owned(),
+            serde_json::json!({"type": "object", "required": ["host"]}),
+        )]
+        .into_iter()
+        .collect();
+        let types = Arc::new(SchemaSet::compile("type", &types).unwrap());
+        let root = CompiledSchema::compile("root", serde_json::json!({"type": "object"}))
+            .unwrap()
+            .with_discriminated("con/fig~", "t/y~pe", types, false);
+        let missing = root
+            .validate(&serde_json::json!({"t/y~pe": "pg", "con/fig~": {}}))
+            .unwrap_err();
+        assert_eq!(missing[0].pointer, "/con~1fig~0/host");
+        let unknown = root
+            .validate(&serde_json::json!({"t/y~pe": "nope", "con/fig~": {}}))
+            .unwrap_err();
+        assert_eq!(unknown[0].pointer, "/t~1y~0pe");
     }
 
     #[test]

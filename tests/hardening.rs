@@ -591,25 +591,9 @@ async fn untrusted_tls_upstream() -> u16 {
     port
 }
 
-/// An upstream that reads the request head, then runs `then` on the socket.
-async fn raw_upstream(then: &'static [u8]) -> std::net::SocketAddr {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let mut buf = [0u8; 8192];
-            let _ = stream.read(&mut buf).await;
-            let _ = stream.write_all(then).await;
-            // Dropped: a reset or a cut, depending on what was written.
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn every_upstream_failure_has_its_status_its_audit_record_and_no_key() {
-    let silent = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
+    let (silent_addr, silent) = silent_upstream().await;
     let closed = closed_port();
     let cases: Vec<(&str, String, &str, u16, &str)> = vec![
         (
@@ -652,6 +636,13 @@ async fn every_upstream_failure_has_its_status_its_audit_record_and_no_key() {
         let gw = start_gateway(&url, &format!("[upstream]\n{upstream_extra}")).await;
         let (parts, body) = send(&client(), get(&gw.url("/api/organization"))).await;
         assert_gateway_error(&parts, &body, status, key);
+        assert!(parts.headers.contains_key("x-request-id"), "{name}");
+        if key == "upstream_timeout" {
+            assert_eq!(
+                json(&body)["message"],
+                "the upstream did not respond within 300ms"
+            );
+        }
         let dir = gw.shutdown().await;
         let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
         let record: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
@@ -662,7 +653,7 @@ async fn every_upstream_failure_has_its_status_its_audit_record_and_no_key() {
             "{name}: key in the audit trail"
         );
     }
-    drop(silent);
+    silent.notify_one();
 
     // Cut off mid-body: the client's body aborts, and the record says so.
     let cut = raw_upstream(
@@ -678,7 +669,10 @@ async fn every_upstream_failure_has_its_status_its_audit_record_and_no_key() {
     .unwrap();
     assert_eq!(response.status(), 200);
     let body = within("the cut-off body to end", response.into_body().collect()).await;
-    assert!(body.is_err());
+    assert!(
+        body.is_err(),
+        "a truncated upstream body must not look complete"
+    );
     let dir = gw.shutdown().await;
     let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
     let record: Value = serde_json::from_str(audit.lines().next().unwrap()).unwrap();
@@ -726,34 +720,32 @@ async fn only_replayable_requests_are_retried_and_only_after_a_connect_failure()
         send(&client, retried_put).await
     });
     gateway.wait_for_line("sending the request again").await;
-    let listener = closed.listen();
-    let received = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await.unwrap();
-        let mut received = Vec::new();
-        let mut chunk = [0u8; 8192];
-        // Head and body, which may come in several reads.
-        while !String::from_utf8_lossy(&received).ends_with(body) {
-            let n = stream.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "the connection closed before the body");
-            received.extend_from_slice(&chunk[..n]);
-        }
-        stream
-            .write_all(
-                b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"data\":{}}",
-            )
-            .await
-            .unwrap();
-        String::from_utf8_lossy(&received).into_owned()
-    });
+    // The upstream comes up on the reserved port: each request it gets,
+    // head and whole body, goes to `received`.
+    let (arrived, mut received) = tokio::sync::mpsc::unbounded_channel();
+    serve_upstream(
+        closed.listen(),
+        move |req: Request<hyper::body::Incoming>| {
+            let arrived = arrived.clone();
+            async move {
+                let (head, sent) = req.into_parts();
+                let sent = sent.collect().await.map(|b| b.to_bytes());
+                let _ = arrived.send((head, sent));
+                http::Response::new(upstream_body(r#"{"data":{}}"#))
+            }
+        },
+    );
     let (parts, _) = within("the retried PUT's response", request).await.unwrap();
     assert_eq!(parts.status, 200);
-    let head = within("the retried PUT at the upstream", received)
+    let (head, sent) = within("the retried PUT at the upstream", received.recv())
         .await
-        .unwrap();
-    assert!(head.contains("idempotency-key: idem-7"), "{head}");
-    assert!(
-        head.ends_with(body),
-        "the body was sent again whole: {head}"
+        .expect("the upstream got the PUT");
+    assert_eq!(head.headers["idempotency-key"], "idem-7", "{head:?}");
+    let sent = sent.expect("the upstream read the whole body");
+    assert_eq!(
+        &sent[..],
+        body.as_bytes(),
+        "the body was sent again whole: {sent:?}"
     );
     let output = {
         gateway.signal("TERM");

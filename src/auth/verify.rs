@@ -434,12 +434,10 @@ fn map_jwt_error(kind: &ErrorKind) -> VerifyError {
     VerifyError::Refused(reason)
 }
 
-/// The current Unix time in seconds.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+/// The current Unix time in seconds: jsonwebtoken's own clock, the one it
+/// checks `exp` and `nbf` with, so the cache and the `iat` check agree with
+/// it. For callers that pass the time to [`Verifier::verify`].
+pub use jsonwebtoken::get_current_timestamp as now;
 
 /// Verified tokens by SHA-256, bounded. Entries expire with their `exp` and
 /// are void once the key set's generation moves on.

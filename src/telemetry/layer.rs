@@ -133,7 +133,7 @@ where
                 .and_then(|h| h.to_str().ok())
                 .or_else(|| req.uri().host())
             {
-                attributes.push(KeyValue::new("server.address", host_name(host).to_owned()));
+                attributes.push(KeyValue::new("server.address", host_name(host)));
             }
             if let Some(agent) = headers
                 .get(header::USER_AGENT)
@@ -194,16 +194,13 @@ impl std::fmt::Debug for Pending {
     }
 }
 
-/// A `Host` value without its port (`server.address` is the name alone).
-fn host_name(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((name, port))
-            if port.bytes().all(|b| b.is_ascii_digit())
-                && (!name.contains(':') || name.ends_with(']')) =>
-        {
-            name
-        }
-        _ => host,
+/// A `Host` value without its port (`server.address` is the name alone):
+/// an IPv6 literal keeps its brackets. A value that is not an authority is
+/// reported as sent.
+fn host_name(host: &str) -> String {
+    match http::uri::Authority::try_from(host) {
+        Ok(authority) => authority.host().to_owned(),
+        Err(_) => host.to_owned(),
     }
 }
 
@@ -347,5 +344,32 @@ mod tests {
         assert_eq!(host_name("gateway.local"), "gateway.local");
         assert_eq!(host_name("[::1]:8080"), "[::1]");
         assert_eq!(host_name("[::1]"), "[::1]");
+        assert_eq!(host_name("[2001:db8::7]:443"), "[2001:db8::7]");
+        assert_eq!(host_name("[fe80::1%25eth0]:8080"), "[fe80::1%25eth0]");
+        assert_eq!(host_name("gateway.local:8443"), "gateway.local");
+        // Credentials in the authority are not part of the name.
+        assert_eq!(host_name("user:secret@gateway.local:80"), "gateway.local");
+    }
+
+    #[test]
+    fn a_host_that_is_not_an_authority_is_reported_as_sent() {
+        for malformed in [
+            "",
+            "::1",
+            "[::1",
+            "::1]:80",
+            "[::1]]:80",
+            "a:1:2",
+            "host:80:90",
+            "gateway local",
+            "host@",
+            "ho%st:80",
+        ] {
+            assert!(
+                http::uri::Authority::try_from(malformed).is_err(),
+                "{malformed:?} parses"
+            );
+            assert_eq!(host_name(malformed), malformed);
+        }
     }
 }

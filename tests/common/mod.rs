@@ -437,6 +437,18 @@ where
 {
     let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
+    serve_upstream(listener, handler);
+    addr
+}
+
+/// Serves `handler` (HTTP/1.1 and h2c) on `listener`, bound beforehand:
+/// say, a [`ClosedPort`] that starts listening when the test wants the
+/// upstream to come up.
+pub fn serve_upstream<F, Fut>(listener: TcpListener, handler: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpstreamBody>> + Send + 'static,
+{
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
@@ -454,7 +466,44 @@ where
             });
         }
     });
+}
+
+/// An upstream that is not HTTP: it reads the request head, writes `then`
+/// as raw bytes and drops the connection, which is a reset after the
+/// request was sent (`then` empty) or a response cut off (a head promising
+/// more body than `then` holds). What a well-behaved server cannot do.
+pub async fn raw_upstream(then: &'static [u8]) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut buf = [0u8; 8192];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(then).await;
+            // Dropped: a reset or a cut, depending on what was written.
+        }
+    });
     addr
+}
+
+/// An upstream that accepts connections and holds them, never reading or
+/// answering, until `notify_one` on what it returns.
+pub async fn silent_upstream() -> (SocketAddr, std::sync::Arc<tokio::sync::Notify>) {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = std::sync::Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            tokio::select! {
+                Ok((stream, _)) = listener.accept() => held.push(stream),
+                () = stopped.notified() => break,
+            }
+        }
+    });
+    (addr, stop)
 }
 
 pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
