@@ -6,7 +6,8 @@
 //! ```
 //!
 //! One request, `GET /api/organizations/{id}` by a caller of team
-//! `platform`, goes through `TelemetryLayer`, then the real `RouteLayer` and
+//! `platform`, goes through `TelemetryLayer` and `MetricsLayer`, then the
+//! real `RouteLayer` and
 //! `PolicyLayer` (built from config, as the gateway builds them), then a
 //! handler that opens and closes an `upstream` span and notes Polytomic's
 //! 200, as the proxy does. An `auth` span is opened and closed before
@@ -40,7 +41,7 @@ use opentelemetry::trace::SpanKind;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use polytomic_gateway::auth::Principal;
 use polytomic_gateway::body::{full, GatewayBody};
-use polytomic_gateway::metrics::Metrics;
+use polytomic_gateway::metrics::{Metrics, MetricsLayer};
 use polytomic_gateway::policy::{Policy, PolicyConfig, PolicyLayer};
 use polytomic_gateway::routes::{RouteConfig, RouteLayer, RouteTable};
 use polytomic_gateway::telemetry::{self, RequestTrace, TelemetryConfig, TelemetryLayer};
@@ -64,7 +65,8 @@ fn stack() -> Stack {
     let policy = Arc::new(Policy::from_config(&policy, table.operations()).unwrap());
     let principal = Principal::new("alice@corp", vec!["platform".into()]);
     let svc = ServiceBuilder::new()
-        .layer(TelemetryLayer::new(Metrics::new()))
+        .layer(TelemetryLayer::new())
+        .layer(MetricsLayer::new(Metrics::new()))
         .map_request(move |mut req: Request<()>| {
             let _auth =
                 RequestTrace::child_of(req.extensions(), "auth", SpanKind::Internal, Vec::new);
