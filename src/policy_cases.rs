@@ -14,7 +14,7 @@
 //! expect = "deny"            # "allow", "deny", or a status: 400, 403, 404, 405
 //! ```
 //!
-//! Each case goes through [`policy::explain`], the path checks, routing and
+//! Each case goes through [`explain`], the path checks, routing and
 //! policy decision of `serve` (and of `policy explain`): no network, no
 //! credential. A case is judged by the decision, not by what the mode does
 //! with it: in `shadow` mode a request no rule allows is forwarded, but its
@@ -190,7 +190,7 @@ pub enum Decided {
 }
 
 impl Decided {
-    /// Judges what [`policy::explain`] found; `body_given` says whether the
+    /// Judges what [`explain`] found; `body_given` says whether the
     /// case had a body.
     fn from_explanation(explanation: Explanation, body_given: bool) -> Self {
         let route = match explanation.route {
@@ -415,7 +415,7 @@ impl CaseSuite {
     }
 
     /// Runs every case through the path checks, routing and `policy`, as
-    /// [`policy::explain`] does.
+    /// [`explain`] does.
     pub fn run(&self, table: &RouteTable, policy: &Policy) -> Report {
         let results = self
             .cases

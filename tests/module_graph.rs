@@ -683,3 +683,84 @@ fn reader_sees_what_the_compiler_sees() {
         .1;
     assert!(tests[0].0 < at && at < tests[0].1);
 }
+
+/// The modules `examples/embed.rs` leaves out: it must name nothing from
+/// them, so that it shows the layers it uses working alone.
+const LEFT_OUT_OF_EMBED: &[&str] = &[
+    "audit",
+    "telemetry",
+    "metrics",
+    "validate",
+    "limit",
+    "health",
+    "version",
+    "stack",
+    "server",
+    "reload",
+    "config",
+    "catalog",
+    "demo",
+    "fake",
+];
+
+#[test]
+fn the_embed_example_names_nothing_from_the_layers_it_leaves_out() {
+    let path = src_dir().join("../examples/embed.rs");
+    let text = fs::read_to_string(&path).expect("examples/embed.rs");
+    let code = code_only(&text);
+    let named: BTreeSet<String> = first_segments(&code, LIB_CRATE)
+        .into_iter()
+        .map(|(module, _)| module)
+        .collect();
+    for needed in ["auth", "policy", "proxy"] {
+        assert!(
+            named.contains(needed),
+            "examples/embed.rs should use the {needed} layer; it names {named:?}"
+        );
+    }
+    let wrong: Vec<&String> = named
+        .iter()
+        .filter(|m| LEFT_OUT_OF_EMBED.contains(&m.as_str()))
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "examples/embed.rs names {wrong:?}, which it is meant to leave out"
+    );
+}
+
+/// `cargo test` builds the examples beside the test binaries; the embed
+/// example exits non-zero if a status or the injected key is wrong.
+#[test]
+fn the_embed_example_runs() {
+    let exe = std::env::current_exe().expect("test binary path");
+    let examples = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .join("examples");
+    let embed = examples.join(format!("embed{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        embed.exists(),
+        "{} is missing: cargo test builds the examples",
+        embed.display()
+    );
+    let out = std::process::Command::new(&embed)
+        .output()
+        .expect("run the embed example");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "embed failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("GET, team support: 200 OK"), "{stdout}");
+    assert!(
+        stdout.contains("PUT, team support: 403 Forbidden"),
+        "{stdout}"
+    );
+    // The upstream echoes what it received: the partner key, not the JWT.
+    assert!(
+        stdout.contains(r#"{"data":{"authorization":"Bearer pk_example_not_a_real_key"}}"#),
+        "{stdout}"
+    );
+}

@@ -899,19 +899,20 @@ struct Pending {
 impl Pending {
     /// Queues the `response` record (never waited for).
     fn write(self, status: Option<u16>, error_key: Option<&'static str>) {
-        let notes = self.notes.snapshot();
-        let body = self.audit.redacted_body(&notes);
-        let query = self.audit.redacted_query(&self.info);
-        let line = record::line(
-            "response",
-            &self.info,
-            &notes,
-            status,
-            error_key,
-            query,
-            body,
-            Some(self.info.started.elapsed()),
-        );
+        let line = self.notes.read(|notes| {
+            let body = self.audit.redacted_body(notes);
+            let query = self.audit.redacted_query(&self.info);
+            record::line(
+                "response",
+                &self.info,
+                notes,
+                status,
+                error_key,
+                query,
+                body,
+                Some(self.info.started.elapsed()),
+            )
+        });
         let _ = self.audit.submit("response", line, false);
     }
 }
@@ -1095,10 +1096,11 @@ where
             RequestTrace::child_of(req.extensions(), "audit.write", SpanKind::Internal, || {
                 vec![KeyValue::new("audit.durability", durability.as_str())]
             });
-        let snapshot = notes.snapshot();
-        let body = self.audit.redacted_body(&snapshot);
-        let query = self.audit.redacted_query(&info);
-        let line = record::line("request", &info, &snapshot, None, None, query, body, None);
+        let line = notes.read(|notes| {
+            let body = self.audit.redacted_body(notes);
+            let query = self.audit.redacted_query(&info);
+            record::line("request", &info, notes, None, None, query, body, None)
+        });
         let wait = self.audit.inner.durability != Durability::None;
         let reject = self.audit.inner.on_failure == OnFailure::Reject;
         if reject && self.audit.inner.ship_state.full.load(Ordering::Relaxed) {

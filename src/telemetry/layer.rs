@@ -213,8 +213,20 @@ impl Pending {
         error_key: Option<&'static str>,
         detail: Option<&str>,
     ) {
+        // Read in place rather than copied: a copy clones the route match
+        // and its organization list, an allocation a request.
+        self.notes
+            .read(|notes| self.record(notes, status, error_key, detail));
+    }
+
+    fn record(
+        &self,
+        notes: &Notes,
+        status: Option<StatusCode>,
+        error_key: Option<&'static str>,
+        detail: Option<&str>,
+    ) {
         let duration = self.started.elapsed();
-        let notes: Notes = self.notes.snapshot();
         let span = &self.span;
         let outcome = outcome(error_key, notes.decision.as_ref());
         let route = notes.route.as_ref();
