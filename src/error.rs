@@ -551,15 +551,15 @@ pub(crate) fn one_of_each() -> Vec<GatewayError> {
     samples
 }
 
-/// The rows of the first README table under `heading` whose header line
-/// starts `| {header}`, as their cells (trimmed, backticks removed).
+/// The rows of the first table of the page `doc` (its text) under
+/// `heading` whose header line starts `| {header}`, as their cells
+/// (trimmed, backticks removed).
 #[cfg(test)]
-pub(crate) fn readme_table(heading: &str, header: &str) -> Vec<Vec<String>> {
-    const README: &str = include_str!("../README.md");
-    let start = README
+pub(crate) fn doc_table(doc: &str, heading: &str, header: &str) -> Vec<Vec<String>> {
+    let start = doc
         .find(heading)
-        .unwrap_or_else(|| panic!("README.md has no {heading:?}"));
-    let section = &README[start..];
+        .unwrap_or_else(|| panic!("the page has no {heading:?}"));
+    let section = &doc[start..];
     let table = section
         .find(&format!("\n| {header}"))
         .map(|at| &section[at + 1..])
@@ -660,11 +660,14 @@ mod tests {
     /// gateway answers with: every one, and no other.
     #[test]
     fn the_readme_errors_table_lists_every_key_and_status() {
-        let rows: std::collections::BTreeSet<(String, String)> =
-            readme_table("### Errors", "Status | `key` | When |")
-                .into_iter()
-                .map(|cells| (cells[0].clone(), cells[1].clone()))
-                .collect();
+        let rows: std::collections::BTreeSet<(String, String)> = doc_table(
+            include_str!("../docs/security.md"),
+            "## Errors",
+            "Status | `key` | When |",
+        )
+        .into_iter()
+        .map(|cells| (cells[0].clone(), cells[1].clone()))
+        .collect();
         let answered: std::collections::BTreeSet<(String, String)> = one_of_each()
             .iter()
             .map(|e| (e.status().as_u16().to_string(), e.key().to_owned()))
@@ -672,12 +675,12 @@ mod tests {
         let missing: Vec<_> = answered.difference(&rows).collect();
         assert!(
             missing.is_empty(),
-            "not in README.md's Errors table: {missing:?}"
+            "not in docs/security.md's Errors table: {missing:?}"
         );
         let unknown: Vec<_> = rows.difference(&answered).collect();
         assert!(
             unknown.is_empty(),
-            "in README.md's Errors table, never answered: {unknown:?}"
+            "in docs/security.md's Errors table, never answered: {unknown:?}"
         );
     }
 

@@ -118,7 +118,7 @@ impl Generation {
             (None, _) => {
                 problems.push(ConfigProblem::new(
                     "auth",
-                    "is required: every request must carry a verified JWT (see [auth] in README.md)",
+                    "is required: every request must carry a verified JWT (see [auth] in docs/configuration.md)",
                 ));
                 (Err(()), false)
             }

@@ -15,7 +15,10 @@ use std::process::Command;
 use serde_json::Value;
 
 /// Where the configuration reference lives.
-const REFERENCE: &str = "README.md";
+const REFERENCE: &str = "docs/configuration.md";
+
+/// Where the commands are documented.
+const COMMANDS: &str = "docs/cli.md";
 
 /// The config file's top-level sections: a reference row names a key when
 /// its first cell starts with one of these and a `.` or `[`.
@@ -175,7 +178,10 @@ fn flags(help: &str) -> BTreeSet<String> {
         .skip_while(|l| !l.starts_with("Options:"))
         .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == ','))
         .filter(|w| w.starts_with("--") && w.len() > 2)
-        .map(|w| w.trim_end_matches(|c: char| !c.is_alphanumeric()).to_owned())
+        .map(|w| {
+            w.trim_end_matches(|c: char| !c.is_alphanumeric())
+                .to_owned()
+        })
         .filter(|w| w != "--help" && w != "--version")
         .collect()
 }
@@ -198,7 +204,7 @@ fn commands(path: &mut Vec<String>, out: &mut Vec<(String, BTreeSet<String>)>) {
 
 #[test]
 fn every_subcommand_and_flag_in_help_is_documented() {
-    let docs = read(REFERENCE);
+    let docs = read(COMMANDS);
     let mut found = Vec::new();
     commands(&mut Vec::new(), &mut found);
     assert!(found.len() >= 8, "too few commands found: {found:?}");
@@ -218,5 +224,144 @@ fn every_subcommand_and_flag_in_help_is_documented() {
             }
         }
     }
-    assert!(missing.is_empty(), "{REFERENCE}:\n{}", missing.join("\n"));
+    assert!(missing.is_empty(), "{COMMANDS}:\n{}", missing.join("\n"));
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation but `-` and `_`
+/// dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, '-' | '_' | ' '))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// The anchors of the headings of a Markdown page (outside code blocks).
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut fenced = false;
+    let mut out = BTreeSet::new();
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            out.insert(anchor(line.trim_start_matches('#')));
+        }
+    }
+    out
+}
+
+/// Every `[text](target)` of a page outside code blocks, with its line.
+fn links(text: &str) -> Vec<(usize, String)> {
+    let mut fenced = false;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+            continue;
+        }
+        if fenced {
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find("](") {
+            let after = &rest[at + 2..];
+            let Some(end) = after.find(')') else { break };
+            out.push((n + 1, after[..end].to_owned()));
+            rest = &after[end..];
+        }
+    }
+    out
+}
+
+/// The pages a reader moves between: README.md links to each page of
+/// docs/, and every relative link and `#anchor` on them resolves.
+#[test]
+fn every_doc_page_is_linked_from_the_readme_and_every_link_resolves() {
+    let root = root();
+    let mut pages = vec![
+        root.join("README.md"),
+        root.join("TESTING.md"),
+        root.join("BENCHMARKS.md"),
+    ];
+    let mut docs: Vec<PathBuf> = std::fs::read_dir(root.join("docs"))
+        .expect("docs/")
+        .map(|e| e.expect("a docs/ entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "md"))
+        .collect();
+    docs.sort();
+    assert!(docs.len() >= 9, "docs/ has too few pages: {docs:?}");
+    let readme = read("README.md");
+    for page in &docs {
+        let name = page.file_name().unwrap().to_string_lossy();
+        assert!(
+            readme.contains(&format!("](docs/{name})")),
+            "README.md does not link docs/{name}"
+        );
+    }
+    pages.extend(docs);
+    let mut broken = Vec::new();
+    for page in &pages {
+        let text = std::fs::read_to_string(page).unwrap();
+        let dir = page.parent().unwrap();
+        for (line, target) in links(&text) {
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            let (file, fragment) = match target.split_once('#') {
+                Some((file, fragment)) => (file, Some(fragment)),
+                None => (target.as_str(), None),
+            };
+            let file = if file.is_empty() {
+                page.clone()
+            } else {
+                dir.join(file)
+            };
+            let shown = format!("{}:{line}: {target}", page.display());
+            if !file.exists() {
+                broken.push(format!("{shown}: no such file"));
+                continue;
+            }
+            if let Some(fragment) = fragment {
+                let target_text = std::fs::read_to_string(&file).unwrap_or_default();
+                if !anchors(&target_text).contains(fragment) {
+                    broken.push(format!("{shown}: no such heading"));
+                }
+            }
+        }
+    }
+    assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
+}
+
+/// The reference's Reloads column says what `reload::RESTART_ONLY` does: a
+/// key of a restart-only section needs a restart unless the section lists it
+/// as reloadable.
+#[test]
+fn the_reloads_column_agrees_with_the_code() {
+    let text = read(REFERENCE);
+    let mut rows = 0;
+    let mut wrong = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("| `") else {
+            continue;
+        };
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let Some(&said) = cells.get(3) else { continue };
+        if !matches!(said, "yes" | "restart") {
+            continue;
+        }
+        rows += 1;
+        let key = rest.split_once('`').map_or(rest, |(key, _)| key);
+        let (section, leaf) = key.split_once('.').unwrap_or((key, ""));
+        let restart = polytomic_gateway::reload::RESTART_ONLY
+            .iter()
+            .any(|(s, reloadable)| *s == section && !reloadable.contains(&leaf));
+        if restart != (said == "restart") {
+            wrong.push(format!("{key}: says {said}"));
+        }
+    }
+    assert!(rows >= 70, "only {rows} reference rows have a Reloads cell");
+    assert!(wrong.is_empty(), "{REFERENCE}: {wrong:?}");
 }

@@ -42,18 +42,19 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
 
 const ORG: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
 
+/// The page that documents `policy test` (it was README.md's section).
 fn readme() -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap()
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/policy.md")).unwrap()
 }
 
-/// The cases-file example in README.md ("Testing a policy") is a valid
+/// The cases-file example in docs/policy.md ("Testing a policy") is a valid
 /// case, and passes against the shipped config.
 #[test]
 fn the_readme_example_case_passes() {
     let readme = readme();
     let section = readme
-        .split_once("#### Testing a policy: `policy test`")
-        .expect("README.md has the section")
+        .split_once("### Testing a policy: `policy test`")
+        .expect("docs/policy.md has the section")
         .1;
     let example = section
         .split_once("```toml\n")
@@ -166,7 +167,7 @@ expect = "allow"
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert!(
         readme().contains(&format!("```text\n{stdout}```")),
-        "README.md's example output is not:\n{stdout}"
+        "docs/policy.md's example output is not:\n{stdout}"
     );
     assert_eq!(
         stdout.lines().collect::<Vec<_>>(),

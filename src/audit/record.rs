@@ -157,7 +157,11 @@ mod tests {
     /// error key that the gateway records with that outcome.
     #[test]
     fn the_readme_outcome_table_names_the_key_of_every_refusal() {
-        let rows = crate::error::readme_table("### Audit trail", "`outcome` | When |");
+        let rows = crate::error::doc_table(
+            include_str!("../../docs/audit.md"),
+            "# Audit trail",
+            "`outcome` | When |",
+        );
         let keys = crate::error::one_of_each()
             .iter()
             .map(|e| e.key())
