@@ -365,3 +365,124 @@ fn the_reloads_column_agrees_with_the_code() {
     assert!(rows >= 70, "only {rows} reference rows have a Reloads cell");
     assert!(wrong.is_empty(), "{REFERENCE}: {wrong:?}");
 }
+
+/// The fenced blocks of `lang` in a page: (line of the fence, body).
+fn blocks(text: &str, lang: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        match &mut current {
+            None if line == format!("```{lang}") => current = Some((n + 1, String::new())),
+            Some(_) if line.starts_with("```") => out.extend(current.take()),
+            Some((_, body)) => {
+                body.push_str(line);
+                body.push('\n');
+            }
+            None => {}
+        }
+    }
+    out
+}
+
+fn doc_pages() -> Vec<(String, String)> {
+    let mut names = vec!["README.md".to_owned()];
+    let mut docs: Vec<String> = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .map(|e| format!("docs/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|n| n.ends_with(".md"))
+        .collect();
+    docs.sort();
+    names.extend(docs);
+    names
+        .into_iter()
+        .map(|n| (read(&n), n))
+        .map(|(t, n)| (n, t))
+        .collect()
+}
+
+/// Every TOML example in the docs is a config the gateway loads (unknown
+/// keys are errors, so a renamed key fails here), or a `policy test` cases
+/// file it parses.
+#[test]
+fn every_toml_example_in_the_docs_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for (page, text) in doc_pages() {
+        for (line, body) in blocks(&text, "toml") {
+            let path = dir.path().join(format!("example-{checked}.toml"));
+            std::fs::write(&path, &body).unwrap();
+            checked += 1;
+            let loaded = if body.contains("[[case]]") {
+                polytomic_gateway::policy_cases::CaseSuite::load(&path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                polytomic_gateway::config::load(&path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = loaded {
+                failures.push(format!("{page}:{line}: {e}"));
+            }
+        }
+    }
+    assert!(checked >= 4, "only {checked} TOML examples found");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Every `polytomic-gateway` command in a `sh` example of the docs runs as
+/// written, from the repository root, when it needs no network and no
+/// files of a deployment (`token`, `routes`, `policy explain`, `policy
+/// test`), and exits as the example says (`!` expects a failure). Any other
+/// command's subcommand and flags exist.
+#[test]
+fn every_command_example_in_the_docs_runs_or_parses() {
+    let mut ran = 0;
+    let mut failures = Vec::new();
+    for (page, text) in doc_pages() {
+        for (line, body) in blocks(&text, "sh") {
+            for command in body.lines() {
+                let (negated, command) = match command.strip_prefix("! ") {
+                    Some(rest) => (true, rest),
+                    None => (false, command),
+                };
+                let Some(args) = command.strip_prefix("polytomic-gateway ") else {
+                    continue;
+                };
+                let args: Vec<&str> = args.split_whitespace().collect();
+                let runnable = matches!(args.first(), Some(&"token" | &"routes" | &"policy"));
+                let where_ = format!("{page}:{line}: {command}");
+                if runnable {
+                    let out = Command::new(env!("CARGO_BIN_EXE_polytomic-gateway"))
+                        .args(&args)
+                        .current_dir(root())
+                        .env_remove("GATEWAY_CONFIG")
+                        .output()
+                        .expect("run polytomic-gateway");
+                    ran += 1;
+                    if out.status.success() == negated {
+                        failures.push(format!("{where_}: exited {:?}", out.status.code()));
+                    }
+                } else {
+                    let subcommand: Vec<&str> = args
+                        .iter()
+                        .take_while(|a| !a.starts_with('-'))
+                        .copied()
+                        .collect();
+                    let mut help_args = subcommand.clone();
+                    help_args.push("--help");
+                    let help = gateway(&help_args);
+                    for flag in args.iter().filter(|a| a.starts_with("--")) {
+                        let flag = flag.split('=').next().unwrap_or(flag);
+                        if !help.contains(flag) {
+                            failures.push(format!("{where_}: {flag} is not a flag"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(ran >= 3, "only {ran} command examples ran");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
