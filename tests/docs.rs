@@ -486,3 +486,33 @@ fn every_command_example_in_the_docs_runs_or_parses() {
     assert!(ran >= 3, "only {ran} command examples ran");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The README's quickstart is two commands: the demo (which tests/binary.rs
+/// runs from an empty directory) and the tests, the same command CI runs.
+#[test]
+fn the_readme_quickstart_is_the_demo_and_the_ci_test_command() {
+    let readme = read("README.md");
+    let quickstart = readme
+        .split_once("## Quickstart")
+        .and_then(|(_, rest)| rest.split("\n## ").next())
+        .expect("README.md has a Quickstart");
+    let commands: Vec<String> = blocks(quickstart, "sh")
+        .into_iter()
+        .flat_map(|(_, body)| body.lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    assert_eq!(
+        commands,
+        ["cargo run --release -- demo", "cargo test --release"],
+        "the quickstart's commands"
+    );
+    let ci = read(".ci/run");
+    assert!(
+        ci.lines().any(|l| l.trim() == "cargo test --release"),
+        ".ci/run does not run the README's test command"
+    );
+    assert!(
+        readme.lines().count() <= 260,
+        "README.md is {} lines: keep it to about 250, move detail to docs/",
+        readme.lines().count()
+    );
+}
