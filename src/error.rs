@@ -470,7 +470,7 @@ pub fn install_panic_hook() {
 
 /// One error of each variant, for tests that hold the docs to the code.
 /// The `match` stops compiling when a variant is added: add a sample here
-/// too (and a row to README.md's Errors table).
+/// too (and a row to docs/security.md's Errors table).
 #[cfg(test)]
 pub(crate) fn one_of_each() -> Vec<GatewayError> {
     use GatewayError as E;
@@ -656,7 +656,7 @@ mod tests {
         }
     }
 
-    /// README.md's Errors table lists exactly the statuses and keys the
+    /// docs/security.md's Errors table lists exactly the statuses and keys the
     /// gateway answers with: every one, and no other.
     #[test]
     fn the_readme_errors_table_lists_every_key_and_status() {

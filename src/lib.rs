@@ -41,7 +41,7 @@
 //! **Layers**: each a tower `Layer` + `Service` (or the service the stack
 //! ends in), importing only the foundation, never another layer. Each owns
 //! its `[section]` config struct. What one needs from another it reads from
-//! the request extensions (see the README's library section for which).
+//! the request extensions (see docs/library.md for which).
 //!
 //! - [`auth`]: verifying callers' internal JWTs against the IdP's JWKS.
 //! - [`routes`]: the operations the gateway knows; ambiguous paths, unknown

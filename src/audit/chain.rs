@@ -1,6 +1,6 @@
 //! Tamper evidence: a hash chain over the audit trail's exact line bytes,
 //! and signed checkpoints. The field names and the signed message are a
-//! public contract (README, "Tamper evidence"); `audit verify` checks them.
+//! public contract (docs/audit.md, "Tamper evidence"); `audit verify` checks them.
 //!
 //! The writer thread, which alone decides the order of lines, puts three
 //! fields at the front of every record as it writes it:

@@ -46,7 +46,7 @@ pub struct PrincipalRecord<'a> {
     pub teams: &'a [String],
 }
 
-/// One audit record (see the README for every field).
+/// One audit record (see docs/audit.md for every field).
 #[allow(missing_docs)] // the fields are the documented record format
 #[derive(Debug, Serialize)]
 pub struct AuditRecord<'a> {
@@ -153,7 +153,7 @@ pub type SharedInfo = Arc<RequestInfo>;
 mod tests {
     use super::*;
 
-    /// README.md's `outcome` table names, in each outcome's row, every
+    /// docs/audit.md's `outcome` table names, in each outcome's row, every
     /// error key that the gateway records with that outcome.
     #[test]
     fn the_readme_outcome_table_names_the_key_of_every_refusal() {
