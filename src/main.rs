@@ -22,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Authenticating reverse proxy for the Polytomic API"
 )]
 struct Cli {
-    /// Config file [default: $GATEWAY_CONFIG, then config/gateway.toml; for demo, config/demo.toml]
+    /// Config file [default: $GATEWAY_CONFIG, then config/gateway.toml; for demo, its built-in config]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -36,7 +36,8 @@ enum Command {
     /// Load and validate everything `serve` would, fetching the JWKS once;
     /// print the config version and `ok`, or every problem.
     Check,
-    /// Run the gateway in front of a built-in fake Polytomic API.
+    /// Run the gateway in front of a built-in fake Polytomic API, with a
+    /// built-in config (`--config FILE` uses that file instead).
     Demo {
         /// Address the gateway listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -177,13 +178,10 @@ async fn main() -> ExitCode {
         Command::Demo {
             listen,
             admin_listen,
-        } => {
-            let path = cli.config.unwrap_or_else(|| demo::DEMO_CONFIG_PATH.into());
-            match demo::run(&path, listen, admin_listen).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&*e),
-            }
-        }
+        } => match demo::run(cli.config.as_deref(), listen, admin_listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&*e),
+        },
     }
 }
 
