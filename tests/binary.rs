@@ -511,8 +511,8 @@ async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
     );
 }
 
-#[tokio::test]
-async fn the_demo_prints_a_curl_that_succeeds() {
+/// `demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0`, to run in `dir`.
+fn demo_command(dir: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(binary_path());
     cmd.args([
         "demo",
@@ -521,8 +521,14 @@ async fn the_demo_prints_a_curl_that_succeeds() {
         "--admin-listen",
         "127.0.0.1:0",
     ])
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    let mut demo = Binary::start(cmd, "gateway listening").await;
+    .current_dir(dir);
+    cmd
+}
+
+/// Runs the three commands the demo prints, as its README quickstart does,
+/// then stops it with SIGINT; `partner_key` (its config's) must not be in
+/// its output. Returns the fake API's line for the first request.
+async fn try_the_printed_commands(demo: &mut Binary, partner_key: &str) -> String {
     let curl = demo
         .wait_for_line("curl -sS -H 'Authorization: Bearer ")
         .await;
@@ -577,13 +583,101 @@ async fn the_demo_prints_a_curl_that_succeeds() {
         .wait_for_line("[fake polytomic] GET /api/organization")
         .await;
     assert!(logged.contains("partner key (correct, masked)"), "{logged}");
-    let key = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-partner-key"),
-    )
-    .unwrap();
     demo.signal("INT");
     assert!(demo.exit().await.success());
-    assert!(!demo.collect_output().await.contains(key.trim()));
+    assert!(!demo.collect_output().await.contains(partner_key.trim()));
+    logged
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_curl_that_succeeds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut demo = Binary::start(demo_command(root), "gateway listening").await;
+    let key = std::fs::read_to_string(root.join("config/demo-partner-key")).unwrap();
+    try_the_printed_commands(&mut demo, &key).await;
+}
+
+/// `demo` needs nothing from the working directory (as installed by `cargo
+/// install`, or in the image): run from an empty one, it serves its
+/// built-in config, writes the files that config names only to a private
+/// directory under `$TMPDIR`, and removes them when it stops.
+#[tokio::test]
+async fn the_demo_runs_from_an_empty_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = demo_command(cwd.path());
+    cmd.env("TMPDIR", tmp.path()).env_remove("GATEWAY_CONFIG");
+    let mut demo = Binary::start(cmd, "gateway listening").await;
+    let config = demo.wait_for_line("  config:").await;
+    assert!(config.contains("built in"), "{config}");
+    for url in [demo.url("/readyz"), demo.admin_url("/readyz")] {
+        let (parts, body) = send(&client(), get(&url)).await;
+        assert_eq!(
+            parts.status,
+            200,
+            "{url}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let written: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let mode = std::fs::metadata(&written[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", written[0].display());
+    let key = include_str!("../config/demo-partner-key");
+    let logged = try_the_printed_commands(&mut demo, key).await;
+    assert!(
+        logged.contains("x-polytomic-version=2025-09-18"),
+        "{logged}"
+    );
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the demo's files outlive it"
+    );
+}
+
+/// A config given with `--config` wins over the built-in one, and the
+/// files it names are read relative to the working directory, as `serve`
+/// reads them.
+#[tokio::test]
+async fn the_demo_uses_the_config_given_with_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cwd = tempfile::tempdir().unwrap();
+    for dir in ["config", "schemas"] {
+        std::fs::create_dir(cwd.path().join(dir)).unwrap();
+    }
+    for schema in [
+        "schemas/organization-create.json",
+        "schemas/organization-update.json",
+    ] {
+        std::fs::copy(root.join(schema), cwd.path().join(schema)).unwrap();
+    }
+    let key = "pk_the_demo_key_of_a_config_given_with_config";
+    std::fs::write(cwd.path().join("config/demo-partner-key"), key).unwrap();
+    std::fs::write(
+        cwd.path().join("config/demo-jwt-secret"),
+        "a-development-secret-of-this-test-only-0123456789",
+    )
+    .unwrap();
+    let built_in = polytomic_gateway::demo::BUILT_IN_CONFIG;
+    let config = built_in.replace("version = \"2025-09-18\"", "version = \"2024-02-08\"");
+    assert_ne!(config, built_in);
+    std::fs::write(cwd.path().join("my-demo.toml"), config).unwrap();
+    let mut cmd = demo_command(cwd.path());
+    cmd.args(["--config", "my-demo.toml"]);
+    let mut demo = Binary::start(cmd, "gateway listening").await;
+    let config = demo.wait_for_line("  config:").await;
+    assert!(config.ends_with(" my-demo.toml"), "{config}");
+    let logged = try_the_printed_commands(&mut demo, key).await;
+    assert!(
+        logged.contains("x-polytomic-version=2024-02-08"),
+        "{logged}"
+    );
 }
 
 #[tokio::test]
