@@ -152,7 +152,13 @@ pub async fn run(
             built_in.config_path()
         }
     };
-    let mut config = config::load(config_path)?;
+    let mut config = match config_file {
+        Some(path) => config::load_resolved(&config::ConfigPath {
+            path: path.to_owned(),
+            origin: config::ConfigOrigin::Flag,
+        })?,
+        None => config::load(config_path)?,
+    };
     config.server.listen = listen;
     config.server.admin_listen = admin_listen;
     // The fake API is told the demo's partner key, so it can check the swap.

@@ -146,8 +146,8 @@ async fn main() -> ExitCode {
         telemetry::init_logging();
     }
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config::resolve_path(cli.config)).await,
-        Command::Check => check(config::resolve_path(cli.config)).await,
+        Command::Serve => serve(config::resolve(cli.config)).await,
+        Command::Check => check(config::resolve(cli.config)).await,
         Command::Policy {
             action:
                 PolicyCommand::Explain {
@@ -158,7 +158,7 @@ async fn main() -> ExitCode {
                     body,
                 },
         } => explain(
-            &config::resolve_path(cli.config),
+            &config::resolve(cli.config),
             teams,
             sub,
             &method,
@@ -167,13 +167,13 @@ async fn main() -> ExitCode {
         ),
         Command::Policy {
             action: PolicyCommand::Test { cases },
-        } => policy_test(&config::resolve_path(cli.config), &cases),
-        Command::Routes => routes(&config::resolve_path(cli.config)),
+        } => policy_test(&config::resolve(cli.config), &cases),
+        Command::Routes => routes(&config::resolve(cli.config)),
         Command::Audit {
             action: AuditCommand::Verify { public_key, files },
         } => verify(&public_key, &files),
         Command::Token { sub, teams, ttl } => {
-            token(&config::resolve_path(cli.config), &sub, &teams, ttl)
+            token(&config::resolve(cli.config), &sub, &teams, ttl)
         }
         Command::Demo {
             listen,
@@ -185,15 +185,16 @@ async fn main() -> ExitCode {
     }
 }
 
-fn build(path: &Path) -> Result<Gateway, config::ConfigErrors> {
-    Gateway::build(config::load(path)?, path)
+fn build(config_path: &config::ConfigPath) -> Result<Gateway, config::ConfigErrors> {
+    Gateway::build(config::load_resolved(config_path)?, &config_path.path)
 }
 
-async fn check(path: PathBuf) -> ExitCode {
-    let gateway = match build(&path) {
+async fn check(config_path: config::ConfigPath) -> ExitCode {
+    let gateway = match build(&config_path) {
         Ok(gateway) => gateway,
         Err(e) => return fail(&e),
     };
+    let path = config_path.path;
     let config_problems: Vec<_> = config::load(&path)
         .ok()
         .and_then(|c| polytomic_gateway::audit::Audit::probe(&c.audit).err())
@@ -261,7 +262,7 @@ fn verify(public_key: &Path, files: &[PathBuf]) -> ExitCode {
 /// builds them, reading no credential or key (`policy explain`, `policy
 /// test`); an error names each key and the file.
 fn routes_and_policy(
-    path: &Path,
+    config_path: &config::ConfigPath,
 ) -> Result<
     (
         polytomic_gateway::routes::RouteTable,
@@ -269,7 +270,8 @@ fn routes_and_policy(
     ),
     String,
 > {
-    let config = config::load(path).map_err(|e| e.to_string())?;
+    let path = &config_path.path;
+    let config = config::load_resolved(config_path).map_err(|e| e.to_string())?;
     config
         .route_table()
         .and_then(|(table, _)| {
@@ -280,7 +282,7 @@ fn routes_and_policy(
 }
 
 fn explain(
-    config_path: &Path,
+    config_path: &config::ConfigPath,
     teams: Vec<String>,
     sub: Option<String>,
     method: &str,
@@ -379,7 +381,7 @@ fn explain(
 
 /// `policy test`: runs a cases file through the routes and policy `explain`
 /// builds, so it judges what `serve` would decide.
-fn policy_test(config_path: &Path, cases_path: &Path) -> ExitCode {
+fn policy_test(config_path: &config::ConfigPath, cases_path: &Path) -> ExitCode {
     use polytomic_gateway::policy_cases::CaseSuite;
     // Apart from 1, a failing case: a CI log tells a broken policy from a
     // broken test setup.
@@ -406,8 +408,8 @@ fn policy_test(config_path: &Path, cases_path: &Path) -> ExitCode {
 }
 
 /// `routes`: one line per routed operation.
-fn routes(config_path: &Path) -> ExitCode {
-    let config = match config::load(config_path) {
+fn routes(config_path: &config::ConfigPath) -> ExitCode {
+    let config = match config::load_resolved(config_path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
@@ -424,7 +426,7 @@ fn routes(config_path: &Path) -> ExitCode {
                 .into_iter()
                 .chain(default_credential.err())
                 .collect();
-            return fail(&config::ConfigErrors::new(config_path, problems));
+            return fail(&config::ConfigErrors::new(&config_path.path, problems));
         }
     };
     let rows: Vec<[String; 6]> = table
@@ -481,8 +483,9 @@ fn routes(config_path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
-    let config = match config::load(path) {
+fn token(config_path: &config::ConfigPath, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
+    let path = &config_path.path;
+    let config = match config::load_resolved(config_path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
@@ -498,8 +501,9 @@ fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf) -> ExitCode {
-    let config = match config::load(&path) {
+async fn serve(config_path: config::ConfigPath) -> ExitCode {
+    let path = config_path.path.clone();
+    let config = match config::load_resolved(&config_path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };

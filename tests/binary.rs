@@ -326,6 +326,116 @@ fn version_and_help_work() {
     }
 }
 
+/// A missing config file: the error says where the gateway looked (the
+/// full path) and where that path came from, and suggests `demo` and
+/// `--config`; the exit code is each command's for a config error.
+#[test]
+fn a_missing_config_file_says_where_the_gateway_looked() {
+    let cwd = tempfile::tempdir().unwrap();
+    let looked = |path: &str| cwd.path().canonicalize().unwrap().join(path);
+    let default = "the default, since neither --config nor GATEWAY_CONFIG is set";
+    let from_env = "from the environment variable GATEWAY_CONFIG";
+    let flag = "given with --config";
+    let explain = [
+        "policy",
+        "explain",
+        "--method",
+        "GET",
+        "--path",
+        "/api/organization",
+    ];
+    // The arguments, GATEWAY_CONFIG, the path, where it came from, the exit code.
+    type Case<'a> = (&'a [&'a str], Option<&'a str>, &'a str, &'a str, i32);
+    let cases: [Case; 9] = [
+        (&[], None, "config/gateway.toml", default, 1),
+        (&["check"], None, "config/gateway.toml", default, 1),
+        (&["serve"], Some("env.toml"), "env.toml", from_env, 1),
+        (
+            &["routes", "--config", "flag.toml"],
+            Some("env.toml"),
+            "flag.toml",
+            flag,
+            1,
+        ),
+        (
+            &["token", "--sub", "alice"],
+            None,
+            "config/gateway.toml",
+            default,
+            1,
+        ),
+        (&explain, Some("env.toml"), "env.toml", from_env, 1),
+        (
+            &["policy", "test", "cases.toml"],
+            None,
+            "config/gateway.toml",
+            default,
+            2,
+        ),
+        (
+            &["check", "--config", "/nonexistent/gateway.toml"],
+            None,
+            "/nonexistent/gateway.toml",
+            flag,
+            1,
+        ),
+        (
+            &["demo", "--config", "flag.toml"],
+            None,
+            "flag.toml",
+            flag,
+            1,
+        ),
+    ];
+    for (args, env, path, origin, code) in cases {
+        let mut cmd = Command::new(binary_path());
+        cmd.args(args)
+            .current_dir(cwd.path())
+            .env_remove("GATEWAY_CONFIG");
+        if let Some(file) = env {
+            cmd.env("GATEWAY_CONFIG", file);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!("{path}: cannot read the config file: ")),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "  the gateway looked for {} ({origin})",
+                looked(path).display()
+            ),
+            "{args:?}"
+        );
+        assert_eq!(
+            lines[2],
+            "  to try the gateway without a config file, run `polytomic-gateway demo`; to use another file, pass `--config FILE`",
+            "{args:?}"
+        );
+    }
+    // Reading the file failed for another reason: the error is as it was.
+    let out = Command::new(binary_path())
+        .args(["check", "--config"])
+        .arg(cwd.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}: cannot read the config file: ",
+            cwd.path().display()
+        )),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn env_overrides_the_file_and_a_bare_invocation_serves() {
     let fake = FakePolytomic::new(PARTNER_KEY);
