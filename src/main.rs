@@ -15,11 +15,53 @@ use polytomic_gateway::{auth, config, demo, server, telemetry, Gateway};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// Each command's help ends with one example (`after_help`). A test runs
+// every example's arguments through the parser (tests/binary.rs), so keep
+// each on one line, as `polytomic-gateway ...` after any `VAR=value`, with
+// no quoting or pipes.
+
+const EXAMPLE: &str = "Example:
+  # Try the gateway in front of a built-in fake Polytomic API; needs no config file
+  polytomic-gateway demo";
+
+const SERVE_EXAMPLE: &str = "Example:
+  # Serve a config file; GATEWAY__SECTION__KEY variables override its keys
+  GATEWAY__SERVER__LISTEN=0.0.0.0:8080 polytomic-gateway serve --config /etc/polytomic-gateway/gateway.toml";
+
+const CHECK_EXAMPLE: &str = "Example:
+  # Validate a config before deploying it: prints `ok`, or every problem and exits 1
+  polytomic-gateway check --config /etc/polytomic-gateway/gateway.toml";
+
+const DEMO_EXAMPLE: &str = "Example:
+  # The demo, from any directory, on other ports than 8080 and 8081
+  polytomic-gateway demo --listen 127.0.0.1:9080 --admin-listen 127.0.0.1:9081";
+
+const ROUTES_EXAMPLE: &str = "Example:
+  # What the shipped config routes (the whole API catalog), from the repository root
+  polytomic-gateway routes --config config/gateway.toml";
+
+const EXPLAIN_EXAMPLE: &str = "Example:
+  # May team support rename this organization? Exits 3: no rule allows it
+  polytomic-gateway policy explain --config config/gateway.toml --team support --method PUT --path /api/organizations/248df4b7-aa70-47b8-a036-33ac447e668d";
+
+const POLICY_TEST_EXAMPLE: &str = "Example:
+  # The shipped policy cases against the shipped config, as CI runs them
+  polytomic-gateway policy test --config config/gateway.toml config/policy-tests.toml";
+
+const VERIFY_EXAMPLE: &str = "Example:
+  # A rotated trail, oldest file first, with the public key that `check` prints
+  polytomic-gateway audit verify --public-key audit-signing.pub audit.jsonl.1 audit.jsonl";
+
+const TOKEN_EXAMPLE: &str = "Example:
+  # A 10-minute token for alice, team platform, that the demo's gateway accepts
+  polytomic-gateway token --config config/demo.toml --sub alice --team platform --ttl 10m";
+
 #[derive(Parser)]
 #[command(
     name = "polytomic-gateway",
     version,
-    about = "Authenticating reverse proxy for the Polytomic API"
+    about = "Authenticating reverse proxy for the Polytomic API",
+    after_help = EXAMPLE
 )]
 struct Cli {
     /// Config file [default: $GATEWAY_CONFIG, then config/gateway.toml; for demo, its built-in config]
@@ -32,12 +74,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default command).
+    #[command(after_help = SERVE_EXAMPLE)]
     Serve,
     /// Load and validate everything `serve` would, fetching the JWKS once;
     /// print the config version and `ok`, or every problem.
+    #[command(after_help = CHECK_EXAMPLE)]
     Check,
-    /// Run the gateway in front of a built-in fake Polytomic API, with a
-    /// built-in config (`--config FILE` uses that file instead).
+    /// Run the gateway in front of a built-in fake Polytomic API; needs no
+    /// config file.
+    ///
+    /// Its config, keys and schemas are built in (config/demo.toml and the
+    /// files it names, as they were at build time); `--config FILE` uses
+    /// that file instead.
+    #[command(after_help = DEMO_EXAMPLE)]
     Demo {
         /// Address the gateway listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -49,18 +98,22 @@ enum Command {
     /// List every routed operation: its methods, path, credential, whether
     /// write bodies are validated, and where it comes from (the catalog or
     /// `[[routes]]`).
+    #[command(after_help = ROUTES_EXAMPLE)]
     Routes,
     /// Inspect the route table and policy.
+    #[command(after_help = EXPLAIN_EXAMPLE)]
     Policy {
         #[command(subcommand)]
         action: PolicyCommand,
     },
     /// Work with the audit trail.
+    #[command(after_help = VERIFY_EXAMPLE)]
     Audit {
         #[command(subcommand)]
         action: AuditCommand,
     },
     /// Print a development token signed with `auth.hs256_secret`.
+    #[command(after_help = TOKEN_EXAMPLE)]
     Token {
         /// The token's subject.
         #[arg(long)]
@@ -78,6 +131,7 @@ enum Command {
 enum PolicyCommand {
     /// Say what the gateway would decide for a caller and a request: the
     /// route, the decision and the deciding rule. Exits 0 on allow, 3 on deny.
+    #[command(after_help = EXPLAIN_EXAMPLE)]
     Explain {
         /// A team of the caller (repeatable).
         #[arg(long = "team")]
@@ -103,6 +157,7 @@ enum PolicyCommand {
     /// a request and the decision it must get. Prints one `FAIL` line per
     /// failing case, then a summary. Exits 0 when every case passes, 1 when
     /// one fails, 2 on a configuration or cases-file error.
+    #[command(after_help = POLICY_TEST_EXAMPLE)]
     Test {
         /// The cases file (TOML; see README, "Testing a policy").
         #[arg(value_name = "CASES.toml")]
@@ -115,6 +170,7 @@ enum AuditCommand {
     /// Check the hash chain of audit files and every checkpoint's
     /// signature. Exits 0 when they hold, 1 at the first break (naming the
     /// line and the kind of break), 2 when a file cannot be read.
+    #[command(after_help = VERIFY_EXAMPLE)]
     Verify {
         /// The public half of `audit.signing_key` (PEM, as `check` prints it
         /// or `openssl pkey -pubout` writes it).

@@ -326,6 +326,93 @@ fn version_and_help_work() {
     }
 }
 
+/// The subcommands a `--help` output lists, bar `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| *line != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.strip_prefix("  ")?.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `polytomic-gateway COMMAND... --help`'s output.
+fn help_of(command: &[String]) -> String {
+    let out = Command::new(binary_path())
+        .args(command)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command:?} --help: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every command's `--help`, found by walking the `Commands:` lists from
+/// the top, ends with one example of that command, and the parser accepts
+/// the example's arguments: given before `--help`, a misspelt flag or a
+/// bad value fails.
+#[test]
+fn every_subcommand_help_ends_with_an_example_that_parses() {
+    let mut pending = vec![vec![]];
+    let mut checked = Vec::new();
+    while let Some(command) = pending.pop() {
+        let help = help_of(&command);
+        let name = command.join(" ");
+        let (_, example) = help
+            .split_once("\nExample:\n")
+            .unwrap_or_else(|| panic!("`{name} --help` has no example:\n{help}"));
+        let lines: Vec<&str> = example
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .collect();
+        let [line] = lines[..] else {
+            panic!("`{name} --help` should have one example: {example}");
+        };
+        // After any `VAR=value`.
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .skip_while(|word| word.contains('=') && !word.starts_with('-'))
+            .collect();
+        assert_eq!(words.first(), Some(&"polytomic-gateway"), "{line}");
+        assert!(
+            words[1..].starts_with(&command.iter().map(String::as_str).collect::<Vec<_>>()),
+            "`{name} --help`'s example is of another command: {line}"
+        );
+        let out = Command::new(binary_path())
+            .args(&words[1..])
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pending.extend(
+            subcommands(&help)
+                .into_iter()
+                .map(|sub| [command.clone(), vec![sub]].concat()),
+        );
+        checked.push(name);
+    }
+    // The walk reached the top, the commands and the nested ones.
+    for command in [
+        "",
+        "serve",
+        "demo",
+        "policy",
+        "policy explain",
+        "audit verify",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == command),
+            "{command:?}: {checked:?}"
+        );
+    }
+}
+
 /// A missing config file: the error says where the gateway looked (the
 /// full path) and where that path came from, and suggests `demo` and
 /// `--config`; the exit code is each command's for a config error.
