@@ -310,10 +310,55 @@ fn source_of(file: &Path, key: &str) -> String {
     }
 }
 
+/// Where the path of the config file came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigOrigin {
+    /// `--config FILE`.
+    Flag,
+    /// The environment variable [`CONFIG_ENV`].
+    Env,
+    /// Neither: [`DEFAULT_CONFIG_PATH`].
+    Default,
+}
+
+impl ConfigOrigin {
+    /// How the error for a missing file says where the path came from.
+    fn describe(self) -> String {
+        match self {
+            Self::Flag => "given with --config".to_owned(),
+            Self::Env => format!("from the environment variable {CONFIG_ENV}"),
+            Self::Default => {
+                format!("the default, since neither --config nor {CONFIG_ENV} is set")
+            }
+        }
+    }
+}
+
+/// A config file's path, and where that path came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigPath {
+    /// The file, as given (relative to the working directory if relative).
+    pub path: PathBuf,
+    /// Where it came from.
+    pub origin: ConfigOrigin,
+}
+
+/// The config file to use: `--config`, else `$GATEWAY_CONFIG`, else the
+/// default; with where it came from.
+pub fn resolve(cli: Option<PathBuf>) -> ConfigPath {
+    let (path, origin) = match cli {
+        Some(path) => (path, ConfigOrigin::Flag),
+        None => match std::env::var_os(CONFIG_ENV) {
+            Some(path) => (PathBuf::from(path), ConfigOrigin::Env),
+            None => (PathBuf::from(DEFAULT_CONFIG_PATH), ConfigOrigin::Default),
+        },
+    };
+    ConfigPath { path, origin }
+}
+
 /// The config file to use: `--config`, else `$GATEWAY_CONFIG`, else the default.
 pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
-    cli.or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+    resolve(cli).path
 }
 
 /// Reads `path` and the `GATEWAY__*` environment into a [`GatewayConfig`].
@@ -321,11 +366,42 @@ pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
 /// This checks syntax, types and unknown keys. Cross-field checks happen when
 /// each concern builds its runtime type (see [`crate::Gateway::build`]).
 pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    load_from(path, None)
+}
+
+/// [`load`], for a file named on the command line: when it is missing,
+/// the error also says where the gateway looked, where that path came
+/// from, and how to start without it (a newcomer's first run, or a
+/// deployment whose config was not mounted).
+pub fn load_resolved(config: &ConfigPath) -> Result<GatewayConfig, ConfigErrors> {
+    load_from(&config.path, Some(config.origin))
+}
+
+/// The lines added to the error for a missing config file at `path`.
+fn missing_file_hint(path: &Path, origin: ConfigOrigin) -> String {
+    // The full path: a relative one is read from the working directory,
+    // which is often not where the user thinks.
+    let looked = std::env::current_dir()
+        .map(|dir| dir.join(path))
+        .unwrap_or_else(|_| path.to_owned());
+    format!(
+        "\n  the gateway looked for {} ({})\n  to try the gateway without a config file, run `polytomic-gateway demo`; to use another file, pass `--config FILE`",
+        looked.display(),
+        origin.describe()
+    )
+}
+
+fn load_from(path: &Path, origin: Option<ConfigOrigin>) -> Result<GatewayConfig, ConfigErrors> {
     let fail = |key: &str, message: String| {
         ConfigErrors::new(path, vec![ConfigProblem::new(key, message)])
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| fail("", format!("cannot read the config file: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let mut message = format!("cannot read the config file: {e}");
+        if let (Some(origin), std::io::ErrorKind::NotFound) = (origin, e.kind()) {
+            message.push_str(&missing_file_hint(path, origin));
+        }
+        fail("", message)
+    })?;
     let env = ENV_LIST_KEYS.iter().fold(
         config::Environment::with_prefix(ENV_PREFIX)
             .separator(ENV_SEPARATOR)

@@ -15,14 +15,56 @@ use polytomic_gateway::{auth, config, demo, server, telemetry, Gateway};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+// Each command's help ends with one example (`after_help`). A test runs
+// every example's arguments through the parser (tests/binary.rs), so keep
+// each on one line, as `polytomic-gateway ...` after any `VAR=value`, with
+// no quoting or pipes.
+
+const EXAMPLE: &str = "Example:
+  # Try the gateway in front of a built-in fake Polytomic API; needs no config file
+  polytomic-gateway demo";
+
+const SERVE_EXAMPLE: &str = "Example:
+  # Serve a config file; GATEWAY__SECTION__KEY variables override its keys
+  GATEWAY__SERVER__LISTEN=0.0.0.0:8080 polytomic-gateway serve --config /etc/polytomic-gateway/gateway.toml";
+
+const CHECK_EXAMPLE: &str = "Example:
+  # Validate a config before deploying it: prints `ok`, or every problem and exits 1
+  polytomic-gateway check --config /etc/polytomic-gateway/gateway.toml";
+
+const DEMO_EXAMPLE: &str = "Example:
+  # The demo, from any directory, on other ports than 8080 and 8081
+  polytomic-gateway demo --listen 127.0.0.1:9080 --admin-listen 127.0.0.1:9081";
+
+const ROUTES_EXAMPLE: &str = "Example:
+  # What the shipped config routes (the whole API catalog), from the repository root
+  polytomic-gateway routes --config config/gateway.toml";
+
+const EXPLAIN_EXAMPLE: &str = "Example:
+  # May team support rename this organization? Exits 3: no rule allows it
+  polytomic-gateway policy explain --config config/gateway.toml --team support --method PUT --path /api/organizations/248df4b7-aa70-47b8-a036-33ac447e668d";
+
+const POLICY_TEST_EXAMPLE: &str = "Example:
+  # The shipped policy cases against the shipped config, as CI runs them
+  polytomic-gateway policy test --config config/gateway.toml config/policy-tests.toml";
+
+const VERIFY_EXAMPLE: &str = "Example:
+  # A rotated trail, oldest file first, with the public key that `check` prints
+  polytomic-gateway audit verify --public-key audit-signing.pub audit.jsonl.1 audit.jsonl";
+
+const TOKEN_EXAMPLE: &str = "Example:
+  # A 10-minute token for alice, team platform, that the demo's gateway accepts
+  polytomic-gateway token --config config/demo.toml --sub alice --team platform --ttl 10m";
+
 #[derive(Parser)]
 #[command(
     name = "polytomic-gateway",
     version,
-    about = "Authenticating reverse proxy for the Polytomic API"
+    about = "Authenticating reverse proxy for the Polytomic API",
+    after_help = EXAMPLE
 )]
 struct Cli {
-    /// Config file [default: $GATEWAY_CONFIG, then config/gateway.toml; for demo, config/demo.toml]
+    /// Config file [default: $GATEWAY_CONFIG, then config/gateway.toml; for demo, its built-in config]
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -32,11 +74,19 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway (the default command).
+    #[command(after_help = SERVE_EXAMPLE)]
     Serve,
     /// Load and validate everything `serve` would, fetching the JWKS once;
     /// print the config version and `ok`, or every problem.
+    #[command(after_help = CHECK_EXAMPLE)]
     Check,
-    /// Run the gateway in front of a built-in fake Polytomic API.
+    /// Run the gateway in front of a built-in fake Polytomic API; needs no
+    /// config file.
+    ///
+    /// Its config, keys and schemas are built in (config/demo.toml and the
+    /// files it names, as they were at build time); `--config FILE` uses
+    /// that file instead.
+    #[command(after_help = DEMO_EXAMPLE)]
     Demo {
         /// Address the gateway listens on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -48,18 +98,22 @@ enum Command {
     /// List every routed operation: its methods, path, credential, whether
     /// write bodies are validated, and where it comes from (the catalog or
     /// `[[routes]]`).
+    #[command(after_help = ROUTES_EXAMPLE)]
     Routes,
     /// Inspect the route table and policy.
+    #[command(after_help = EXPLAIN_EXAMPLE)]
     Policy {
         #[command(subcommand)]
         action: PolicyCommand,
     },
     /// Work with the audit trail.
+    #[command(after_help = VERIFY_EXAMPLE)]
     Audit {
         #[command(subcommand)]
         action: AuditCommand,
     },
     /// Print a development token signed with `auth.hs256_secret`.
+    #[command(after_help = TOKEN_EXAMPLE)]
     Token {
         /// The token's subject.
         #[arg(long)]
@@ -77,6 +131,7 @@ enum Command {
 enum PolicyCommand {
     /// Say what the gateway would decide for a caller and a request: the
     /// route, the decision and the deciding rule. Exits 0 on allow, 3 on deny.
+    #[command(after_help = EXPLAIN_EXAMPLE)]
     Explain {
         /// A team of the caller (repeatable).
         #[arg(long = "team")]
@@ -102,6 +157,7 @@ enum PolicyCommand {
     /// a request and the decision it must get. Prints one `FAIL` line per
     /// failing case, then a summary. Exits 0 when every case passes, 1 when
     /// one fails, 2 on a configuration or cases-file error.
+    #[command(after_help = POLICY_TEST_EXAMPLE)]
     Test {
         /// The cases file (TOML; see README, "Testing a policy").
         #[arg(value_name = "CASES.toml")]
@@ -114,6 +170,7 @@ enum AuditCommand {
     /// Check the hash chain of audit files and every checkpoint's
     /// signature. Exits 0 when they hold, 1 at the first break (naming the
     /// line and the kind of break), 2 when a file cannot be read.
+    #[command(after_help = VERIFY_EXAMPLE)]
     Verify {
         /// The public half of `audit.signing_key` (PEM, as `check` prints it
         /// or `openssl pkey -pubout` writes it).
@@ -145,8 +202,8 @@ async fn main() -> ExitCode {
         telemetry::init_logging();
     }
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config::resolve_path(cli.config)).await,
-        Command::Check => check(config::resolve_path(cli.config)).await,
+        Command::Serve => serve(config::resolve(cli.config)).await,
+        Command::Check => check(config::resolve(cli.config)).await,
         Command::Policy {
             action:
                 PolicyCommand::Explain {
@@ -157,7 +214,7 @@ async fn main() -> ExitCode {
                     body,
                 },
         } => explain(
-            &config::resolve_path(cli.config),
+            &config::resolve(cli.config),
             teams,
             sub,
             &method,
@@ -166,36 +223,34 @@ async fn main() -> ExitCode {
         ),
         Command::Policy {
             action: PolicyCommand::Test { cases },
-        } => policy_test(&config::resolve_path(cli.config), &cases),
-        Command::Routes => routes(&config::resolve_path(cli.config)),
+        } => policy_test(&config::resolve(cli.config), &cases),
+        Command::Routes => routes(&config::resolve(cli.config)),
         Command::Audit {
             action: AuditCommand::Verify { public_key, files },
         } => verify(&public_key, &files),
         Command::Token { sub, teams, ttl } => {
-            token(&config::resolve_path(cli.config), &sub, &teams, ttl)
+            token(&config::resolve(cli.config), &sub, &teams, ttl)
         }
         Command::Demo {
             listen,
             admin_listen,
-        } => {
-            let path = cli.config.unwrap_or_else(|| demo::DEMO_CONFIG_PATH.into());
-            match demo::run(&path, listen, admin_listen).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&*e),
-            }
-        }
+        } => match demo::run(cli.config.as_deref(), listen, admin_listen).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(&*e),
+        },
     }
 }
 
-fn build(path: &Path) -> Result<Gateway, config::ConfigErrors> {
-    Gateway::build(config::load(path)?, path)
+fn build(config_path: &config::ConfigPath) -> Result<Gateway, config::ConfigErrors> {
+    Gateway::build(config::load_resolved(config_path)?, &config_path.path)
 }
 
-async fn check(path: PathBuf) -> ExitCode {
-    let gateway = match build(&path) {
+async fn check(config_path: config::ConfigPath) -> ExitCode {
+    let gateway = match build(&config_path) {
         Ok(gateway) => gateway,
         Err(e) => return fail(&e),
     };
+    let path = config_path.path;
     let config_problems: Vec<_> = config::load(&path)
         .ok()
         .and_then(|c| polytomic_gateway::audit::Audit::probe(&c.audit).err())
@@ -263,7 +318,7 @@ fn verify(public_key: &Path, files: &[PathBuf]) -> ExitCode {
 /// builds them, reading no credential or key (`policy explain`, `policy
 /// test`); an error names each key and the file.
 fn routes_and_policy(
-    path: &Path,
+    config_path: &config::ConfigPath,
 ) -> Result<
     (
         polytomic_gateway::routes::RouteTable,
@@ -271,7 +326,8 @@ fn routes_and_policy(
     ),
     String,
 > {
-    let config = config::load(path).map_err(|e| e.to_string())?;
+    let path = &config_path.path;
+    let config = config::load_resolved(config_path).map_err(|e| e.to_string())?;
     config
         .route_table()
         .and_then(|(table, _)| {
@@ -282,7 +338,7 @@ fn routes_and_policy(
 }
 
 fn explain(
-    config_path: &Path,
+    config_path: &config::ConfigPath,
     teams: Vec<String>,
     sub: Option<String>,
     method: &str,
@@ -381,7 +437,7 @@ fn explain(
 
 /// `policy test`: runs a cases file through the routes and policy `explain`
 /// builds, so it judges what `serve` would decide.
-fn policy_test(config_path: &Path, cases_path: &Path) -> ExitCode {
+fn policy_test(config_path: &config::ConfigPath, cases_path: &Path) -> ExitCode {
     use polytomic_gateway::policy_cases::CaseSuite;
     // Apart from 1, a failing case: a CI log tells a broken policy from a
     // broken test setup.
@@ -408,8 +464,8 @@ fn policy_test(config_path: &Path, cases_path: &Path) -> ExitCode {
 }
 
 /// `routes`: one line per routed operation.
-fn routes(config_path: &Path) -> ExitCode {
-    let config = match config::load(config_path) {
+fn routes(config_path: &config::ConfigPath) -> ExitCode {
+    let config = match config::load_resolved(config_path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
@@ -426,7 +482,7 @@ fn routes(config_path: &Path) -> ExitCode {
                 .into_iter()
                 .chain(default_credential.err())
                 .collect();
-            return fail(&config::ConfigErrors::new(config_path, problems));
+            return fail(&config::ConfigErrors::new(&config_path.path, problems));
         }
     };
     let rows: Vec<[String; 6]> = table
@@ -483,8 +539,9 @@ fn routes(config_path: &Path) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
-    let config = match config::load(path) {
+fn token(config_path: &config::ConfigPath, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
+    let path = &config_path.path;
+    let config = match config::load_resolved(config_path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };
@@ -500,8 +557,9 @@ fn token(path: &Path, sub: &str, teams: &[String], ttl: Duration) -> ExitCode {
     }
 }
 
-async fn serve(path: PathBuf) -> ExitCode {
-    let config = match config::load(&path) {
+async fn serve(config_path: config::ConfigPath) -> ExitCode {
+    let path = config_path.path.clone();
+    let config = match config::load_resolved(&config_path) {
         Ok(config) => config,
         Err(e) => return fail(&e),
     };

@@ -326,6 +326,203 @@ fn version_and_help_work() {
     }
 }
 
+/// The subcommands a `--help` output lists, bar `help`.
+fn subcommands(help: &str) -> Vec<String> {
+    help.lines()
+        .skip_while(|line| *line != "Commands:")
+        .skip(1)
+        .take_while(|line| !line.is_empty())
+        .filter_map(|line| line.strip_prefix("  ")?.split_whitespace().next())
+        .filter(|name| *name != "help")
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `polytomic-gateway COMMAND... --help`'s output.
+fn help_of(command: &[String]) -> String {
+    let out = Command::new(binary_path())
+        .args(command)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command:?} --help: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every command's `--help`, found by walking the `Commands:` lists from
+/// the top, ends with one example of that command, and the parser accepts
+/// the example's arguments: given before `--help`, a misspelt flag or a
+/// bad value fails.
+#[test]
+fn every_subcommand_help_ends_with_an_example_that_parses() {
+    let mut pending = vec![vec![]];
+    let mut checked = Vec::new();
+    while let Some(command) = pending.pop() {
+        let help = help_of(&command);
+        let name = command.join(" ");
+        let (_, example) = help
+            .split_once("\nExample:\n")
+            .unwrap_or_else(|| panic!("`{name} --help` has no example:\n{help}"));
+        let lines: Vec<&str> = example
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+            .collect();
+        let [line] = lines[..] else {
+            panic!("`{name} --help` should have one example: {example}");
+        };
+        // After any `VAR=value`.
+        let words: Vec<&str> = line
+            .split_whitespace()
+            .skip_while(|word| word.contains('=') && !word.starts_with('-'))
+            .collect();
+        assert_eq!(words.first(), Some(&"polytomic-gateway"), "{line}");
+        assert!(
+            words[1..].starts_with(&command.iter().map(String::as_str).collect::<Vec<_>>()),
+            "`{name} --help`'s example is of another command: {line}"
+        );
+        let out = Command::new(binary_path())
+            .args(&words[1..])
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pending.extend(
+            subcommands(&help)
+                .into_iter()
+                .map(|sub| [command.clone(), vec![sub]].concat()),
+        );
+        checked.push(name);
+    }
+    // The walk reached the top, the commands and the nested ones.
+    for command in [
+        "",
+        "serve",
+        "demo",
+        "policy",
+        "policy explain",
+        "audit verify",
+    ] {
+        assert!(
+            checked.iter().any(|c| c == command),
+            "{command:?}: {checked:?}"
+        );
+    }
+}
+
+/// A missing config file: the error says where the gateway looked (the
+/// full path) and where that path came from, and suggests `demo` and
+/// `--config`; the exit code is each command's for a config error.
+#[test]
+fn a_missing_config_file_says_where_the_gateway_looked() {
+    let cwd = tempfile::tempdir().unwrap();
+    let looked = |path: &str| cwd.path().canonicalize().unwrap().join(path);
+    let default = "the default, since neither --config nor GATEWAY_CONFIG is set";
+    let from_env = "from the environment variable GATEWAY_CONFIG";
+    let flag = "given with --config";
+    let explain = [
+        "policy",
+        "explain",
+        "--method",
+        "GET",
+        "--path",
+        "/api/organization",
+    ];
+    // The arguments, GATEWAY_CONFIG, the path, where it came from, the exit code.
+    type Case<'a> = (&'a [&'a str], Option<&'a str>, &'a str, &'a str, i32);
+    let cases: [Case; 9] = [
+        (&[], None, "config/gateway.toml", default, 1),
+        (&["check"], None, "config/gateway.toml", default, 1),
+        (&["serve"], Some("env.toml"), "env.toml", from_env, 1),
+        (
+            &["routes", "--config", "flag.toml"],
+            Some("env.toml"),
+            "flag.toml",
+            flag,
+            1,
+        ),
+        (
+            &["token", "--sub", "alice"],
+            None,
+            "config/gateway.toml",
+            default,
+            1,
+        ),
+        (&explain, Some("env.toml"), "env.toml", from_env, 1),
+        (
+            &["policy", "test", "cases.toml"],
+            None,
+            "config/gateway.toml",
+            default,
+            2,
+        ),
+        (
+            &["check", "--config", "/nonexistent/gateway.toml"],
+            None,
+            "/nonexistent/gateway.toml",
+            flag,
+            1,
+        ),
+        (
+            &["demo", "--config", "flag.toml"],
+            None,
+            "flag.toml",
+            flag,
+            1,
+        ),
+    ];
+    for (args, env, path, origin, code) in cases {
+        let mut cmd = Command::new(binary_path());
+        cmd.args(args)
+            .current_dir(cwd.path())
+            .env_remove("GATEWAY_CONFIG");
+        if let Some(file) = env {
+            cmd.env("GATEWAY_CONFIG", file);
+        }
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 3, "{args:?}: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!("{path}: cannot read the config file: ")),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            lines[1],
+            format!(
+                "  the gateway looked for {} ({origin})",
+                looked(path).display()
+            ),
+            "{args:?}"
+        );
+        assert_eq!(
+            lines[2],
+            "  to try the gateway without a config file, run `polytomic-gateway demo`; to use another file, pass `--config FILE`",
+            "{args:?}"
+        );
+    }
+    // Reading the file failed for another reason: the error is as it was.
+    let out = Command::new(binary_path())
+        .args(["check", "--config"])
+        .arg(cwd.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "{}: cannot read the config file: ",
+            cwd.path().display()
+        )),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn env_overrides_the_file_and_a_bare_invocation_serves() {
     let fake = FakePolytomic::new(PARTNER_KEY);
@@ -511,8 +708,8 @@ async fn fifty_megabytes_stream_both_ways_with_flat_memory() {
     );
 }
 
-#[tokio::test]
-async fn the_demo_prints_a_curl_that_succeeds() {
+/// `demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0`, to run in `dir`.
+fn demo_command(dir: &std::path::Path) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new(binary_path());
     cmd.args([
         "demo",
@@ -521,8 +718,14 @@ async fn the_demo_prints_a_curl_that_succeeds() {
         "--admin-listen",
         "127.0.0.1:0",
     ])
-    .current_dir(env!("CARGO_MANIFEST_DIR"));
-    let mut demo = Binary::start(cmd, "gateway listening").await;
+    .current_dir(dir);
+    cmd
+}
+
+/// Runs the three commands the demo prints, as its README quickstart does,
+/// then stops it with SIGINT; `partner_key` (its config's) must not be in
+/// its output. Returns the fake API's line for the first request.
+async fn try_the_printed_commands(demo: &mut Binary, partner_key: &str) -> String {
     let curl = demo
         .wait_for_line("curl -sS -H 'Authorization: Bearer ")
         .await;
@@ -577,13 +780,101 @@ async fn the_demo_prints_a_curl_that_succeeds() {
         .wait_for_line("[fake polytomic] GET /api/organization")
         .await;
     assert!(logged.contains("partner key (correct, masked)"), "{logged}");
-    let key = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/demo-partner-key"),
-    )
-    .unwrap();
     demo.signal("INT");
     assert!(demo.exit().await.success());
-    assert!(!demo.collect_output().await.contains(key.trim()));
+    assert!(!demo.collect_output().await.contains(partner_key.trim()));
+    logged
+}
+
+#[tokio::test]
+async fn the_demo_prints_a_curl_that_succeeds() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut demo = Binary::start(demo_command(root), "gateway listening").await;
+    let key = std::fs::read_to_string(root.join("config/demo-partner-key")).unwrap();
+    try_the_printed_commands(&mut demo, &key).await;
+}
+
+/// `demo` needs nothing from the working directory (as installed by `cargo
+/// install`, or in the image): run from an empty one, it serves its
+/// built-in config, writes the files that config names only to a private
+/// directory under `$TMPDIR`, and removes them when it stops.
+#[tokio::test]
+async fn the_demo_runs_from_an_empty_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let cwd = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = demo_command(cwd.path());
+    cmd.env("TMPDIR", tmp.path()).env_remove("GATEWAY_CONFIG");
+    let mut demo = Binary::start(cmd, "gateway listening").await;
+    let config = demo.wait_for_line("  config:").await;
+    assert!(config.contains("built in"), "{config}");
+    for url in [demo.url("/readyz"), demo.admin_url("/readyz")] {
+        let (parts, body) = send(&client(), get(&url)).await;
+        assert_eq!(
+            parts.status,
+            200,
+            "{url}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    let written: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    let mode = std::fs::metadata(&written[0]).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", written[0].display());
+    let key = include_str!("../config/demo-partner-key");
+    let logged = try_the_printed_commands(&mut demo, key).await;
+    assert!(
+        logged.contains("x-polytomic-version=2025-09-18"),
+        "{logged}"
+    );
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "the demo's files outlive it"
+    );
+}
+
+/// A config given with `--config` wins over the built-in one, and the
+/// files it names are read relative to the working directory, as `serve`
+/// reads them.
+#[tokio::test]
+async fn the_demo_uses_the_config_given_with_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cwd = tempfile::tempdir().unwrap();
+    for dir in ["config", "schemas"] {
+        std::fs::create_dir(cwd.path().join(dir)).unwrap();
+    }
+    for schema in [
+        "schemas/organization-create.json",
+        "schemas/organization-update.json",
+    ] {
+        std::fs::copy(root.join(schema), cwd.path().join(schema)).unwrap();
+    }
+    let key = "pk_the_demo_key_of_a_config_given_with_config";
+    std::fs::write(cwd.path().join("config/demo-partner-key"), key).unwrap();
+    std::fs::write(
+        cwd.path().join("config/demo-jwt-secret"),
+        "a-development-secret-of-this-test-only-0123456789",
+    )
+    .unwrap();
+    let built_in = polytomic_gateway::demo::BUILT_IN_CONFIG;
+    let config = built_in.replace("version = \"2025-09-18\"", "version = \"2024-02-08\"");
+    assert_ne!(config, built_in);
+    std::fs::write(cwd.path().join("my-demo.toml"), config).unwrap();
+    let mut cmd = demo_command(cwd.path());
+    cmd.args(["--config", "my-demo.toml"]);
+    let mut demo = Binary::start(cmd, "gateway listening").await;
+    let config = demo.wait_for_line("  config:").await;
+    assert!(config.ends_with(" my-demo.toml"), "{config}");
+    let logged = try_the_printed_commands(&mut demo, key).await;
+    assert!(
+        logged.contains("x-polytomic-version=2024-02-08"),
+        "{logged}"
+    );
 }
 
 #[tokio::test]
