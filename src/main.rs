@@ -159,7 +159,7 @@ enum PolicyCommand {
     /// one fails, 2 on a configuration or cases-file error.
     #[command(after_help = POLICY_TEST_EXAMPLE)]
     Test {
-        /// The cases file (TOML; see README, "Testing a policy").
+        /// The cases file (TOML; see docs/policy.md, "Testing a policy").
         #[arg(value_name = "CASES.toml")]
         cases: PathBuf,
     },
