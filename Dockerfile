@@ -54,6 +54,7 @@ USER 10001
 EXPOSE 8080
 
 # No HEALTHCHECK: the image has no HTTP client. Probe /healthz and /readyz
-# from the orchestrator (see README.md, "Deploying as a sidecar").
+# from the orchestrator (deploy/kubernetes/deployment.yaml does; README.md,
+# "Deploying as a sidecar").
 ENTRYPOINT ["/usr/local/bin/polytomic-gateway"]
 CMD ["serve", "--config", "/app/config/gateway.toml"]
