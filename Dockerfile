@@ -11,7 +11,9 @@
 #     -e POLYTOMIC_PARTNER_KEY \
 #     polytomic-gateway
 #
-# The demo also works in the image (it reads /app/config/demo.toml):
+# The demo also works in the image, from any directory: its config, keys and
+# schemas are built into the binary, and it writes them to a private
+# directory under /tmp at start (so with `--read-only`, add `--tmpfs /tmp`):
 #
 #   docker run --rm -p 127.0.0.1:8080:8080 polytomic-gateway demo --listen 0.0.0.0:8080
 
@@ -26,6 +28,9 @@ COPY Cargo.toml Cargo.lock ./
 COPY src/ src/
 # The generated API catalog, embedded in the binary (src/catalog.rs).
 COPY catalog/polytomic-*.json catalog/
+# The demo's config, keys and schemas, embedded in the binary (src/demo.rs).
+COPY config/demo.toml config/demo-partner-key config/demo-jwt-secret config/
+COPY schemas/organization-create.json schemas/organization-update.json schemas/
 COPY benches/ benches/
 RUN cargo build --release --locked --bin polytomic-gateway
 
@@ -54,6 +59,7 @@ USER 10001
 EXPOSE 8080
 
 # No HEALTHCHECK: the image has no HTTP client. Probe /healthz and /readyz
-# from the orchestrator (see README.md, "Deploying as a sidecar").
+# from the orchestrator (deploy/kubernetes/deployment.yaml does; README.md,
+# "Deploying as a sidecar").
 ENTRYPOINT ["/usr/local/bin/polytomic-gateway"]
 CMD ["serve", "--config", "/app/config/gateway.toml"]
