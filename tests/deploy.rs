@@ -855,8 +855,8 @@ fn the_dockerfile_checks_can_fail() {
         built_includes("src/catalog.rs"),
         ["catalog/polytomic-2025-09-18.json"]
     );
-    // src/error.rs includes README.md, in a #[cfg(test)] helper only.
-    assert!(read("src/error.rs").contains("include_str!(\"../README.md\")"));
+    // src/error.rs includes docs/security.md, in #[cfg(test)] code only.
+    assert!(read("src/error.rs").contains("include_str!(\"../docs/security.md\")"));
     assert_eq!(built_includes("src/error.rs"), Vec::<String>::new());
     let source = "const A: &str = include_str!(\"a\");\n#[cfg(test)]\n/// doc\nfn f() {\n    include_str!(\"b\");\n}\n";
     assert!(!test_only(source, source.find("include_str!(\"a").unwrap()));
