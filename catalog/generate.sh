@@ -30,26 +30,9 @@ case "${1:-}" in
     *) echo "usage: catalog/generate.sh [--check | --venv]" >&2; exit 2 ;;
 esac
 
-# One builder at a time (CI's check and the SDK test may start together).
-mkdir -p "$(dirname "$venv")"
-exec 9>"$venv.lock"
-flock 9
-if [ ! -x "$venv/bin/python" ] || ! cmp -s "$requirements" "$stamp"; then
-    # Rebuild from scratch (--clear) so no package from older pins lingers, but
-    # never clear a directory that is not a venv.
-    if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
-        echo "catalog: $venv exists and is not a venv; set POLYTOMIC_SDK_VENV elsewhere" >&2
-        exit 1
-    fi
-    python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' ||
-        { echo "catalog: python3 3.10 or newer is needed" >&2; exit 1; }
-    echo "catalog: installing catalog/requirements.txt into $venv" >&2
-    mkdir -p "$(dirname "$venv")"
-    python3 -m venv --clear "$venv"
-    "$venv/bin/pip" install --disable-pip-version-check -q -r "$requirements"
-    cp "$requirements" "$stamp"
-fi
-flock -u 9
+# shellcheck source=../scripts/venv.sh
+source "$repo/scripts/venv.sh"
+ensure_venv catalog "$venv" "$requirements" "$stamp" python POLYTOMIC_SDK_VENV
 
 if [ "$venv_only" = 1 ]; then
     echo "$venv/bin/python"

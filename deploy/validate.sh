@@ -23,22 +23,9 @@ requirements="$here/requirements.txt"
 stamp="$venv/deploy-requirements.txt"
 KUBERNETES_VERSIONS=(1.29.0 1.37.0)
 
-mkdir -p "$(dirname "$venv")"
-exec 9>"$venv.lock"
-flock 9
-if [ ! -x "$venv/bin/kubernetes-validate" ] || ! cmp -s "$requirements" "$stamp"; then
-    # Rebuild from scratch (--clear) so no package from older pins lingers, but
-    # never clear a directory that is not a venv.
-    if [ -e "$venv" ] && [ ! -f "$venv/pyvenv.cfg" ]; then
-        echo "deploy: $venv exists and is not a venv; set DEPLOY_VALIDATE_VENV elsewhere" >&2
-        exit 1
-    fi
-    echo "deploy: installing deploy/requirements.txt into $venv" >&2
-    python3 -m venv --clear "$venv"
-    "$venv/bin/pip" install --disable-pip-version-check -q -r "$requirements"
-    cp "$requirements" "$stamp"
-fi
-flock -u 9
+# shellcheck source=../scripts/venv.sh
+source "$repo/scripts/venv.sh"
+ensure_venv deploy "$venv" "$requirements" "$stamp" kubernetes-validate DEPLOY_VALIDATE_VENV
 
 shopt -s nullglob
 files=("$here"/kubernetes/*)

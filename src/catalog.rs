@@ -289,7 +289,7 @@ impl CatalogSummary {
 /// Builds the route table of a config: its `[[routes]]`, and the catalog's
 /// operations when `[catalog]` is enabled, for `polytomic.version`;
 /// `credential_exists` says which `[credentials.*]` names exist. (The config
-/// calls it: [`crate::config::GatewayConfig::route_table`].)
+/// calls it: `GatewayConfig::route_table`.)
 pub fn route_table(
     routes: &[RouteConfig],
     catalog: Option<&CatalogConfig>,

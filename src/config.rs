@@ -364,7 +364,7 @@ pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
 /// Reads `path` and the `GATEWAY__*` environment into a [`GatewayConfig`].
 ///
 /// This checks syntax, types and unknown keys. Cross-field checks happen when
-/// each concern builds its runtime type (see [`crate::Gateway::build`]).
+/// each concern builds its runtime type (see `server::Gateway::build`).
 pub fn load(path: &Path) -> Result<GatewayConfig, ConfigErrors> {
     load_from(path, None)
 }

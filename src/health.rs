@@ -6,7 +6,7 @@
 //!   readable, and 503 while any [`Readiness`] check fails or while draining.
 //! - `GET /metrics` is the metrics text, when the layer was given a way to
 //!   encode it (see [`HealthLayer::with_metrics`]; the gateway gives it
-//!   [`crate::metrics::Metrics::encode`]).
+//!   `metrics::Metrics::encode`).
 //!
 //! While draining, every other request is refused with 503 `draining` and
 //! `Connection: close`, so clients move to another instance.

@@ -1,4 +1,5 @@
-//! Prometheus metrics, served as text on `GET /metrics` by [`crate::health`].
+//! Prometheus metrics, served as text on `GET /metrics` by the health layer
+//! (`health::HealthLayer::with_metrics`, given [`Metrics::encode`]).
 //!
 //! The request-path families are updated by [`MetricsLayer`]
 //! once per request, from the request's [`crate::notes`]. The components

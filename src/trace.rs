@@ -1,12 +1,12 @@
 //! The request's OpenTelemetry spans, made with the OpenTelemetry API.
 //!
 //! Foundation: the telemetry layer
-//! ([`TelemetryLayer`](crate::telemetry::TelemetryLayer)) starts the server
+//! (`telemetry::TelemetryLayer`) starts the server
 //! span and puts a [`RequestTrace`] (and a [`TraceId`]) in the request's
 //! extensions; each layer below opens its child span (`auth`, `policy`,
 //! `validate`, `audit.write`, `upstream`) from it, without importing the
 //! telemetry layer. Spans come from the global tracer provider, which
-//! [`init`](crate::telemetry::init) sets; a library user sets their own, or none (then
+//! `telemetry::init` sets; a library user sets their own, or none (then
 //! every span is a no-op: no trace id is made, though a caller's
 //! `traceparent` is still carried through to the upstream and the audit).
 //!

@@ -327,7 +327,7 @@ impl ValidateLayer {
     }
 
     /// Digests a refused body as `digest` says for the audit trail (see
-    /// [`crate::audit::Audit::body_digest`]); plain SHA-256 by default.
+    /// `audit::Audit::body_digest`); plain SHA-256 by default.
     pub fn with_body_digest(mut self, digest: BodyDigest) -> Self {
         self.digest = digest;
         self

@@ -3,7 +3,7 @@
 //! A value is replaced by `"[REDACTED]"` when the route's schema marks its
 //! field secret (`"writeOnly": true`, or `"sensitive": true` in a connection
 //! type's schema), wherever the schema puts it (see
-//! [`crate::validate::CompiledSchema::secret_paths_for`]), or when its key
+//! [`crate::schema::CompiledSchema::secret_paths_for`]), or when its key
 //! matches one of `audit.redact_fields` at any depth. A key matches a name
 //! when, ignoring case, `_` and `-`, it ends with it: `token` also catches
 //! `access_token` and `oauthRefreshToken`, `api_key` catches `apikey` and
