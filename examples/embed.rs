@@ -83,21 +83,18 @@ async fn main() -> Result<(), BoxError> {
         CredentialScheme::Bearer,
     )?);
 
-    // The "Polytomic API": answers with the Authorization it received, so
-    // the example can show the swap.
+    // The "Polytomic API": says whether it received the partner key (never
+    // the key itself), so the example can show the swap.
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api_url = format!("http://{}", api.local_addr()?);
     tokio::spawn(async move {
         while let Ok((stream, _)) = api.accept().await {
             let answer =
                 hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
-                    let received = req
-                        .headers()
-                        .get(header::AUTHORIZATION)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_owned();
-                    let body = serde_json::json!({"data": {"authorization": received}});
+                    let partner = req.headers().get(header::AUTHORIZATION).is_some_and(|v| {
+                        v.as_bytes() == format!("Bearer {PARTNER_KEY}").as_bytes()
+                    });
+                    let body = serde_json::json!({"data": {"partner_key_received": partner}});
                     Ok::<_, hyper::Error>(Response::new(http_body_util::Full::new(
                         bytes::Bytes::from(body.to_string()),
                     )))
@@ -176,9 +173,7 @@ async fn main() -> Result<(), BoxError> {
         if status != expected {
             return Err(format!("{what}: expected {expected}, got {status}").into());
         }
-        if status == StatusCode::OK
-            && body["data"]["authorization"] != format!("Bearer {PARTNER_KEY}")
-        {
+        if status == StatusCode::OK && body["data"]["partner_key_received"] != true {
             return Err("the upstream did not receive the partner key".into());
         }
         if status != StatusCode::OK && body.get("key").is_none() {

@@ -375,11 +375,6 @@ impl RequestNotes {
     pub fn read<R>(&self, read: impl FnOnce(&Notes) -> R) -> R {
         read(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
-
-    /// A copy of the notes so far.
-    pub fn snapshot(&self) -> Notes {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
 }
 
 /// Records into the notes in `extensions`, if there are any.

@@ -758,9 +758,10 @@ fn the_embed_example_runs() {
         stdout.contains("PUT, team support: 403 Forbidden"),
         "{stdout}"
     );
-    // The upstream echoes what it received: the partner key, not the JWT.
+    // The upstream saw the partner key, and the example never prints it.
     assert!(
-        stdout.contains(r#"{"data":{"authorization":"Bearer pk_example_not_a_real_key"}}"#),
+        stdout.contains(r#"{"data":{"partner_key_received":true}}"#),
         "{stdout}"
     );
+    assert!(!stdout.contains("pk_example_not_a_real_key"), "{stdout}");
 }
