@@ -65,7 +65,9 @@ fn stack() -> Stack {
     let policy = Arc::new(Policy::from_config(&policy, table.operations()).unwrap());
     let principal = Principal::new("alice@corp", vec!["platform".into()]);
     let svc = ServiceBuilder::new()
-        .layer(TelemetryLayer::new())
+        // The per-request line on, as with `telemetry.request_log = true`:
+        // this measures what it costs.
+        .layer(TelemetryLayer::new().request_log(true))
         .layer(MetricsLayer::new(Metrics::new()))
         .map_request(move |mut req: Request<()>| {
             let _auth =

@@ -35,12 +35,13 @@ use crate::secret::{read_secret, CredentialSource};
 use crate::version::VersionPolicy;
 
 /// Sections a reload does not apply, each with the keys in it that it does
-/// apply: `audit.redact_fields` and `telemetry.log_level`.
+/// apply: `audit.redact_fields`, `telemetry.log_level` and
+/// `telemetry.request_log`.
 pub const RESTART_ONLY: &[(&str, &[&str])] = &[
     ("server", &[]),
     ("upstream", &[]),
     ("audit", &["redact_fields"]),
-    ("telemetry", &["log_level"]),
+    ("telemetry", &["log_level", "request_log"]),
 ];
 
 /// The parts built from one config that a reload may replace.
@@ -64,6 +65,8 @@ pub struct Generation {
     pub catalog: CatalogSummary,
     /// `telemetry.log_level`.
     pub log_level: String,
+    /// `telemetry.request_log`.
+    pub request_log: bool,
     /// Whether `auth` was built for this generation (not kept from the last).
     pub new_auth: bool,
     /// Whether `credentials` were loaded for this generation.
@@ -194,6 +197,7 @@ impl Generation {
             audit,
             catalog,
             log_level: config.telemetry.log_level.clone(),
+            request_log: config.telemetry.request_log,
             new_auth,
             new_credentials,
             auth_key,

@@ -118,7 +118,11 @@ where
         // log line belongs to it; it needs the request id, and its trace id
         // goes into the audit record, so it sits between the two. It also
         // sees refusals (Rescue is inside) and the client going away.
-        .layer(TelemetryLayer::new().skip_paths(&PROBES))
+        .layer(
+            TelemetryLayer::new()
+                .skip_paths(&PROBES)
+                .request_log(config.request_log),
+        )
         // The request metrics, from the notes the layers below fill in. Just
         // inside telemetry, so it times the same span of work; it counts
         // refusals (Rescue is inside) and the client going away.

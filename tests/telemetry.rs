@@ -250,7 +250,7 @@ async fn start_traced(
 #[tokio::test]
 async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstream() {
     let (receiver, collector) = Receiver::http().await;
-    let (gateway, traceparents, dir) = start_traced(collector, "").await;
+    let (gateway, traceparents, dir) = start_traced(collector, "request_log = true").await;
     let client = client();
     let org = gateway.url(&format!("/api/organizations/{ORG_ID}"));
 
@@ -478,7 +478,10 @@ async fn sampling_honours_the_callers_flag_and_the_ratio_for_new_traces() {
 async fn without_an_exporter_trace_ids_are_still_made_propagated_and_audited() {
     let (upstream, traceparents) = recording_upstream().await;
     let dir = TestDir::new();
-    let path = dir.config(&format!("http://{upstream}"), &telemetry_section("", ""));
+    let path = dir.config(
+        &format!("http://{upstream}"),
+        &telemetry_section("", "request_log = true"),
+    );
     let gateway = Binary::serve(&path, &[]).await;
     let client = client();
     let org = gateway.url(&format!("/api/organizations/{ORG_ID}"));
@@ -530,6 +533,78 @@ async fn without_an_exporter_trace_ids_are_still_made_propagated_and_audited() {
             "no request log line with trace_id {trace_id}"
         );
     }
+}
+
+#[tokio::test]
+async fn by_default_the_audit_record_is_the_request_log_and_a_reload_turns_the_line_on() {
+    let (upstream, _) = recording_upstream().await;
+    let dir = TestDir::new();
+    let config = |request_log: bool| {
+        dir.config(
+            &format!("http://{upstream}"),
+            &telemetry_section("", &format!("request_log = {request_log}")),
+        )
+    };
+    let path = config(false);
+    let mut gateway = Binary::serve(&path, &[]).await;
+    let client = client();
+    let org = gateway.url(&format!("/api/organizations/{ORG_ID}"));
+    let get = |id: &str| {
+        let mut req = request(Method::GET, &org, token(), None);
+        req.headers_mut()
+            .insert("x-request-id", id.parse().unwrap());
+        req
+    };
+    let (parts, _) = send(&client, get("quiet-get")).await;
+    assert_eq!(parts.status, 200);
+    let (parts, body) = send(&client, request(Method::PUT, &org, &support_token(), None)).await;
+    assert_gateway_error(&parts, &body, 403, "forbidden");
+    let denied_id = parts.headers["x-request-id"].to_str().unwrap().to_owned();
+    // The refusal is logged at once; the allowed GET before it was not.
+    let refused = gateway.wait_for_line("request refused").await;
+    assert!(refused.contains(&denied_id), "{refused}");
+
+    // Switched on by a reload, with no restart.
+    assert_eq!(config(true), path, "the same file, rewritten");
+    gateway.signal("HUP");
+    gateway.wait_for_line("config reloaded").await;
+    let (parts, _) = send(&client, get("loud-get")).await;
+    assert_eq!(parts.status, 200);
+    let loud_id = parts.headers["x-request-id"].to_str().unwrap().to_owned();
+    let line = gateway.wait_for_line(&loud_id).await;
+    let line: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(line["message"], "request");
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["status"], 200);
+
+    let output = stop(gateway).await;
+    let logs: Vec<Value> = output
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let requests: Vec<&Value> = logs.iter().filter(|l| l["message"] == "request").collect();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the GET after the reload: {requests:?}"
+    );
+    // Every request, logged or not, has its audit records: the first GET's
+    // response record says what its line would have.
+    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
+    let records: Vec<Value> = audit
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let quiet = records
+        .iter()
+        .find(|r| r["client_request_id"] == "quiet-get" && r["stage"] == "response")
+        .expect("a response record for the unlogged GET");
+    assert_eq!(quiet["status"], 200);
+    assert_eq!(quiet["outcome"], "allowed");
+    assert!(quiet["duration_ms"].is_number());
+    assert!(records
+        .iter()
+        .any(|r| r["request_id"] == denied_id.as_str() && r["outcome"] == "denied"));
 }
 
 /// A collector that accepts connections and never answers.

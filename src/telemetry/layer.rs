@@ -1,5 +1,5 @@
-//! [`TelemetryLayer`]: one server span, one log line and one set of metric
-//! samples per request.
+//! [`TelemetryLayer`]: one server span per request, and a log line for
+//! every refusal (and, with `telemetry.request_log`, every request).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,12 +27,14 @@ use crate::trace::{global_tracer, RequestTrace, TraceId};
 
 /// Wraps every request in a server span (continuing the caller's W3C trace
 /// context), gives the stack a [`RequestNotes`] slot, and when the response
-/// is ready records the span's attributes and one log line: info when the
-/// request was answered upstream, warn when the gateway refused it.
+/// is ready records the span's attributes and a log line: warn when the
+/// gateway refused the request; info when it was answered upstream, if
+/// [`request_log`](Self::request_log) is on.
 #[derive(Clone)]
 pub struct TelemetryLayer {
     tracer: Arc<BoxedTracer>,
     skip: &'static [&'static str],
+    request_log: bool,
 }
 
 impl std::fmt::Debug for TelemetryLayer {
@@ -48,7 +50,16 @@ impl TelemetryLayer {
         Self {
             tracer: global_tracer(),
             skip: &[],
+            request_log: false,
         }
+    }
+
+    /// Whether a request answered upstream gets an info line too
+    /// (`telemetry.request_log`). Off, the audit record is the request log;
+    /// refusals are logged either way.
+    pub fn request_log(mut self, on: bool) -> Self {
+        self.request_log = on;
+        self
     }
 
     /// Requests for these paths get no span and no log line (health probes,
@@ -73,6 +84,7 @@ impl<S> Layer<S> for TelemetryLayer {
             inner,
             tracer: self.tracer.clone(),
             skip: self.skip,
+            request_log: self.request_log,
         }
     }
 }
@@ -83,6 +95,7 @@ pub struct TelemetryService<S> {
     inner: S,
     tracer: Arc<BoxedTracer>,
     skip: &'static [&'static str],
+    request_log: bool,
 }
 
 impl<S> std::fmt::Debug for TelemetryService<S> {
@@ -173,6 +186,7 @@ where
                 notes,
                 method,
                 started,
+                request_log: self.request_log,
             }),
         })
     }
@@ -186,6 +200,8 @@ struct Pending {
     notes: RequestNotes,
     method: &'static str,
     started: Instant,
+    /// Log requests answered upstream too, not only refusals.
+    request_log: bool,
 }
 
 impl std::fmt::Debug for Pending {
@@ -274,6 +290,9 @@ impl Pending {
                 }
                 _ => {}
             }
+        }
+        if error_key.is_none() && !self.request_log {
+            return;
         }
         let duration_ms = (duration.as_secs_f64() * 10_000.0).round() / 10.0;
         let status = status.map(|s| s.as_u16());

@@ -85,6 +85,11 @@ pub struct TelemetryConfig {
     /// A `tracing` filter such as `info` or `warn,polytomic_gateway=debug`;
     /// `RUST_LOG` overrides it.
     pub log_level: String,
+    /// One info line for every request answered upstream. Off by default:
+    /// the audit record is the request log, and the line would repeat it
+    /// (and cost a blocking write on the request path). Refusals are always
+    /// logged, at warn.
+    pub request_log: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -96,6 +101,7 @@ impl Default for TelemetryConfig {
             sample_ratio: 1.0,
             log_format: LogFormat::default(),
             log_level: "info".into(),
+            request_log: false,
         }
     }
 }
