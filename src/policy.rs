@@ -20,7 +20,7 @@
 //! telemetry layers. In `shadow` mode a would-be denial is logged at warn and
 //! the request is forwarded anyway, for rolling a policy out.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -106,6 +106,12 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 pub struct Policy {
     mode: PolicyMode,
     rules: Vec<Rule>,
+    /// For each team, the rules naming it, in config order: a decision looks
+    /// only at the caller's rules, so a thousand rules for other teams cost
+    /// it nothing.
+    by_team: HashMap<Arc<str>, Vec<usize>>,
+    /// The same for subjects.
+    by_subject: HashMap<Arc<str>, Vec<usize>>,
 }
 
 impl Policy {
@@ -166,9 +172,27 @@ impl Policy {
             });
         }
         if problems.is_empty() {
+            let mut by_team: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+            let mut by_subject: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+            for (i, rule) in config.rules.iter().enumerate() {
+                for (names, index) in [
+                    (&rule.teams, &mut by_team),
+                    (&rule.subjects, &mut by_subject),
+                ] {
+                    for name in names {
+                        let list = index.entry(name.as_str().into()).or_default();
+                        // A name listed twice in one rule indexes it once.
+                        if list.last() != Some(&i) {
+                            list.push(i);
+                        }
+                    }
+                }
+            }
             Ok(Self {
                 mode: config.mode,
                 rules,
+                by_team,
+                by_subject,
             })
         } else {
             Err(problems)
@@ -205,7 +229,7 @@ impl Policy {
         }
         organizations.extend(lowered.iter().map(String::as_str));
         let rule = principal.and_then(|principal| {
-            self.rules.iter().find(|rule| {
+            self.first_rule(principal, |rule| {
                 rule.grants(principal, &route.operation)
                     && match &rule.organizations {
                         None => true,
@@ -230,7 +254,38 @@ impl Policy {
     /// before their body is read.)
     pub fn needs_body(&self, principal: Option<&Principal>, route: &RouteMatch) -> bool {
         !route.body_organization_fields.is_empty()
-            && principal.is_some_and(|p| self.rules.iter().any(|r| r.grants(p, &route.operation)))
+            && principal.is_some_and(|p| {
+                self.first_rule(p, |r| r.grants(p, &route.operation))
+                    .is_some()
+            })
+    }
+
+    /// The first rule, in config order, for `principal` (its subject or one
+    /// of its teams) that `test` accepts. Only the principal's own rules are
+    /// visited, from the indexes; the order, and so which rule decides, is
+    /// the config's, as if every rule were tried in turn.
+    fn first_rule(&self, principal: &Principal, test: impl Fn(&Rule) -> bool) -> Option<&Rule> {
+        let mut lists = self.by_subject.get(principal.sub()).into_iter().chain(
+            principal
+                .teams()
+                .iter()
+                .filter_map(|t| self.by_team.get(t.as_str())),
+        );
+        let first = lists.next()?;
+        let Some(second) = lists.next() else {
+            // The usual case: one list, already in order.
+            return first.iter().map(|&i| &self.rules[i]).find(|r| test(r));
+        };
+        let mut candidates: Vec<usize> = first.iter().chain(second).copied().collect();
+        for list in lists {
+            candidates.extend_from_slice(list);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+            .into_iter()
+            .map(|i| &self.rules[i])
+            .find(|r| test(r))
     }
 }
 
@@ -486,6 +541,84 @@ mod tests {
     }
 
     const ORG: &str = "248df4b7-aa70-47b8-a036-33ac447e668d";
+
+    /// The indexes change which rules are looked at, never which one
+    /// decides: over many rules, principals with several teams and a
+    /// subject of their own, every decision is the first rule in config
+    /// order, as a scan of every rule finds it.
+    #[test]
+    fn the_rule_indexes_decide_as_a_scan_of_every_rule() {
+        let teams = ["a", "b", "c", "d", "e"];
+        let ops = [
+            "organizations.update",
+            "organizations.list",
+            "organization.current",
+        ];
+        let patterns = ["organizations.*", "*", "organization.current", "*.list"];
+        let mut rules = Vec::new();
+        for i in 0..200usize {
+            let mut r = rule(
+                &format!("r{i}"),
+                &[teams[i % 5], teams[(i * 7 + 3) % 5]],
+                &[patterns[i % 4]],
+                (i % 3 == 0).then_some(&[ORG][..]),
+            );
+            if i % 11 == 0 {
+                r.teams.clear();
+                r.subjects = vec![format!("user{}", i % 4)];
+            }
+            rules.push(r);
+        }
+        let p = policy(rules.clone());
+        let scan = |principal: &Principal, route: &RouteMatch| {
+            rules
+                .iter()
+                .find(|r| {
+                    (r.subjects.iter().any(|s| s == principal.sub())
+                        || principal.teams().iter().any(|t| r.teams.contains(t)))
+                        && r.allow.iter().any(|pat| glob_match(pat, &route.operation))
+                        && r.organizations.as_ref().is_none_or(|o| {
+                            route
+                                .organization_ids
+                                .iter()
+                                .all(|id| o.iter().any(|x| x == &**id))
+                                && !route.organization_ids.is_empty()
+                        })
+                })
+                .map(|r| r.name.clone())
+        };
+        let mut decided = 0;
+        for sub in ["user0", "user1", "user3", "nobody"] {
+            for team_set in [
+                &[][..],
+                &["a"][..],
+                &["c", "a"][..],
+                &["e", "d", "b"][..],
+                &["zz"][..],
+            ] {
+                let principal =
+                    Principal::new(sub, team_set.iter().map(|t| t.to_string()).collect());
+                for op in ops {
+                    for id in [
+                        Some(ORG),
+                        Some("00000000-0000-0000-0000-000000000000"),
+                        None,
+                    ] {
+                        let route = route(op, id);
+                        let decision = p.decide(Some(&principal), &route);
+                        let expected = scan(&principal, &route);
+                        assert_eq!(
+                            decision.rule.as_deref(),
+                            expected.as_deref(),
+                            "{sub} {team_set:?} {op} {id:?}"
+                        );
+                        decided += usize::from(decision.allowed);
+                    }
+                }
+            }
+        }
+        assert!(decided > 50, "the cases allow some requests: {decided}");
+    }
 
     #[test]
     fn organization_scoped_rules_need_a_matching_id() {
