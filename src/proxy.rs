@@ -34,8 +34,8 @@ use crate::client::{
     connector, error_chain, is_loopback_host, root_store, tls_config, JwksConnector,
 };
 use crate::error::GatewayError;
-use crate::net::{ClientAddr, FromTrustedProxy};
-use crate::notes::ClientRequestId;
+use crate::net::{ClientAddr, ClientAddrText, FromTrustedProxy};
+use crate::notes::{ClientRequestId, RequestNotes};
 use crate::problem::ConfigProblem;
 use crate::trace::RequestTrace;
 use serde::{Deserialize, Serialize};
@@ -373,9 +373,16 @@ impl Service<Request<GatewayBody>> for Proxy {
             // keeps `Proxy` safe when a library user runs it on its own.
             remove_hop_by_hop(headers);
             headers.remove(header::HOST);
+            let peer = match parts.extensions.get::<ClientAddrText>() {
+                Some(text) => Some(text.clone()),
+                None => parts
+                    .extensions
+                    .get::<ClientAddr>()
+                    .map(|a| ClientAddrText::of(a.0.ip())),
+            };
             set_forwarding_headers(
                 headers,
-                parts.extensions.get::<ClientAddr>().map(|a| a.0.ip()),
+                peer.as_ref(),
                 parts.extensions.get::<FromTrustedProxy>().is_some(),
             );
             // The client's own request id, if it sent a sane one, is passed
@@ -385,7 +392,9 @@ impl Service<Request<GatewayBody>> for Proxy {
             }
             // HTTP/2 or HTTP/1.1 upstream is chosen by ALPN, not by the client.
             parts.version = http::Version::HTTP_11;
-            let extensions = parts.extensions.clone();
+            // The notes, not a copy of every extension: the client does not
+            // need them back.
+            let notes = parts.extensions.get::<RequestNotes>().cloned();
             // A copy to send again if the connection fails, when that is allowed and
             // the body can be replayed.
             let replay = (upstream.retries > 0)
@@ -436,10 +445,12 @@ impl Service<Request<GatewayBody>> for Proxy {
                     i64::from(parts.status.as_u16()),
                 )
             });
-            crate::notes::record(&extensions, |n| {
-                n.upstream_status = Some(parts.status.as_u16());
-                n.upstream_duration = Some(started.elapsed());
-            });
+            if let Some(notes) = &notes {
+                notes.update(|n| {
+                    n.upstream_status = Some(parts.status.as_u16());
+                    n.upstream_duration = Some(started.elapsed());
+                });
+            }
             remove_hop_by_hop(&mut parts.headers);
             // The caller's request id is returned on the response; the
             // upstream's own is kept under another name for support cases.
@@ -511,7 +522,7 @@ impl Replay {
 /// extended with its own address, and its `X-Forwarded-Proto`, `X-Real-IP`
 /// and `X-Forwarded-Host` pass. Any other peer's claims are replaced or
 /// dropped, so a client cannot pass for another address upstream.
-fn set_forwarding_headers(headers: &mut HeaderMap, peer: Option<std::net::IpAddr>, trusted: bool) {
+fn set_forwarding_headers(headers: &mut HeaderMap, peer: Option<&ClientAddrText>, trusted: bool) {
     if !trusted {
         for name in [
             X_FORWARDED_FOR,
@@ -523,15 +534,9 @@ fn set_forwarding_headers(headers: &mut HeaderMap, peer: Option<std::net::IpAddr
             headers.remove(name);
         }
     }
-    if let Some(ip) = peer {
-        let ip = ip.to_canonical();
-        let node = match ip {
-            std::net::IpAddr::V4(v4) => format!("for={v4};proto=http"),
-            // RFC 7239 §6: an IPv6 node is bracketed and quoted.
-            std::net::IpAddr::V6(v6) => format!("for=\"[{v6}]\";proto=http"),
-        };
-        append_to_list(headers, X_FORWARDED_FOR, &ip.to_string());
-        append_to_list(headers, FORWARDED, &node);
+    if let Some(peer) = peer {
+        append_to_list(headers, X_FORWARDED_FOR, &peer.forwarded_for);
+        append_to_list(headers, FORWARDED, &peer.forwarded);
     }
     if !headers.contains_key(X_FORWARDED_PROTO) {
         headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -539,8 +544,13 @@ fn set_forwarding_headers(headers: &mut HeaderMap, peer: Option<std::net::IpAddr
 }
 
 /// Appends `item` to the comma-separated list in `name`, joining the lines
-/// it was sent on into one.
-fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
+/// it was sent on into one. Without a list yet, `item` is the value as is
+/// (the usual case: no formatting, no copy).
+fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &HeaderValue) {
+    if !headers.contains_key(&name) {
+        headers.insert(name, item.clone());
+        return;
+    }
     let mut list = String::new();
     for value in headers.get_all(&name) {
         if let Ok(v) = value.to_str() {
@@ -548,7 +558,7 @@ fn append_to_list(headers: &mut HeaderMap, name: HeaderName, item: &str) {
             list.push_str(", ");
         }
     }
-    list.push_str(item);
+    list.push_str(item.to_str().unwrap_or_default());
     if let Ok(value) = HeaderValue::from_str(&list) {
         headers.insert(name, value);
     }

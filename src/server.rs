@@ -40,7 +40,7 @@ use crate::connection::{Activity, Check, Deadlines, Tracked, TrackedBody, Watche
 use crate::error::GatewayError;
 use crate::health::Readiness;
 use crate::metrics::Metrics;
-use crate::net::{ClientAddr, FromTrustedProxy};
+use crate::net::{ClientAddr, ClientAddrText, FromTrustedProxy};
 use crate::proxy::Upstream;
 use crate::reload::{self, Generation, WatchedFiles};
 use crate::stack::{self, StackParts};
@@ -91,9 +91,11 @@ impl<S: Clone> Stacks<S> {
 type Published<S> = Arc<[std::sync::Mutex<S>]>;
 
 /// The peer of a connection, as its requests carry it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Peer {
     addr: ClientAddr,
+    /// Its IP as text, made once for all the connection's requests.
+    text: ClientAddrText,
     /// In `server.trusted_proxies`.
     trusted: bool,
 }
@@ -109,8 +111,9 @@ where
 
     fn call(&self, mut req: Request<B>) -> Self::Future {
         let guard = self.activity.start(req.version() == http::Version::HTTP_2);
-        if let Some(peer) = self.peer {
+        if let Some(peer) = &self.peer {
             req.extensions_mut().insert(peer.addr);
+            req.extensions_mut().insert(peer.text.clone());
             if peer.trusted {
                 req.extensions_mut().insert(FromTrustedProxy);
             }
@@ -829,6 +832,7 @@ where
                 stream,
                 Some(Peer {
                     addr: ClientAddr(peer),
+                    text: ClientAddrText::of(peer.ip()),
                     trusted,
                 }),
                 permit,
@@ -1000,12 +1004,13 @@ fn spawn_connection<S>(
     S::Future: Send + 'static,
 {
     let activity = Activity::new();
+    let peer_addr = peer.as_ref().map(|p| p.addr.0);
     let svc = EagerService {
         stacks,
         activity: activity.clone(),
         peer,
     };
-    let peer = peer.map(|p| p.addr.0);
+    let peer = peer_addr;
     let io = TokioIo::new(Watched::new(stream, activity.clone(), permit));
     tokio::spawn(async move {
         let conn = builder.serve_connection(io, svc);

@@ -47,7 +47,7 @@ use tower::{Layer, Service};
 use crate::body::GatewayBody;
 use crate::error::{ErrorKey, GatewayError};
 use crate::future::{take_ready, ResponseFuture, ThenCall};
-use crate::net::ClientAddr;
+use crate::net::{ClientAddr, ClientAddrText};
 use crate::notes::ClientRequestId;
 pub use crate::notes::CLIENT_DISCONNECTED;
 use crate::notes::{BodyDigest, RequestNotes};
@@ -865,10 +865,15 @@ where
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
             raw_query: req.uri().query().map(str::to_owned),
-            client_ip: req
-                .extensions()
-                .get::<ClientAddr>()
-                .map(|a| a.0.ip().to_string()),
+            // Rendered once per connection when the server gave it; else
+            // from the address.
+            client_ip: match req.extensions().get::<ClientAddrText>() {
+                Some(text) => Some(text.ip.clone()),
+                None => req
+                    .extensions()
+                    .get::<ClientAddr>()
+                    .map(|a| a.0.ip().to_string().into()),
+            },
             user_agent: header_string(headers, header::USER_AGENT.as_str()),
             idempotency_key: header_string(headers, "idempotency-key"),
             config_version: self.audit.settings.config_version.clone(),

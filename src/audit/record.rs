@@ -26,7 +26,7 @@ pub struct RequestInfo {
     /// redacted, once the route (and so its secret parameters) is known.
     pub raw_query: Option<String>,
     /// The peer address's IP.
-    pub client_ip: Option<String>,
+    pub client_ip: Option<Arc<str>>,
     /// The `User-Agent` header.
     pub user_agent: Option<String>,
     /// The `Idempotency-Key` header.
