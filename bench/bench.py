@@ -10,7 +10,8 @@ own, and are stopped at once) and is stopped by PID at the end, whatever
 happens. Each load is a bounded wrk run.
 
 Systems behind the same static-JSON nginx upstream, which also serves the
-JWKS (/jwks.json) that the gateway and Apache fetch:
+JWKS (/jwks.json) that the gateway fetches over http and Apache over https
+(mod_auth_openidc refuses http):
   upstream   the upstream alone (the ceiling)
   nginx      nginx as a plain reverse proxy setting two headers
   bare       examples/bare_proxy.rs: hyper + hyper-util's pooled client on
@@ -1114,6 +1115,8 @@ def run(args, tmp, procs):
         ("tokens", "gateway_es256", "gateway, ES256", gw_kw("gw", tokens=one_es)),
         ("tokens", "haproxy_many", f"HAProxy, {MANY_TOKENS:,} RS256 tokens",
          dict(port=ports["haproxy"], pids=pids["haproxy"], tokens=many_rs)),
+        ("tokens", "apache_many", f"Apache, {MANY_TOKENS:,} RS256 tokens",
+         dict(port=ports["apache"], pids=pids["apache"], tokens=many_rs)),
         ("tokens", "gateway_many", f"gateway, {MANY_TOKENS:,} RS256 tokens", gw_kw("gw", tokens=many_rs)),
         ("tokens", "gateway_many_nocache", f"gateway, {MANY_TOKENS:,} RS256 tokens, cache off",
          gw_kw("gw_nocache", tokens=many_rs)),
@@ -1285,14 +1288,14 @@ def report(args, results, plan, mem, starts, notes):
     print("| # | System | req/s | p50 ms | p99 ms | p99.9 ms | proxy CPU % | proxy RSS MB | "
           "audit B/req | log B/req | vs bare | vs nginx | vs HAProxy | vs Apache | rounds (req/s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-    peers = ("upstream", "nginx", "bare", "haproxy", "apache", "haproxy_many")
+    peers = ("upstream", "nginx", "bare", "haproxy", "apache", "haproxy_many", "apache_many")
     for scenario, key, label, _ in plan:
         r = rows[key]
-        vs_hap = hap_many if key in ("gateway_many", "gateway_many_nocache") else hap
+        # The 10,000-token rows against the peers with the same tokens.
+        many = key in ("gateway_many", "gateway_many_nocache")
         ratios = ("",) * 4 if key in peers else tuple(
-            f"{r['rps'] / x:.2f}×" for x in (bare, nginx, vs_hap, apache))
-        if key in ("gateway_many", "gateway_many_nocache"):
-            ratios = ratios[:3] + ("",)  # Apache is not run with the 10,000 tokens
+            f"{r['rps'] / x:.2f}×" for x in (bare, nginx, hap_many if many else hap,
+                                              rows["apache_many"]["rps"] if many else apache))
         errs = "" if r["errors"] == 0 else f" ({r['errors']} errors)"
         audit_b = f"{r['audit_bytes_per_req']:.0f}" if "audit_bytes_per_req" in r else ""
         log_b = f"{r['log_bytes_per_req']:.0f}" if "log_bytes_per_req" in r else ""
