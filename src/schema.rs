@@ -36,8 +36,9 @@ pub struct Violation {
 pub struct CompiledSchema {
     /// The file it came from, for errors and logs.
     path: Arc<str>,
-    /// The schema document, to describe violations from it.
-    document: Value,
+    /// The schema document, to describe violations from it and, for a
+    /// recursive schema, to walk bodies along it.
+    document: Document,
     /// The compiled validator (formats asserted).
     validator: jsonschema::Validator,
     /// Paths of the fields marked secret (see [`collect_secrets`]), for
@@ -50,6 +51,37 @@ pub struct CompiledSchema {
     /// A member whose schema depends on a sibling field's value: a
     /// connection `configuration` and its connection `type`.
     discriminated: Option<Discriminated>,
+}
+
+/// A schema document as kept after compiling. Most schemas need theirs only
+/// to describe a violation (a refused request), so they keep it as compact
+/// JSON text, a fraction of the memory of a parsed `Value`: the full catalog
+/// holds hundreds of schemas. A recursive schema is walked for every body,
+/// so it keeps the parsed document.
+enum Document {
+    Parsed(Value),
+    Text(Box<str>),
+}
+
+impl Document {
+    fn keep(document: Value, recursive: bool) -> Self {
+        if recursive {
+            return Self::Parsed(document);
+        }
+        match serde_json::to_string(&document) {
+            Ok(text) => Self::Text(text.into_boxed_str()),
+            Err(_) => Self::Parsed(document),
+        }
+    }
+
+    /// The parsed document (parsed again from its text if need be: it was
+    /// made from a `Value`, so it parses).
+    fn value(&self) -> Cow<'_, Value> {
+        match self {
+            Self::Parsed(value) => Cow::Borrowed(value),
+            Self::Text(text) => Cow::Owned(serde_json::from_str(text).unwrap_or(Value::Null)),
+        }
+    }
 }
 
 /// A member validated against the schema its discriminator names.
@@ -150,7 +182,7 @@ impl CompiledSchema {
         secrets.dedup();
         Ok(Self {
             path: name.into(),
-            document,
+            document: Document::keep(document, recursive),
             validator,
             secrets,
             recursive,
@@ -197,16 +229,11 @@ impl CompiledSchema {
         if !self.recursive {
             return Cow::Borrowed(&self.secrets);
         }
+        let document = self.document.value();
         let mut schemas = Vec::new();
-        applicable(&self.document, &self.document, &mut schemas);
+        applicable(&document, &document, &mut schemas);
         let mut paths = Vec::new();
-        instance_secrets(
-            &self.document,
-            &schemas,
-            instance,
-            &mut Vec::new(),
-            &mut paths,
-        );
+        instance_secrets(&document, &schemas, instance, &mut Vec::new(), &mut paths);
         paths.sort();
         paths.dedup();
         Cow::Owned(paths)
@@ -240,8 +267,9 @@ impl CompiledSchema {
     pub fn validate(&self, instance: &Value) -> Result<(), Vec<Violation>> {
         let mut violations = Vec::new();
         if !self.validator.is_valid(instance) {
+            let document = self.document.value();
             for error in self.validator.iter_errors(instance) {
-                describe(&self.document, &error, &mut violations);
+                describe(&document, &error, &mut violations);
             }
         }
         if let Some(d) = &self.discriminated {
