@@ -32,7 +32,7 @@ COPY catalog/polytomic-*.json catalog/
 COPY config/demo.toml config/demo-partner-key config/demo-jwt-secret config/
 COPY schemas/organization-create.json schemas/organization-update.json schemas/
 COPY benches/ benches/
-RUN cargo build --release --locked --bin polytomic-gateway
+RUN cargo build --profile dist --locked --bin polytomic-gateway
 
 # ---- runtime -----------------------------------------------------------------
 FROM debian:bookworm-slim
@@ -52,7 +52,7 @@ RUN groupadd --system --gid 10001 gateway \
 WORKDIR /app
 COPY config/ /app/config/
 COPY schemas/ /app/schemas/
-COPY --from=build /src/target/release/polytomic-gateway /usr/local/bin/polytomic-gateway
+COPY --from=build /src/target/dist/polytomic-gateway /usr/local/bin/polytomic-gateway
 
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001

@@ -4,14 +4,16 @@
 # HAProxy (jwt_verify), Apache httpd + mod_auth_openidc and a bare hyper
 # proxy, as described in BENCHMARKS.md. One command:
 #
-#   bench/run.sh                 # about 10 minutes, plus the release build
+#   bench/run.sh                 # about 10 minutes, plus the build
 #
 # 1. installs what is missing (nginx, haproxy, apache2 with
 #    libapache2-mod-auth-openidc, wrk, h2load, openssl, python3) from
 #    Debian's packages, which needs root (where systemd runs, Debian also
 #    starts its own apache2 service on port 80; the bench does not use it);
 # 2. builds the gateway, examples/bench_tokens.rs and examples/bare_proxy.rs
-#    in release mode;
+#    with the `dist` profile, the shipped build (Cargo.toml: release with
+#    fat LTO and one codegen unit), the bare proxy included, so the floor
+#    gets the same compiler help as the gateway;
 # 3. runs bench/bench.py: every process on loopback, with keys, tokens and
 #    configs generated into a temp dir (each gateway config is
 #    config/gateway.toml's text with only addresses, keys and paths
@@ -58,14 +60,14 @@ fi
 python3 -c 'import tomllib' 2>/dev/null || { log "python3 3.11 or later needed (tomllib)"; exit 2; }
 command -v cargo >/dev/null || { log "cargo not found (install a Rust toolchain)"; exit 2; }
 
-log "building (release)"
-(cd "$ROOT" && timeout 1800 cargo build --release --bin polytomic-gateway --example bench_tokens --example bare_proxy >&2)
+log "building (profile dist)"
+(cd "$ROOT" && timeout 2700 cargo build --profile dist --bin polytomic-gateway --example bench_tokens --example bare_proxy >&2)
 TARGET_DIR=$(cd "$ROOT" && timeout 120 cargo metadata --format-version 1 --no-deps \
     | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
 
-args=(--gateway "$TARGET_DIR/release/polytomic-gateway"
-      --bench-tokens "$TARGET_DIR/release/examples/bench_tokens"
-      --bare-proxy "$TARGET_DIR/release/examples/bare_proxy"
+args=(--gateway "$TARGET_DIR/dist/polytomic-gateway"
+      --bench-tokens "$TARGET_DIR/dist/examples/bench_tokens"
+      --bare-proxy "$TARGET_DIR/dist/examples/bare_proxy"
       --duration "${BENCH_DURATION:-6}" --rounds "${BENCH_ROUNDS:-5}")
 [[ -z "${BENCH_JSON:-}" ]] || args+=(--json "$BENCH_JSON")
 [[ "${BENCH_KEEP:-0}" != 1 ]] || args+=(--keep)

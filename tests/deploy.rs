@@ -808,6 +808,8 @@ fn the_dockerfile_builds_what_ci_builds() {
     let args: Vec<&str> = build.split_whitespace().collect();
     let profile = if args.contains(&"--release") {
         "release"
+    } else if let Some(w) = args.windows(2).find(|w| w[0] == "--profile") {
+        w[1]
     } else {
         "debug"
     };
