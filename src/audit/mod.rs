@@ -860,7 +860,8 @@ where
             trace_id: req
                 .extensions()
                 .get::<crate::trace::TraceId>()
-                .map(|t| t.0.to_string())
+                // By table: `Display` formats the u128 digit by digit.
+                .map(|t| crate::notes::hex(&t.0.to_bytes()))
                 .unwrap_or_default(),
             method: req.method().to_string(),
             path: req.uri().path().to_owned(),
