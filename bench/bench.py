@@ -1143,15 +1143,20 @@ def run(args, tmp, procs):
         text = base_conf(name)
         mem_conf[name] = write_conf(name, upload_gateway_conf(text) if name == "gw_upload" else text)
         ports[name] = gw_ports[name][0]
-    mem = procs.start("gw_mem", [gw, "serve", "--config", mem_conf["gw_mem"]], env=env,
-                      stdout=f"{tmp}/gw_mem-audit.jsonl")
-    wait_ready(mem, procs, f"http://127.0.0.1:{ports['gw_mem']}/readyz")
-    mem_pid = procs.main_pid(mem)
-    base_mem = f"http://127.0.0.1:{ports['gw_mem']}"
-    for _ in range(100):
-        if http("GET", base_mem + GET_PATH, rs_tokens[0])[0] != 200:
-            raise SetupError("gw_mem: GET failed")
-    time.sleep(1)  # let the audit writer go idle before reading idle RSS
+    def start_warm(name, proc_env):
+        """A fresh gateway `name`, ready and past 100 GETs, its audit writer
+        idle (a second without records): (process, pid, base URL)."""
+        proc = procs.start(name, [gw, "serve", "--config", mem_conf[name]], env=proc_env,
+                           stdout=f"{tmp}/{name}-audit.jsonl")
+        wait_ready(proc, procs, f"http://127.0.0.1:{ports[name]}/readyz")
+        base = f"http://127.0.0.1:{ports[name]}"
+        for _ in range(100):
+            if http("GET", base + GET_PATH, rs_tokens[0])[0] != 200:
+                raise SetupError(f"{name}: GET failed")
+        time.sleep(1)
+        return proc, procs.main_pid(proc), base
+
+    mem, mem_pid, _ = start_warm("gw_mem", env)
     idle_kb = status_kb(mem_pid, "VmRSS")
     log(f"idle RSS {idle_kb / 1024:.1f} MB")
 
@@ -1171,16 +1176,8 @@ def run(args, tmp, procs):
 
     # Scenario 4: the shipped config plus a route without a schema, and a
     # body limit above 10 MB.
-    upl = procs.start("gw_upload", [gw, "serve", "--config", mem_conf["gw_upload"]],
-                      env=dict(env, GATEWAY__SERVER__MAX_BODY_BYTES=str(16 << 20)),
-                      stdout=f"{tmp}/gw_upload-audit.jsonl")
-    wait_ready(upl, procs, f"http://127.0.0.1:{ports['gw_upload']}/readyz")
-    upl_pid = procs.main_pid(upl)
-    base_upl = f"http://127.0.0.1:{ports['gw_upload']}"
-    for _ in range(100):
-        if http("GET", base_upl + GET_PATH, rs_tokens[0])[0] != 200:
-            raise SetupError("gw_upload: GET failed")
-    time.sleep(1)
+    upl, upl_pid, base_upl = start_warm(
+        "gw_upload", dict(env, GATEWAY__SERVER__MAX_BODY_BYTES=str(16 << 20)))
     reset_peak(upl_pid)
     before_kb = status_kb(upl_pid, "VmRSS")
     upload_times = []

@@ -225,6 +225,23 @@ async fn stop(mut gateway: Binary) -> String {
         .expect("the gateway exits after SIGTERM")
 }
 
+/// The JSON lines of a gateway's output (the logs; other lines skipped).
+fn json_lines(output: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+/// Every record of the audit file in `dir`, each a JSON line.
+fn audit_records(dir: &TestDir) -> Vec<Value> {
+    std::fs::read_to_string(dir.path("audit.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn telemetry_section(endpoint: &str, extra: &str) -> String {
     format!(
         "[telemetry]\nservice_name = \"gateway-under-test\"\notlp_endpoint = {endpoint:?}\n{extra}\n"
@@ -376,11 +393,7 @@ async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstrea
     }
 
     // The trace id is in the audit records and in the request's log lines.
-    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
-    let records: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = audit_records(&dir);
     for trace_id in [CALLER_TRACE, &put_trace, denied_trace] {
         assert!(
             records
@@ -389,10 +402,7 @@ async fn spans_form_one_trace_from_the_caller_through_the_gateway_to_the_upstrea
             "no response record with trace_id {trace_id}"
         );
     }
-    let logs: Vec<Value> = output
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let logs = json_lines(&output);
     let in_request = |trace_id: &str| -> Vec<&Value> {
         logs.iter()
             .filter(|l| l["spans"][0]["trace_id"] == trace_id)
@@ -514,16 +524,12 @@ async fn without_an_exporter_trace_ids_are_still_made_propagated_and_audited() {
         "{seen:?}"
     );
     // Both trace ids reach the audit trail and the request's log line.
-    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
-    let logs: Vec<Value> = output
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let records = audit_records(&dir);
+    let logs = json_lines(&output);
     for trace_id in [new_trace, CALLER_TRACE] {
         assert!(
-            audit
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            records
+                .iter()
                 .any(|r| r["trace_id"] == trace_id && r["stage"] == "response"),
             "no response record with trace_id {trace_id}"
         );
@@ -578,10 +584,7 @@ async fn by_default_the_audit_record_is_the_request_log_and_a_reload_turns_the_l
     assert_eq!(line["status"], 200);
 
     let output = stop(gateway).await;
-    let logs: Vec<Value> = output
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let logs = json_lines(&output);
     let requests: Vec<&Value> = logs.iter().filter(|l| l["message"] == "request").collect();
     assert_eq!(
         requests.len(),
@@ -590,11 +593,7 @@ async fn by_default_the_audit_record_is_the_request_log_and_a_reload_turns_the_l
     );
     // Every request, logged or not, has its audit records: the first GET's
     // response record says what its line would have.
-    let audit = std::fs::read_to_string(dir.path("audit.jsonl")).unwrap();
-    let records: Vec<Value> = audit
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = audit_records(&dir);
     let quiet = records
         .iter()
         .find(|r| r["client_request_id"] == "quiet-get" && r["stage"] == "response")
