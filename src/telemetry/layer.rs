@@ -162,10 +162,14 @@ where
         // later makes the JSON formatter parse and rewrite the span's
         // fields), so every log line of the request carries them.
         let span = if traced {
-            // As text made by table: `Display` of the u128 is slower, and a
-            // `&str` field is copied as is.
+            // Hex made by table (`Display` of the u128 is slower), shown as
+            // `Display`, so the pretty format prints it unquoted as before.
             let trace_id = crate::notes::hex(&trace_id.to_bytes());
-            tracing::info_span!("request", request_id, trace_id = trace_id.as_str())
+            tracing::info_span!(
+                "request",
+                request_id,
+                trace_id = tracing::field::display(trace_id.as_str())
+            )
         } else {
             tracing::info_span!("request", request_id, trace_id = Empty)
         };
